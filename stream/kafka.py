@@ -1,0 +1,23 @@
+"""confluent-kafka client settings shared by the replay, tail, demo and benchmark tools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    return {"bootstrap.servers": bootstrap, "linger.ms": 2, "log_level": 3, **extra}
+
+
+def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
+    """A consumer that joins fast: a short poll interval bounds the broker's join wait."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": True,
+        "session.timeout.ms": 6000,
+        "max.poll.interval.ms": 10000,
+        "log_level": 3,
+        **extra,
+    }

@@ -1,0 +1,50 @@
+"""Produce events and items to Kafka with the project's codecs, optionally at a fixed rate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from models.codec import encode
+from models.records import Event, Item
+from stream.kafka import producer_config
+
+
+def produce_items(bootstrap: str, topic: str, items: Iterable[Item]) -> int:
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(bootstrap))
+    n = 0
+    for item in items:
+        producer.produce(topic, key=item.item_id.encode(), value=encode(item))
+        producer.poll(0)
+        n += 1
+    producer.flush(30)
+    return n
+
+
+def produce_events(
+    bootstrap: str,
+    topic: str,
+    events: Iterable[Event],
+    rate: float | None = None,
+    on_sent: object = None,
+) -> int:
+    """Produce events keyed by user id; `rate` is events per second (None: as fast as it can)."""
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(bootstrap))
+    start = time.perf_counter()
+    n = 0
+    for event in events:
+        if rate:
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        producer.produce(topic, key=event.user_id.encode(), value=encode(event))
+        producer.poll(0)
+        n += 1
+        if callable(on_sent):
+            on_sent(n)
+    producer.flush(30)
+    return n

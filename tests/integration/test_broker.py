@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from models.codec import DecodeError, decode_event, encode
+from models.config import Settings, Topics
+from models.records import Event
+from stream.broker import EmbeddedBroker, free_port
+from stream.kafka import consumer_config
+from stream.topics import create_topics, topic_specs
+
+READ_TIMEOUT_S = 30.0
+
+
+def test_events_round_trip_through_the_broker(broker: EmbeddedBroker, unique: str) -> None:
+    topic = f"events-{unique}"
+    create_topics(
+        broker.bootstrap,
+        topic_specs(
+            Settings(
+                topics=Topics(
+                    events=topic,
+                    items=f"items-{unique}",
+                    sessions=f"s-{unique}",
+                    recommendations=f"r-{unique}",
+                    dlq=f"d-{unique}",
+                    model_updates=f"m-{unique}",
+                )
+            )
+        ),
+    )
+    sent = [Event(f"u{i % 7}", f"i{i}", "view", 1_700_000_000_000 + i) for i in range(200)]
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for e in sent:
+        producer.produce(topic, key=e.user_id.encode(), value=encode(e))
+    producer.produce(topic, key=b"bad", value=b'{"user_id":"u"}')
+    assert producer.flush(10) == 0
+
+    consumer = Consumer(consumer_config(broker.bootstrap, f"g-{unique}"))
+    consumer.subscribe([topic])
+    got: list[Event] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    while len(got) + len(errors) < len(sent) + 1 and time.monotonic() < deadline:
+        for msg in consumer.consume(500, 0.5):
+            try:
+                got.append(decode_event(msg.value()))
+            except DecodeError as exc:
+                errors.append(str(exc))
+    consumer.close()
+    assert sorted(got, key=lambda e: e.item_id) == sorted(sent, key=lambda e: e.item_id)
+    assert errors == ["event: field 'item_id' is missing, expected a non-empty string"]
+
+
+def test_topics_are_created_idempotently(broker: EmbeddedBroker, unique: str) -> None:
+    settings = Settings(
+        partitions=2,
+        topics=Topics(
+            events=f"e-{unique}",
+            items=f"i-{unique}",
+            sessions=f"s-{unique}",
+            recommendations=f"r-{unique}",
+            dlq=f"d-{unique}",
+            model_updates=f"m-{unique}",
+        ),
+    )
+    first = create_topics(broker.bootstrap, topic_specs(settings))
+    second = create_topics(broker.bootstrap, topic_specs(settings))
+    assert len(first) == 6 and second == []
+    meta = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
+    assert len(meta.topics[f"e-{unique}"].partitions) == 2
+
+
+def test_cli_broker_answers_metadata_and_stops_on_sigterm() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sessionrec.cli", "broker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == f"bootstrap: 127.0.0.1:{port}"
+        meta = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
+        assert len(meta.brokers) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    with socket.socket() as s:  # the port is released
+        s.bind(("127.0.0.1", port))
+
+
+def test_cli_broker_says_when_the_port_is_taken(broker: EmbeddedBroker) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sessionrec.cli", "broker", "--port", str(broker.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"port {broker.port} on 127.0.0.1 is already in use" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_context_manager_starts_and_stops() -> None:
+    with EmbeddedBroker(port=0) as extra:
+        port = extra.port
+        assert AdminClient({"bootstrap.servers": extra.bootstrap}).list_topics(timeout=10).brokers
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sessionrec.cli import main
+from sessionrec.settings import SettingsError, env_names, load_settings
+
+
+def test_precedence_defaults_toml_env_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('bootstrap = "toml:1"\npartitions = 3\n[weights]\nview = 0.3\n[query]\nk = 7\n')
+    s = load_settings(
+        str(cfg), {"SESSIONREC_PARTITIONS": "5", "SESSIONREC_QUERY_K": "9"}, {"partitions": 6}
+    )
+    assert s.bootstrap == "toml:1"
+    assert s.partitions == 6
+    assert s.query.k == 9
+    assert s.weights.view == 0.3
+    assert s.weights.remove_from_cart == -0.5
+    assert s.session_gap_ms == 20 * 60_000
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(None, {}, {})
+    with pytest.raises(AttributeError):
+        s.partitions = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"SESSIONREC_PARTITIONS": "many"}, "setting 'partitions' is 'many'"),
+        ({"SESSIONREC_PARTITIONS": "0"}, "expected at least 1"),
+        ({"SESSIONREC_QUERY_EXCLUDE_SEEN": "perhaps"}, "expected true or false"),
+        ({"SESSIONREC_QUERY_DIVERSITY": "2"}, "expected 0 to 1"),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(SettingsError, match=needle):
+        load_settings(None, env, {})
+
+
+def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("bootstrapp = 'x'\n")
+    with pytest.raises(SettingsError, match="unknown setting 'bootstrapp'"):
+        load_settings(str(cfg), {}, {})
+
+
+def test_env_names_cover_nested_settings() -> None:
+    names = env_names()
+    assert "SESSIONREC_BOOTSTRAP" in names and "SESSIONREC_WEIGHTS_BUY" in names
+
+
+def test_cli_reports_bad_config_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["topics", "--config", str(tmp_path / "missing.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sessionrec: error: config file") and "\n" not in err
+
+
+def test_help_explains_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for command in ("broker", "topics", "demo"):
+        assert command in text
