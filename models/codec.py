@@ -22,6 +22,7 @@ from models.records import (
     Recommendation,
     RecommendedItem,
 )
+from models.session import Session
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
@@ -245,3 +246,39 @@ def decode_recommendation(raw: bytes | str) -> Recommendation:
         raise DecodeError(f"recommendation: field {exc} is missing") from None
     except (TypeError, ValueError) as exc:
         raise DecodeError(f"recommendation: malformed field ({exc})") from None
+
+
+def encode_session(session: Session) -> bytes:
+    """A closed session for the `sessions` topic (the training job's input)."""
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "session_id": session.session_id,
+            "user_id": session.user_id,
+            "items": [c.item_id for c in session.clicks],
+            "types": [c.type for c in session.clicks],
+            "ts": [c.ts for c in session.clicks],
+            "dropped": session.dropped,
+        }
+    )
+
+
+def decode_session(raw: bytes | str) -> tuple[str, list[str], list[str], int]:
+    """(user_id, item ids, event types, start ts) of a closed session message."""
+    data = load_object(raw, "session")
+    items, types, ts = data.get("items"), data.get("types"), data.get("ts")
+    if not isinstance(items, list) or not isinstance(types, list) or not isinstance(ts, list):
+        raise DecodeError("session: fields 'items', 'types' and 'ts' must be lists")
+    if not (len(items) == len(types) == len(ts)) or not items:
+        raise DecodeError(
+            f"session: 'items', 'types', 'ts' differ in length or are empty "
+            f"({len(items)}, {len(types)}, {len(ts)})"
+        )
+    if any(t not in EVENT_TYPES for t in types):
+        raise DecodeError(f"session: 'types' holds a value outside {', '.join(EVENT_TYPES)}")
+    return (
+        str(data.get("user_id", "")),
+        [str(i) for i in items],
+        [str(t) for t in types],
+        parse_ts(ts[0], "session"),
+    )

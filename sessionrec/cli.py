@@ -121,13 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(handler=_cmd_demo)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _extra_commands():
         register(sub, _common)
     return parser
 
 
-# Later subcommands register here (train, eval, worker, replay, tail, bench).
-_EXTRA_COMMANDS: list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]] = []
+def _extra_commands() -> list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]]:
+    from sessionrec import train_cmd
+
+    return [train_cmd.register]
 
 
 def _setup_logging(settings: Settings, verbose: bool) -> None:
@@ -158,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(settings, args.verbose)
         code: int = args.handler(args, settings)
         return code
-    except (SettingsError, DecodeError, UserError) as exc:
+    except (SettingsError, DecodeError, UserError, ValueError) as exc:
         print(f"sessionrec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,174 @@
+"""The item index: hnswlib behind one class that speaks item ids and cosine scores.
+
+Vectors are stored L2-normalised and searched by inner product, so scores are cosines when the
+query is normalised too. An exact (brute-force) mode answers the same calls, to show what the
+approximate index costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from models.features import F32, normalise
+
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexConfig:
+    m: int = 32
+    ef_construction: int = 200
+    ef: int = 200
+    threads: int = 2
+
+
+class ItemIndex:
+    """Item ids <-> hnswlib labels, normalisation, growth, deletion, and (ids, scores) answers."""
+
+    def __init__(self, dim: int, config: IndexConfig | None = None, exact: bool = False):
+        self.dim = dim
+        self.config = config or IndexConfig()
+        self.exact = exact
+        self.ids: list[str] = []
+        self.labels: dict[str, int] = {}
+        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.deleted: set[int] = set()
+        self._hnsw: hnswlib.Index | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids) - len(self.deleted)
+
+    def _ensure_hnsw(self, capacity: int) -> hnswlib.Index:
+        if self._hnsw is None:
+            self._hnsw = hnswlib.Index(space="ip", dim=self.dim)
+            self._hnsw.init_index(
+                max_elements=max(capacity, 16),
+                M=self.config.m,
+                ef_construction=self.config.ef_construction,
+                allow_replace_deleted=False,
+            )
+            self._hnsw.set_ef(self.config.ef)
+        elif self._hnsw.get_max_elements() < capacity:
+            self._hnsw.resize_index(max(capacity, 2 * self._hnsw.get_max_elements()))
+        return self._hnsw
+
+    def upsert(self, item_ids: list[str], vectors: F32) -> None:
+        """Add or replace items. vectors: (len(item_ids), dim) float32, normalised here."""
+        if not item_ids:
+            return
+        vectors = normalise(np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), self.dim))
+        labels = np.empty(len(item_ids), dtype=np.int64)
+        grow: list[np.ndarray] = []
+        for row, item_id in enumerate(item_ids):
+            label = self.labels.get(item_id)
+            if label is None:
+                label = len(self.ids)
+                self.ids.append(item_id)
+                self.labels[item_id] = label
+                grow.append(vectors[row])
+            labels[row] = label
+        if grow:
+            self.vectors = np.concatenate([self.vectors, np.stack(grow)]).astype(np.float32)
+        self.vectors[labels] = vectors
+        for label in labels.tolist():
+            if label in self.deleted:
+                self.deleted.discard(label)
+                if self._hnsw is not None:
+                    self._hnsw.unmark_deleted(label)
+        if not self.exact:
+            index = self._ensure_hnsw(len(self.ids))
+            index.add_items(vectors, labels, num_threads=self.config.threads)
+
+    def delete(self, item_id: str) -> bool:
+        label = self.labels.get(item_id)
+        if label is None or label in self.deleted:
+            return False
+        self.deleted.add(label)
+        if self._hnsw is not None:
+            self._hnsw.mark_deleted(label)
+        return True
+
+    def vector(self, item_id: str) -> F32 | None:
+        label = self.labels.get(item_id)
+        return None if label is None or label in self.deleted else self.vectors[label]
+
+    def rows(self, item_ids: list[str]) -> tuple[I64, F32]:
+        """Labels and vectors of the known, live items among item_ids (unknown ones skipped)."""
+        labels = [
+            self.labels[i]
+            for i in item_ids
+            if i in self.labels and self.labels[i] not in self.deleted
+        ]
+        arr = np.asarray(labels, dtype=np.int64)
+        return arr, self.vectors[arr]
+
+    def search(self, queries: F32, k: int) -> tuple[I64, F32]:
+        """Top-k labels and inner-product scores for each query row.
+
+        queries: (m, dim) float32 (not necessarily normalised). Returns labels (m, k') int64 and
+        scores (m, k') float32, best first, k' = min(k, live items); -1 labels pad short rows.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        k = min(k, len(self))
+        if k == 0 or len(queries) == 0:
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
+        if self.exact or self._hnsw is None:
+            return self._exact(queries, k)
+        self._hnsw.set_ef(max(self.config.ef, k))
+        labels, distances = self._hnsw.knn_query(queries, k=k, num_threads=self.config.threads)
+        return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+
+    def _exact(self, queries: F32, k: int) -> tuple[I64, F32]:
+        scores = queries @ self.vectors.T
+        if self.deleted:
+            scores[:, list(self.deleted)] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1)
+        return (
+            np.take_along_axis(top, order, axis=1).astype(np.int64),
+            np.take_along_axis(top_scores, order, axis=1).astype(np.float32),
+        )
+
+    def save(self, path: Path) -> None:
+        if self._hnsw is not None:
+            self._hnsw.save_index(str(path))
+
+    def load_hnsw(self, path: Path) -> None:
+        """Attach a saved hnswlib graph whose labels are this index's rows."""
+        index = hnswlib.Index(space="ip", dim=self.dim)
+        index.load_index(str(path), max_elements=max(len(self.ids), 16))
+        index.set_ef(self.config.ef)
+        if index.get_current_count() != len(self.ids):
+            raise ValueError(
+                f"index file {path.name} holds {index.get_current_count()} items, "
+                f"expected {len(self.ids)}"
+            )
+        self._hnsw = index
+        self.exact = False
+
+    @classmethod
+    def build(
+        cls,
+        item_ids: list[str],
+        vectors: F32,
+        config: IndexConfig | None = None,
+        exact: bool = False,
+    ) -> ItemIndex:
+        index = cls(vectors.shape[1], config, exact=exact)
+        if not exact:
+            index._ensure_hnsw(len(item_ids))
+        index.upsert(item_ids, vectors)
+        return index
+
+    def exact_twin(self) -> ItemIndex:
+        """The same items, searched exactly."""
+        twin = ItemIndex(self.dim, self.config, exact=True)
+        twin.ids, twin.labels = list(self.ids), dict(self.labels)
+        twin.vectors, twin.deleted = self.vectors.copy(), set(self.deleted)
+        return twin

@@ -1,0 +1,251 @@
+"""The recommender: a session (and past intents) in, ranked and explained items out.
+
+The same code serves the stream worker and the offline evaluation. For each request:
+1. weigh the session's last clicks by event type and by learned position-from-the-end weights;
+2. cluster them into intents; the query set is the whole session (the combination of all
+   intents), each intent alone when there are several, pairs of intents when there are three or
+   more, and the user's past intents (scaled by `past_weight`);
+3. search the index with every query of every request in one batched call;
+4. merge candidates by their best weighted cosine, drop bought (and optionally seen) items,
+   and, with diversity > 0, re-rank by maximal marginal relevance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from models.config import EventWeights, QueryDefaults
+from models.features import F32, Dims
+from models.index import ItemIndex
+from models.intent import cluster
+
+INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
+OVERFETCH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PastIntent:
+    vector: F32
+    weight: float
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """clicks: (item_id, event type) in time order; bought: never recommended back."""
+
+    clicks: list[tuple[str, str]]
+    bought: frozenset[str] = frozenset()
+    past: list[PastIntent] = field(default_factory=list)
+    params: QueryDefaults = field(default_factory=QueryDefaults)
+
+
+@dataclass(frozen=True, slots=True)
+class IntentOut:
+    id: int
+    members: list[str]
+    weight: float
+    vector: F32
+    past: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    items: list[tuple[str, float, int]]
+    intents: list[IntentOut]
+    unknown: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    request: int
+    vector: F32
+    weight: float
+    intent: int
+
+
+def _unit(vector: F32) -> F32 | None:
+    norm = float(np.linalg.norm(vector))
+    return (vector / norm).astype(np.float32) if norm > 1e-9 else None
+
+
+def params_from(defaults: QueryDefaults, overrides: dict[str, Any] | None) -> QueryDefaults:
+    """Apply an event's `params` to the defaults; unknown or malformed keys raise ValueError."""
+    if not overrides:
+        return defaults
+    values: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not hasattr(defaults, key):
+            raise ValueError(f"params: unknown parameter {key!r}")
+        kind = type(getattr(defaults, key))
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float):
+            raise ValueError(f"params: {key} is {value!r}, expected {kind.__name__}")
+        values[key] = kind(value)
+    out = QueryDefaults(**{**{f: getattr(defaults, f) for f in defaults.__slots__}, **values})
+    if not 1 <= out.k <= 1000 or not 0 <= out.diversity <= 1 or out.past_weight < 0:
+        raise ValueError("params: k must be 1..1000, diversity 0..1, past_weight >= 0")
+    return out
+
+
+class Recommender:
+    """Ranks items for sessions over an `ItemIndex` (approximate or exact)."""
+
+    def __init__(self, index: ItemIndex, dims: Dims, position_weights: F32, weights: EventWeights):
+        self.index = index
+        self.dims = dims
+        self.position_weights = position_weights
+        self.weights = weights
+        self.max_len = len(position_weights)
+
+    def session_items(self, clicks: list[tuple[str, str]]) -> tuple[list[str], F32, int]:
+        """Distinct known items of the last `max_len` clicks and their summed weights."""
+        acc: dict[str, float] = {}
+        unknown = 0
+        recent = clicks[-self.max_len :]
+        for distance, (item_id, kind) in enumerate(reversed(recent)):
+            if item_id not in self.index.labels or self.index.labels[item_id] in self.index.deleted:
+                unknown += 1
+                continue
+            w = self.weights.of(kind) * float(self.position_weights[distance])
+            acc[item_id] = acc.get(item_id, 0.0) + w
+        return list(acc), np.asarray(list(acc.values()), dtype=np.float32), unknown
+
+    def _queries(self, r: int, req: Request) -> tuple[list[_Query], list[IntentOut], int]:
+        ids, w, unknown = self.session_items(req.clicks)
+        queries: list[_Query] = []
+        intents: list[IntentOut] = []
+        if ids:
+            _, vectors = self.index.rows(ids)
+            session = _unit((w[:, None] * vectors).sum(0))
+            if session is not None:
+                queries.append(_Query(r, session, 1.0, -2))
+            clusters = cluster(vectors, w, req.params.max_intents)
+            total = sum(c.weight for c in clusters) or 1.0
+            for i, c in enumerate(clusters):
+                intents.append(
+                    IntentOut(i, [ids[m] for m in c.members], c.weight / total, c.vector)
+                )
+            if len(clusters) > 1:
+                queries.extend(
+                    _Query(r, c.vector, INTENT_QUERY_WEIGHT, i) for i, c in enumerate(clusters)
+                )
+            if len(clusters) > 2:
+                for a, b in combinations(range(len(clusters)), 2):
+                    pair = _unit(
+                        clusters[a].vector * clusters[a].weight
+                        + clusters[b].vector * clusters[b].weight
+                    )
+                    if pair is not None:
+                        queries.append(_Query(r, pair, INTENT_QUERY_WEIGHT, a))
+        for p in req.past:
+            i = len(intents)
+            intents.append(
+                IntentOut(
+                    i, list(p.members), p.weight * req.params.past_weight, p.vector, past=True
+                )
+            )
+            vector = _unit(p.vector)
+            if req.params.past_weight > 0 and vector is not None:
+                queries.append(_Query(r, vector, req.params.past_weight, i))
+        return queries, intents, unknown
+
+    def _space_weighted(self, vector: F32, params: QueryDefaults) -> F32:
+        w = (params.name_weight, params.category_weight, params.brand_weight, params.price_weight)
+        if w == (1.0, 1.0, 1.0, 1.0):
+            return vector
+        out = vector.copy()
+        for weight, part in zip(w, self.dims.slices().values(), strict=True):
+            out[part] *= weight
+        return out
+
+    def recommend(self, requests: list[Request]) -> list[Result]:
+        """Answer many requests with one batched index search."""
+        all_queries: list[_Query] = []
+        per_request: list[tuple[list[IntentOut], int]] = []
+        for r, req in enumerate(requests):
+            queries, intents, unknown = self._queries(r, req)
+            all_queries.extend(queries)
+            per_request.append((intents, unknown))
+        k_search = max((self._fetch(req) for req in requests), default=0)
+        if all_queries and k_search:
+            matrix = np.stack(
+                [self._space_weighted(q.vector, requests[q.request].params) for q in all_queries]
+            ).astype(np.float32)
+            labels, scores = self.index.search(matrix, k_search)
+        else:
+            labels = np.zeros((0, 0), np.int64)
+            scores = np.zeros((0, 0), np.float32)
+        candidates: list[dict[int, tuple[float, int]]] = [{} for _ in requests]
+        for q, row_labels, row_scores in zip(all_queries, labels, scores, strict=True):
+            best = candidates[q.request]
+            for label, score in zip(row_labels.tolist(), row_scores.tolist(), strict=True):
+                if label < 0:
+                    continue
+                weighted = score * q.weight
+                if label not in best or weighted > best[label][0]:
+                    best[label] = (weighted, q.intent)
+        return [
+            self._finish(req, cands, intents, unknown)
+            for req, cands, (intents, unknown) in zip(
+                requests, candidates, per_request, strict=True
+            )
+        ]
+
+    def _fetch(self, req: Request) -> int:
+        excluded = len(req.bought) + (len(req.clicks) if req.params.exclude_seen else 0)
+        return req.params.k * (OVERFETCH if req.params.diversity > 0 else 1) + excluded
+
+    def _finish(
+        self,
+        req: Request,
+        cands: dict[int, tuple[float, int]],
+        intents: list[IntentOut],
+        unknown: int,
+    ) -> Result:
+        ids = self.index.ids
+        excluded = set(req.bought)
+        if req.params.exclude_seen:
+            excluded.update(item for item, _ in req.clicks)
+        ranked = sorted(
+            ((s, label, i) for label, (s, i) in cands.items() if ids[label] not in excluded),
+            reverse=True,
+        )
+        if req.params.diversity > 0 and len(ranked) > req.params.k:
+            ranked = self._mmr(ranked, req.params.k, req.params.diversity)
+        ranked = ranked[: req.params.k]
+        current = [it for it in intents if not it.past]
+        out = []
+        for score, label, intent in ranked:
+            if intent == -2:  # found by the whole-session query: explain by the closest intent
+                intent = self._closest(label, current)
+            out.append((ids[label], round(float(score), 5), intent))
+        return Result(out, intents, unknown)
+
+    def _closest(self, label: int, intents: list[IntentOut]) -> int:
+        if not intents:
+            return 0
+        v = self.index.vectors[label]
+        return max(intents, key=lambda it: float(it.vector @ v)).id
+
+    def _mmr(
+        self, ranked: list[tuple[float, int, int]], k: int, diversity: float
+    ) -> list[tuple[float, int, int]]:
+        """Maximal marginal relevance: trade relevance for distance to what is already chosen."""
+        vectors = self.index.vectors[[label for _, label, _ in ranked]]
+        relevance = np.array([s for s, _, _ in ranked], dtype=np.float32)
+        chosen: list[int] = []
+        max_sim = np.full(len(ranked), -1.0, dtype=np.float32)
+        available = np.ones(len(ranked), dtype=bool)
+        for _ in range(min(k, len(ranked))):
+            penalty = np.where(max_sim < -0.5, 0.0, max_sim)
+            mmr = (1 - diversity) * relevance - diversity * penalty
+            mmr[~available] = -np.inf
+            pick = int(mmr.argmax())
+            chosen.append(pick)
+            available[pick] = False
+            max_sim = np.maximum(max_sim, vectors @ vectors[pick])
+        return [ranked[i] for i in chosen]

@@ -1,0 +1,188 @@
+"""`sessionrec train`, `eval` and `models` subcommands (torch is imported only when they run)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from models.config import Settings
+
+log = logging.getLogger("sessionrec")
+FORMATS = ("jsonl", "srgnn", "diginetica", "retailrocket", "topic")
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training hyperparameters")
+    g.add_argument("--epochs", type=int, help="passes over the sessions (default 3)")
+    g.add_argument("--batch-size", type=int, help="cases per step (default 2048)")
+    g.add_argument("--negatives", type=int, help="shared uniform negatives per step")
+    g.add_argument("--lr", type=float, help="Adam learning rate")
+    g.add_argument("--seed", type=int, help="random seed (runs are deterministic)")
+    g.add_argument("--threads", type=int, help="torch threads (default 2)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def train_config(args: argparse.Namespace, settings: Settings) -> Any:
+    from training.trainer import TrainConfig
+
+    values = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "negatives": args.negatives,
+        "lr": args.lr,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
+    config = TrainConfig(
+        weights=settings.weights, progress=not args.no_progress and sys.stderr.isatty()
+    )
+    config = dataclasses.replace(config, **{k: v for k, v in values.items() if v is not None})
+    for name in ("epochs", "batch_size", "threads"):
+        if getattr(config, name) < 1:
+            raise ValueError(
+                f"--{name.replace('_', '-')} is {getattr(config, name)}, expected >= 1"
+            )
+    if config.negatives < 0 or config.lr <= 0:
+        raise ValueError("--negatives must be >= 0 and --lr > 0")
+    return config
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from training.job import JobSpec, parse_every, run_once, run_scheduled
+
+    out = Path(args.out or settings.model_dir)
+    spec = JobSpec(
+        args.format, args.data, args.catalog, out, holdout=args.holdout, announce=args.announce
+    )
+    config = train_config(args, settings)
+    if args.every:
+        run_scheduled(spec, settings, config, parse_every(args.every), max_runs=args.max_runs)
+        return 0
+    metrics = run_once(spec, settings, config)
+    print(json.dumps({k: v for k, v in metrics.items()}, default=str))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from training.data import DataError, load_srgnn, load_srgnn_test
+    from training.evaluate import cases_from_srgnn, evaluate, recommender_for
+    from training.trainer import train
+
+    if args.format != "srgnn":
+        raise DataError("eval reads --format srgnn (train_sessions.txt and test.tsv)")
+    data = Path(args.data)
+    corpus = load_srgnn(data)
+    rejected: Counter[str] = Counter()
+    test = cases_from_srgnn(load_srgnn_test(data / "test.tsv", rejected))
+    config = train_config(args, settings)
+    log.info("data: %s; %d test cases", corpus.report(), len(test))
+    trained = train(corpus, config)
+    approx = recommender_for(
+        trained.item_ids, trained.vectors, config.dims, trained.position_weights, settings.weights
+    )
+    result = evaluate(approx, test)
+    exact = recommender_for(
+        trained.item_ids,
+        trained.vectors,
+        config.dims,
+        trained.position_weights,
+        settings.weights,
+        index=approx.index,
+        exact=True,
+    )
+    exact_result = evaluate(exact, test)
+    out = {
+        **result,
+        "recall_at_20_exact": exact_result["recall_at_20"],
+        "mrr_at_20_exact": exact_result["mrr_at_20"],
+        "train_seconds": round(trained.stats["train_seconds"], 2),
+        "pairs_per_second": round(trained.stats["pairs_per_second"]),
+        "epochs": config.epochs,
+        "rejected_test_lines": sum(rejected.values()),
+    }
+    if not args.json:
+        for key, value in out.items():
+            print(f"{key:>24}: {value}")
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from models.artifact import current_version, list_versions
+    from training.job import rollback
+
+    model_dir = Path(settings.model_dir)
+    if args.action == "rollback":
+        version = rollback(model_dir, args.version)
+        print(f"CURRENT -> {version}")
+        return 0
+    current = current_version(model_dir)
+    for version in list_versions(model_dir):
+        manifest = json.loads((model_dir / version / "manifest.json").read_text())
+        holdout = manifest.get("metrics", {}).get("holdout", {})
+        mark = "*" if version == current else " "
+        print(
+            f"{mark} {version}  items={manifest.get('items')}  "
+            f"holdout R@20={holdout.get('recall_at_20', '-')}"
+        )
+    return 0
+
+
+def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model version and make it current",
+        description="Train item embeddings from sessions (+ catalog), evaluate "
+        "on the most recent held-out sessions, write a versioned artifact "
+        "(vectors, feature tables, HNSW index, manifest) and switch CURRENT if "
+        "not worse than the current model. With --every, keep running on a "
+        "schedule; a failed run keeps the previous model.",
+    )
+    p.add_argument("--format", choices=FORMATS, required=True, help="input format")
+    p.add_argument("--data", help="events/sessions file or directory (topic: sessions topic)")
+    p.add_argument("--catalog", help="catalog JSONL (item upserts) for --format jsonl")
+    p.add_argument("--out", help="model directory (default: settings model_dir)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.05,
+        help="fraction of the most recent sessions held out (default 0.05)",
+    )
+    p.add_argument("--every", help="run on a schedule: 24h, 30m, or a cron expression")
+    p.add_argument("--max-runs", type=int, help="with --every: stop after N runs")
+    p.add_argument("--announce", action="store_true", help="announce on model-updates")
+    _train_flags(p)
+    common(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="train and score on an SR-GNN split (Recall/MRR@K)",
+        description="Train on DIR/train_sessions.txt (+ item_category.tsv), rank "
+        "all items for each line of DIR/test.tsv with the serving code, over the "
+        "HNSW index and exactly. The last line printed is one JSON object.",
+    )
+    p.add_argument("--format", choices=["srgnn"], default="srgnn")
+    p.add_argument("--data", required=True, help="directory with train_sessions.txt, test.tsv")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    _train_flags(p)
+    common(p)
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser(
+        "models",
+        help="list model versions, or roll back",
+        description="List versions in the model directory (* = CURRENT), or "
+        "'models rollback [VERSION]' to make an older version current.",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "rollback"], default="list")
+    p.add_argument("version", nargs="?", help="version for rollback (default: the previous)")
+    common(p)
+    p.set_defaults(handler=cmd_models)

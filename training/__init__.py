@@ -1,0 +1,1 @@
+"""The training job: data sources, the torch model, the trainer, evaluation and export."""

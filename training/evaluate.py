@@ -1,0 +1,82 @@
+"""Offline evaluation with the serving code: Recall@K and MRR@K over prefix -> next-item cases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.config import EventWeights, QueryDefaults
+from models.features import F32, Dims
+from models.index import ItemIndex
+from models.ranking import Recommender, Request
+from training.data import TrainSession
+
+KS = (5, 10, 20)
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    prefix: list[tuple[str, str]]
+    target: str
+
+
+def cases_from_srgnn(lines: list[tuple[list[str], str]]) -> list[Case]:
+    return [Case([(i, "view") for i in prefix], target) for prefix, target in lines]
+
+
+def cases_from_sessions(sessions: Sequence[TrainSession]) -> list[Case]:
+    """Every prefix -> next-item case of held-out sessions (removals are no targets)."""
+    out: list[Case] = []
+    for s in sessions:
+        clicks = list(zip(s.items, s.types, strict=True))
+        out.extend(
+            Case(clicks[:t], clicks[t][0])
+            for t in range(1, len(clicks))
+            if clicks[t][1] != "remove_from_cart"
+        )
+    return out
+
+
+def evaluate(
+    recommender: Recommender, cases: Sequence[Case], ks: Sequence[int] = KS, batch: int = 2000
+) -> dict[str, float]:
+    """Recall@K and MRR@K in percent over the cases whose target the model knows."""
+    k = max(ks)
+    params = QueryDefaults(k=k)
+    known = [c for c in cases if c.target in recommender.index.labels]
+    ranks = np.full(len(known), -1, dtype=np.int64)
+    for start in range(0, len(known), batch):
+        chunk = known[start : start + batch]
+        results = recommender.recommend([Request(c.prefix, params=params) for c in chunk])
+        for j, (case, result) in enumerate(zip(chunk, results, strict=True)):
+            ids = [item for item, _, _ in result.items]
+            if case.target in ids:
+                ranks[start + j] = ids.index(case.target)
+    out: dict[str, float] = {
+        "cases": float(len(known)),
+        "skipped_unknown_target": float(len(cases) - len(known)),
+    }
+    n = max(len(known), 1)
+    for kk in ks:
+        hit = (ranks >= 0) & (ranks < kk)
+        out[f"recall_at_{kk}"] = round(100.0 * hit.sum() / n, 2)
+        out[f"mrr_at_{kk}"] = round(100.0 * (1.0 / (ranks[hit] + 1)).sum() / n, 2)
+    return out
+
+
+def recommender_for(
+    item_ids: Sequence[str],
+    vectors: F32,
+    dims: Dims,
+    position_weights: F32,
+    weights: EventWeights,
+    index: ItemIndex | None = None,
+    exact: bool = False,
+) -> Recommender:
+    if index is None:
+        index = ItemIndex.build(list(item_ids), vectors, exact=exact)
+    elif exact:
+        index = index.exact_twin()
+    return Recommender(index, dims, position_weights, weights)

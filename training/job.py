@@ -1,0 +1,212 @@
+"""The training job: load, train, evaluate on held-out sessions, export, promote, announce."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from models.artifact import ArtifactError, current_version, load_index, load_model, set_current
+from models.config import Settings
+from models.ranking import Recommender
+from models.session import SessionConfig
+from training.data import Corpus, load_corpus
+from training.evaluate import cases_from_sessions, evaluate, recommender_for
+from training.export import export
+from training.trainer import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    fmt: str
+    data: str | None
+    catalog: str | None
+    out: Path
+    holdout: float = 0.05
+    announce: bool = False
+
+
+def split_holdout(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpus]:
+    """The most recent `fraction` of sessions (by start time, else file order) held out."""
+    sessions = corpus.sessions
+    if all(s.start_ts is not None for s in sessions):
+        sessions = sorted(sessions, key=lambda s: s.start_ts or 0)
+    cut = len(sessions) - int(len(sessions) * fraction)
+    train_part = Corpus(
+        sessions[:cut], corpus.items, corpus.rejected, corpus.first_ts, corpus.last_ts
+    )
+    return train_part, Corpus(sessions[cut:], corpus.items)
+
+
+def _current_score(model_dir: Path, holdout: Corpus, settings: Settings) -> float | None:
+    version = current_version(model_dir)
+    if version is None:
+        return None
+    try:
+        model = load_model(model_dir / version)
+        index = load_index(model_dir / version, model)
+    except ArtifactError as exc:
+        log.warning("current model %s is unusable (%s); the new one will replace it", version, exc)
+        return None
+    rec = Recommender(index, model.dims, model.position_weights, settings.weights)
+    return evaluate(rec, cases_from_sessions(holdout.sessions))["recall_at_20"]
+
+
+def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str, Any]:
+    """One training run. Returns its metrics; raises on failure (CURRENT is then unchanged)."""
+    started = time.perf_counter()
+    gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
+    corpus = load_corpus(
+        spec.fmt,
+        spec.data,
+        spec.catalog,
+        gap,
+        settings.bootstrap,
+        settings.topics.sessions,
+        settings.topics.items,
+    )
+    log.info("data: %s", corpus.report())
+    train_part, holdout = split_holdout(corpus, spec.holdout)
+    trained = train(train_part, config)
+    metrics: dict[str, Any] = dict(trained.stats)
+    if holdout.sessions:
+        rec = recommender_for(
+            trained.item_ids,
+            trained.vectors,
+            config.dims,
+            trained.position_weights,
+            settings.weights,
+        )
+        metrics["holdout"] = evaluate(rec, cases_from_sessions(holdout.sessions))
+    previous = _current_score(spec.out, holdout, settings) if holdout.sessions else None
+    new_score = metrics.get("holdout", {}).get("recall_at_20")
+    promote = previous is None or new_score is None or new_score >= previous - 0.1
+    manifest = {
+        "data": {
+            "format": spec.fmt,
+            "path": spec.data,
+            "catalog": spec.catalog,
+            "sessions": len(train_part.sessions),
+            "holdout_sessions": len(holdout.sessions),
+            "first_ts": corpus.first_ts,
+            "last_ts": corpus.last_ts,
+            "rejected": dict(corpus.rejected),
+        },
+        "hyperparameters": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "metrics": metrics,
+        "previous_recall_at_20": previous,
+    }
+    path, _ = export(trained, spec.out, manifest, make_current=promote)
+    metrics.update(version=path.name, promoted=promote, seconds=time.perf_counter() - started)
+    if not promote:
+        log.warning(
+            "model %s scored %.2f < current %.2f on the holdout: not promoted",
+            path.name,
+            new_score,
+            previous,
+        )
+    elif spec.announce:
+        announce(settings, path.name)
+    return metrics
+
+
+def announce(settings: Settings, version: str) -> None:
+    """Tell running workers on `model-updates` that a new version is current."""
+    from confluent_kafka import Producer
+
+    from models.codec import encode
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "log_level": 3})
+    producer.produce(
+        settings.topics.model_updates,
+        value=encode(
+            {
+                "version": version,
+                "model_dir": str(Path(settings.model_dir).resolve()),
+                "ts": int(time.time() * 1000),
+            }
+        ),
+    )
+    if producer.flush(10):
+        log.warning("could not announce model %s on %s", version, settings.topics.model_updates)
+
+
+def parse_every(text: str) -> timedelta | str:
+    """'24h', '30m', '90s', '2d' as an interval; anything with spaces as a cron expression."""
+    text = text.strip()
+    if " " in text:
+        from croniter import croniter
+
+        if not croniter.is_valid(text):
+            raise ValueError(f"--every {text!r} is not a valid cron expression")
+        return text
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].replace(".", "", 1).isdigit():
+        raise ValueError(
+            f"--every {text!r}: expected a duration like 24h, 30m, 90s or a cron "
+            "expression like '0 3 * * *'"
+        )
+    seconds = float(text[:-1]) * units[text[-1]]
+    if seconds <= 0:
+        raise ValueError(f"--every {text!r}: expected a positive duration")
+    return timedelta(seconds=seconds)
+
+
+def next_run(every: timedelta | str, now: datetime) -> datetime:
+    if isinstance(every, timedelta):
+        return now + every
+    from croniter import croniter
+
+    nxt: datetime = croniter(every, now).get_next(datetime)
+    return nxt
+
+
+def run_scheduled(
+    spec: JobSpec,
+    settings: Settings,
+    config: TrainConfig,
+    every: timedelta | str,
+    max_runs: int | None = None,
+) -> None:
+    """Run now, then on the schedule, forever (or `max_runs` times). A failed run is logged and
+    the previous model stays current."""
+    runs = 0
+    while max_runs is None or runs < max_runs:
+        runs += 1
+        try:
+            metrics = run_once(spec, settings, config)
+            log.info(
+                "run %d: model %s, promoted=%s, holdout %s",
+                runs,
+                metrics["version"],
+                metrics["promoted"],
+                metrics.get("holdout"),
+            )
+        except Exception as exc:
+            log.error("run %d failed, the previous model stays current: %s", runs, exc)
+        if max_runs is not None and runs >= max_runs:
+            break
+        now = datetime.now(UTC)
+        wake = next_run(every, now)
+        log.info("next training run at %s", wake.isoformat(timespec="seconds"))
+        time.sleep(max(0.0, (wake - now).total_seconds()))
+
+
+def rollback(model_dir: Path, version: str | None) -> str:
+    """Make `version` (or the newest before CURRENT) current again."""
+    from models.artifact import list_versions
+
+    versions = list_versions(model_dir)
+    if version is None:
+        cur = current_version(model_dir)
+        older = [v for v in versions if cur is None or v < cur]
+        if not older:
+            raise ArtifactError(f"no version older than {cur} in {model_dir}")
+        version = older[-1]
+    set_current(model_dir, version)
+    return version

@@ -1,0 +1,44 @@
+"""Read a Kafka topic from its beginning to its current end (for training from topics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[bytes]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"sessionrec-train-{topic}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise ValueError(f"topic {topic!r} does not exist at {bootstrap}")
+        ends: dict[int, int] = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        deadline = time.monotonic() + timeout_s
+        while ends and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                if msg.error():
+                    continue
+                partition, offset, value = msg.partition(), msg.offset(), msg.value()
+                if partition is None or offset is None:
+                    continue
+                if offset + 1 >= ends.get(partition, 0):
+                    ends.pop(partition, None)
+                if value is not None:
+                    yield value
+    finally:
+        consumer.close()

@@ -1,0 +1,268 @@
+"""The trainer: session prefixes -> next item, cosine with a temperature, shared negatives.
+
+Each training case is (the last `max_len` items of a session prefix, the next item). The loss is
+a sampled softmax over the batch's own targets plus shared uniformly drawn items, with the
+log-probability correction for in-batch sampling, so popular items are not over-penalised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from tqdm import tqdm
+
+from models.config import EventWeights
+from models.features import (
+    F32,
+    Dims,
+    FeatureTables,
+    ItemFeatures,
+    build_vocabs,
+    encode_items,
+    price_stats,
+)
+from models.records import Item
+from training.data import Corpus
+from training.loss import shared_negatives_lse
+from training.model import ItemTower, ModelConfig, Prefixes, SessionEncoder
+
+log = logging.getLogger(__name__)
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Hyperparameters; the defaults are the ones measured on Diginetica (see the README)."""
+
+    epochs: int = 3
+    batch_size: int = 2048
+    negatives: int = 256
+    batch_negatives: int = 256
+    bf16: bool = True
+    lr: float = 0.004
+    temperature: float = 0.07
+    max_len: int = 20
+    seed: int = 0
+    threads: int = 2
+    dims: Dims = field(default_factory=Dims)
+    weights: EventWeights = field(default_factory=EventWeights)
+    progress: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Cases:
+    """prefix: (n, L) int64 item rows right-aligned, -1 padding; prefix_w: (n, L) float32 event
+    weights; target: (n,) int64; target_w: (n,) float32 loss weights."""
+
+    prefix: I64
+    prefix_w: F32
+    target: I64
+    target_w: F32
+
+
+@dataclass(frozen=True, slots=True)
+class TrainedModel:
+    """What training produces, as arrays: everything the artifact needs, no torch objects."""
+
+    item_ids: tuple[str, ...]
+    items: list[Item]
+    vectors: F32
+    identity: F32
+    tables: FeatureTables
+    features: ItemFeatures
+    position_weights: F32
+    popularity: F32
+    config: TrainConfig
+    stats: dict[str, float]
+
+
+def item_rows(corpus: Corpus) -> tuple[list[Item], dict[str, int]]:
+    """Catalog items plus items seen only in sessions (without metadata), and their rows."""
+    items = list(corpus.items)
+    rows = {item.item_id: r for r, item in enumerate(items)}
+    for session in corpus.sessions:
+        for item_id in session.items:
+            if item_id not in rows:
+                rows[item_id] = len(items)
+                items.append(Item(item_id))
+    return items, rows
+
+
+def build_cases(corpus: Corpus, rows: dict[str, int], config: TrainConfig) -> Cases:
+    """Every prefix -> next-item case of every session, vectorised."""
+    lengths = np.array([len(s.items) for s in corpus.sessions], dtype=np.int64)
+    flat = np.fromiter(
+        (rows[i] for s in corpus.sessions for i in s.items), np.int64, count=int(lengths.sum())
+    )
+    flat_w = np.fromiter(
+        (config.weights.of(t) for s in corpus.sessions for t in s.types),
+        np.float32,
+        count=int(lengths.sum()),
+    )
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    positions = np.arange(len(flat))
+    keep = (positions > starts) & (flat_w > 0)  # remove_from_cart is no positive target
+    pos, start = positions[keep], starts[keep]
+    idx = pos[:, None] - config.max_len + np.arange(config.max_len)[None, :]
+    valid = idx >= start[:, None]
+    safe = np.where(valid, idx, 0)
+    prefix = np.where(valid, flat[safe], -1)
+    prefix_w = np.where(valid, flat_w[safe], 0.0).astype(np.float32)
+    view = max(config.weights.view, 1e-6)
+    target_w = np.maximum(flat_w[pos] / view, 1.0).astype(np.float32)
+    return Cases(prefix, prefix_w, flat[pos], target_w)
+
+
+class Trainer:
+    def __init__(self, corpus: Corpus, config: TrainConfig):
+        self.config = config
+        torch.manual_seed(config.seed)
+        torch.set_num_threads(config.threads)
+        self.items, self.rows = item_rows(corpus)
+        self.vocabs = build_vocabs(self.items)
+        self.price_mean, self.price_std = price_stats(self.items)
+        self.features = encode_items(self.items, self.vocabs, self.price_mean, self.price_std)
+        mconf = ModelConfig(config.dims, config.max_len, config.temperature)
+        tokens, categories, brands = self.vocabs
+        self.tower = ItemTower((len(tokens), len(categories), len(brands)), self.features, mconf)
+        self.encoder = SessionEncoder(mconf)
+        self.cases = build_cases(corpus, self.rows, config)
+        counts = np.bincount(self.cases.target, minlength=len(self.items)).astype(np.float64)
+        self.q = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
+        self.gen = torch.Generator().manual_seed(config.seed)
+
+    def _step(self, batch: I64, optimiser: torch.optim.Optimizer) -> float:
+        """One update: positives row-wise, negatives shared by the whole batch.
+
+        The shared negatives are the targets of the first `negatives` cases of the (shuffled)
+        batch, so they follow item popularity; subtracting log q(item) from every logit corrects
+        for that (sampled softmax). A negative equal to a case's own target is masked.
+        """
+        c = self.config
+        prefix = Prefixes.from_padded(self.cases.prefix[batch], self.cases.prefix_w[batch])
+        target = torch.as_tensor(self.cases.target[batch])
+        weight = torch.as_tensor(self.cases.target_w[batch])
+        uniform = torch.randint(0, len(self.items), (c.negatives,), generator=self.gen)
+        in_batch = target[: c.batch_negatives]
+        negatives = torch.cat([uniform, in_batch])
+        # Compose only the rows this batch touches; `inverse` maps cases to them.
+        needed = torch.cat([prefix.rows, target, negatives])
+        unique, inverse = torch.unique(needed, return_inverse=True)
+        table = self.tower.rows(unique)
+        n_prefix, n_target = len(prefix.rows), len(target)
+        local_target = inverse[n_prefix : n_prefix + n_target]
+        local_negatives = inverse[n_prefix + n_target :]
+        queries = self.encoder(table, prefix.remap(inverse[:n_prefix]))
+        # Sampled-softmax correction: subtract log(expected count of each candidate).
+        n_items = len(self.items)
+        expected = torch.cat(
+            [
+                torch.full((c.negatives,), c.negatives / n_items),
+                c.batch_negatives * self.q[in_batch],
+            ]
+        )
+        pos = (queries * table[local_target]).sum(1) / c.temperature - torch.log(
+            c.negatives / n_items + c.batch_negatives * self.q[target]
+        )
+        mask = None
+        if c.batch_negatives:  # a case's own target among the in-batch negatives is no negative
+            mask = torch.zeros(len(target), len(negatives), dtype=torch.bool)
+            mask[:, c.negatives :] = target[:, None] == in_batch[None, :]
+        lse = shared_negatives_lse(
+            queries, table[local_negatives], pos, torch.log(expected), mask, c.temperature, c.bf16
+        )
+        loss = ((lse - pos) * weight).sum() / weight.sum()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return float(loss.detach())
+
+    def train(self) -> TrainedModel:
+        c = self.config
+        params = list(self.tower.parameters()) + list(self.encoder.parameters())
+        optimiser = torch.optim.Adam(params, lr=c.lr, fused=True)
+        rng = np.random.default_rng(c.seed)
+        n_cases = len(self.cases.target)
+        steps = c.epochs * -(-n_cases // c.batch_size)
+        # Linear decay to a tenth of the rate: big early steps, fine late ones.
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: 1.0 - 0.9 * min(step / max(steps, 1), 1.0)
+        )
+        started = time.perf_counter()
+        total_pairs = 0
+        loss = float("nan")
+        for epoch in range(c.epochs):
+            order = rng.permutation(n_cases)
+            batches = [order[i : i + c.batch_size] for i in range(0, n_cases, c.batch_size)]
+            bar = tqdm(
+                batches,
+                desc=f"epoch {epoch + 1}/{c.epochs}",
+                unit="batch",
+                disable=not c.progress,
+                leave=False,
+                mininterval=1.0,
+            )
+            for batch in bar:
+                loss = self._step(batch, optimiser)
+                schedule.step()
+                total_pairs += len(batch)
+                rate = total_pairs / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(loss=f"{loss:.3f}", pairs_s=f"{rate:,.0f}", refresh=False)
+            log.info(
+                "epoch %d/%d: loss %.4f, %.0f pairs/s",
+                epoch + 1,
+                c.epochs,
+                loss,
+                total_pairs / (time.perf_counter() - started),
+            )
+        seconds = time.perf_counter() - started
+        return self._export(seconds, total_pairs, loss)
+
+    def _export(self, seconds: float, pairs: int, loss: float) -> TrainedModel:
+        with torch.no_grad():
+            vectors = self.tower().numpy().astype(np.float32)
+            t = self.tower
+            tables = FeatureTables(
+                dims=self.config.dims,
+                token_vocab=self.vocabs[0],
+                category_vocab=self.vocabs[1],
+                brand_vocab=self.vocabs[2],
+                tokens=t.tokens.weight.numpy().copy(),
+                category=t.category.weight.numpy().copy(),
+                brand=t.brand.weight.numpy().copy(),
+                price_w=t.price.weight[:, 0].numpy().copy(),
+                price_b=t.price.bias.numpy().copy(),
+                price_mean=self.price_mean,
+                price_std=self.price_std,
+            )
+            position = self.encoder.position_weights().numpy().astype(np.float32)
+        stats = {
+            "train_seconds": seconds,
+            "pairs": float(pairs),
+            "cases": float(len(self.cases.target)),
+            "pairs_per_second": pairs / max(seconds, 1e-9),
+            "final_loss": loss,
+        }
+        return TrainedModel(
+            tuple(i.item_id for i in self.items),
+            self.items,
+            vectors,
+            t.identity.weight.detach().numpy().copy(),
+            tables,
+            self.features,
+            position,
+            self.q.numpy().astype(np.float32),
+            self.config,
+            stats,
+        )
+
+
+def train(corpus: Corpus, config: TrainConfig) -> TrainedModel:
+    if not corpus.sessions:
+        raise ValueError("no training sessions (need sessions of at least two events)")
+    return Trainer(corpus, config).train()
