@@ -116,6 +116,11 @@ def advance(state: SessionState, event: Event, config: SessionConfig) -> Step:
         return Step(new_state, (current,))
     if event.ts < current.start - config.gap_ms:
         return Step(replace(state, seq=seq, late=state.late + 1), (), late=True)
+    if any(
+        c.ts == click.ts and c.item_id == click.item_id and c.type == click.type
+        for c in current.clicks
+    ):
+        return Step(state, ())  # a replayed event (at-least-once delivery) changes nothing
     merged = _merge(current, click, config.max_len)
     return Step(replace(state, current=merged, seq=seq), ())
 

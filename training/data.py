@@ -305,3 +305,43 @@ def load_corpus(
     if fmt == "retailrocket":
         return load_retailrocket(path, gap)
     raise DataError(f"unknown format {fmt!r}, expected one of {', '.join(FORMATS)}")
+
+
+def diginetica_events(path: Path, rejected: Counter[str]) -> tuple[list[Event], list[Item]]:
+    """Diginetica rows as view events (user = SessionId) and items with name/category/price."""
+    corpus = load_diginetica_events(path)
+    rejected.update(corpus.rejected)
+    events: list[Event] = []
+    for row in _tsv_rows(path, ["SessionId", "ItemId", "Time"]):
+        try:
+            events.append(
+                Event(row["SessionId"], row["ItemId"], "view", int(float(row["Time"]) * 1000))
+            )
+        except (ValueError, TypeError):
+            continue  # counted by load_diginetica_events
+    return events, corpus.items
+
+
+def read_events(
+    fmt: str, path: Path, catalog: Path | None = None
+) -> tuple[list[Event], list[Item], Counter[str]]:
+    """Events (sorted by time) and catalog items of a file, for replay into Kafka."""
+    rejected: Counter[str] = Counter()
+    if fmt == "jsonl":
+        events: list[Event] = []
+        for _, line in _read_lines(path):
+            if line.strip():
+                try:
+                    events.append(decode_event(line))
+                except DecodeError as exc:
+                    rejected[_reason(str(exc))] += 1
+        items = load_catalog(catalog, rejected) if catalog else []
+    elif fmt == "diginetica":
+        events, items = diginetica_events(path, rejected)
+    elif fmt == "retailrocket":
+        paths = sorted(path.glob("*.tsv")) if path.is_dir() else [path]
+        events, items = retailrocket_events(paths, rejected)
+    else:
+        raise DataError(f"replay reads jsonl, diginetica or retailrocket, not {fmt!r}")
+    events.sort(key=lambda e: e.ts)
+    return events, items, rejected

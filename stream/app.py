@@ -1,0 +1,185 @@
+"""The faust-streaming worker: events -> sessions table -> recommendations.
+
+Thin adapter around `stream.processor.Processor`. The session table keys users (JSON) and its
+changelog partitions line up with those of `events`: each state is written with the partition
+of the event that changed it, so a restarted worker restores exactly the users it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from models.artifact import ArtifactError
+from models.config import Settings
+from stream import metrics
+from stream.processor import Incoming, Output, Processor
+from stream.serving import ServingModel, load_current
+from stream.watch import Watcher
+
+log = logging.getLogger(__name__)
+BATCH_MAX = 1000
+BATCH_WITHIN_S = 0.005
+IDLE_CHECK_S = 10.0
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
+class Runtime:
+    """The worker's state outside faust: processor, watcher and counters."""
+
+    def __init__(self, settings: Settings, model_dir: Path):
+        self.settings = settings
+        self.model_dir = model_dir
+        serving: ServingModel | None = None
+        try:
+            serving = load_current(model_dir, settings.weights)
+        except ArtifactError as exc:
+            log.error("current model unusable, serving trending items until one loads: %s", exc)
+        if serving is None:
+            log.warning("no model in %s yet: answering with trending items", model_dir)
+        self.processor = Processor(settings, serving)
+        self.watcher = Watcher(settings, model_dir, serving.version if serving else None)
+        self._publish_model()
+
+    def _publish_model(self) -> None:
+        serving = self.processor.serving
+        metrics.MODEL.info({"version": serving.version if serving else "none"})
+        metrics.INDEX_SIZE.set(len(serving.index) if serving else 0)
+
+    def between_batches(self) -> None:
+        """Swap in a loaded model and apply catalog upserts; never during a batch."""
+        model, items = self.watcher.take()
+        if model is not None:
+            old = self.processor.serving.version if self.processor.serving else "none"
+            self.processor.swap(model)
+            metrics.MODEL_SWAPS.inc()
+            log.info("swapped model %s -> %s between batches", old, model.version)
+        if items and self.processor.serving is not None:
+            metrics.ITEMS.inc(self.processor.serving.apply_items(items))
+        if model is not None or items:
+            self._publish_model()
+
+
+def build_app(
+    settings: Settings, model_dir: Path, app_id: str = "sessionrec-worker"
+) -> tuple[faust.App, Runtime]:
+    brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
+    app = faust.App(
+        app_id,
+        broker=brokers,
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        web_enabled=False,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_max_poll_interval=10.0,
+        broker_rebalance_timeout=6.0,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        broker_commit_interval=1.0,
+        producer_linger_ms=1,
+    )
+    runtime = Runtime(settings, model_dir)
+    t = settings.topics
+    events = _raw_topic(app, t.events, settings.partitions)
+    recs = _raw_topic(app, t.recommendations, settings.partitions)
+    dlq = _raw_topic(app, t.dlq, settings.partitions)
+    sessions = _raw_topic(app, t.sessions, settings.partitions)
+    schema = faust.Schema(
+        key_type=str, value_type=dict, key_serializer="json", value_serializer="json"
+    )
+    table = app.Table("user-sessions", partitions=settings.partitions, schema=schema)
+
+    async def publish(out: Output) -> None:
+        futures = [await recs.send(key=k.encode(), value=v) for k, v, _ in out.recommendations]
+        futures += [await dlq.send(key=k, value=v) for k, v in out.dlq]
+        futures += [await sessions.send(key=k.encode(), value=v) for k, v in out.sessions]
+        for user, (partition, state) in out.states.items():
+            state["partition"] = partition
+            table.data[user] = state
+            table.send_changelog(partition, user, state)
+        await asyncio.gather(*futures)  # delivered before the batch's offsets are acked
+
+    @app.agent(events)
+    async def handle(stream: Any) -> None:
+        proc = runtime.processor
+        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            runtime.between_batches()
+            incoming = [
+                Incoming(
+                    e.key,
+                    e.value,
+                    e.message.partition,
+                    e.message.offset,
+                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                )
+                for e in batch
+            ]
+            before = proc.counters.copy()
+            out = proc.process(incoming, table.data.get)
+            await publish(out)
+            _observe(incoming, before, proc.counters)
+
+    @app.timer(interval=IDLE_CHECK_S)
+    async def close_idle_sessions() -> None:
+        proc = runtime.processor
+        out = Output()
+        for user, data in list(table.data.items()):
+            if data and data.get("current"):
+                proc.close_idle(user, data, out, int(data.get("partition", 0)))
+        if out.states:
+            await publish(out)
+            metrics.SESSIONS.inc(len(out.sessions))
+
+    @app.timer(interval=1.0)
+    async def follow_updates() -> None:
+        runtime.between_batches()
+
+    @app.task
+    async def start_watcher() -> None:
+        runtime.watcher.start()
+
+    return app, runtime
+
+
+def _observe(batch: list[Incoming], before: Any, after: Any) -> None:
+    now = time.time()
+    metrics.BATCH.observe(len(batch))
+    for outcome in ("accepted", "rejected"):
+        metrics.EVENTS.labels(outcome).inc(after[outcome] - before[outcome])
+    metrics.EMITTED.inc(after["emitted"] - before["emitted"])
+    metrics.UNKNOWN.inc(after["unknown_item"] - before["unknown_item"])
+    metrics.SESSIONS.inc(after["sessions_closed"] - before["sessions_closed"])
+    for msg in batch:
+        if msg.produced_ms:
+            metrics.LATENCY.observe(max(0.0, now - msg.produced_ms / 1000.0))
+
+
+def run_worker(settings: Settings, model_dir: Path, loglevel: str = "info") -> None:
+    """Run one worker until SIGINT/SIGTERM."""
+    metrics.serve(settings.metrics_port)
+    app, runtime = build_app(settings, model_dir)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        runtime.watcher.stop()

@@ -1,0 +1,263 @@
+"""The worker's logic, free of faust: a batch of raw events in, everything to publish out.
+
+The faust agent is a thin adapter around `Processor.process`; tests drive it directly too.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.codec import DecodeError, decode_event, encode, encode_session
+from models.config import Settings
+from models.intent import cluster
+from models.ranking import IntentOut, PastIntent, Request, Result, params_from
+from models.records import Event, Intent, Recommendation, RecommendedItem
+from models.session import Session, SessionConfig, advance, close_idle
+from stream.serving import ServingModel
+from stream.state import PastIntentState, UserState
+from stream.trending import Trending
+
+log = logging.getLogger(__name__)
+MAX_PAST_INTENTS = 3
+PAST_DECAY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    produced_ms: int | None = None
+
+
+@dataclass
+class Output:
+    """What one batch produces. `states` maps user -> (partition, JSON state) to persist."""
+
+    recommendations: list[tuple[str, bytes, int | None]] = field(default_factory=list)
+    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    sessions: list[tuple[str, bytes]] = field(default_factory=list)
+    states: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class _UserWork:
+    partition: int
+    state: UserState
+    events: list[tuple[Event, Incoming]] = field(default_factory=list)
+    params: dict[str, Any] | None = None
+
+
+def dlq_record(raw: bytes | None, reason: str, msg: Incoming) -> bytes:
+    """The original bytes (UTF-8 text when they are, else base64) and the reason."""
+    data = raw or b""
+    try:
+        original, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        original, encoding = base64.b64encode(data).decode("ascii"), "base64"
+    return encode(
+        {
+            "reason": reason,
+            "original": original,
+            "encoding": encoding,
+            "partition": msg.partition,
+            "offset": msg.offset,
+        }
+    )
+
+
+class Processor:
+    def __init__(
+        self,
+        settings: Settings,
+        serving: ServingModel | None,
+        clock: Callable[[], int] | None = None,
+    ):
+        self.settings = settings
+        self.serving = serving
+        self.trending = Trending()
+        self.gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
+        self.clock = clock or (lambda: int(time.time() * 1000))
+        self.counters: Counter[str] = Counter()
+        self.watermark = 0
+        if serving is not None:
+            self._seed_trending(serving)
+
+    def _seed_trending(self, serving: ServingModel) -> None:
+        pop = serving.model.popularity
+        if pop.size:
+            top = np.argsort(-pop)[:500]
+            self.trending.seed(
+                [serving.model.item_ids[i] for i in top], [float(pop[i]) for i in top], 0
+            )
+
+    def swap(self, serving: ServingModel) -> None:
+        """Serve a new model from the next batch on (called between batches)."""
+        self.serving = serving
+        self.counters["model_swaps"] += 1
+
+    def _decode(self, msg: Incoming) -> Event | str:
+        if msg.value is None:
+            return "event: message has no value"
+        try:
+            event = decode_event(msg.value)
+            if event.params:
+                params_from(self.settings.query, event.params)
+        except DecodeError as exc:
+            return str(exc)
+        except ValueError as exc:
+            return f"event: {exc}"
+        if msg.key is not None and msg.key != event.user_id.encode():
+            self.counters["key_mismatch"] += 1
+        return event
+
+    def process(
+        self, batch: list[Incoming], load: Callable[[str], dict[str, Any] | None]
+    ) -> Output:
+        out = Output()
+        work: dict[str, _UserWork] = {}
+        for msg in batch:
+            decoded = self._decode(msg)
+            if isinstance(decoded, str):
+                self.counters["rejected"] += 1
+                out.dlq.append((msg.key, dlq_record(msg.value, decoded, msg)))
+                continue
+            self.counters["accepted"] += 1
+            user = work.get(decoded.user_id)
+            if user is None:
+                user = work[decoded.user_id] = _UserWork(
+                    msg.partition, UserState.from_json(load(decoded.user_id))
+                )
+            user.events.append((decoded, msg))
+            user.params = decoded.params or user.params
+        for user_id, w in work.items():
+            self._advance(user_id, w, out)
+        self._answer(work, out)
+        return out
+
+    def _advance(self, user_id: str, w: _UserWork, out: Output) -> None:
+        state = w.state
+        for event, _ in w.events:
+            self.watermark = max(self.watermark, event.ts)
+            self.trending.add(event.item_id, self.settings.weights.of(event.type), event.ts)
+            if self.serving is None or event.item_id not in self.serving.index.labels:
+                self.counters["unknown_item"] += 1
+            step = advance(state.session, event, self.gap)
+            if step.late:
+                self.counters["late"] += 1
+            state = UserState(step.state, state.past, state.bought)
+            for closed in step.closed:
+                state = self._retire(user_id, closed, state, out)
+            if event.type == "buy" and event.item_id not in state.bought:
+                state = UserState(state.session, state.past, (*state.bought, event.item_id)[-200:])
+        w.state = state
+        out.states[user_id] = (w.partition, state.to_json())
+
+    def _retire(self, user_id: str, closed: Session, state: UserState, out: Output) -> UserState:
+        """A closed session goes to `sessions`; its intents become the user's past intents."""
+        out.sessions.append((user_id, encode_session(closed)))
+        self.counters["sessions_closed"] += 1
+        past = [PastIntentState(p.vector, p.weight * PAST_DECAY, p.members) for p in state.past]
+        if self.serving is not None:
+            rec = self.serving.recommender
+            ids, weights, _ = rec.session_items([(c.item_id, c.type) for c in closed.clicks])
+            if ids:
+                _, vectors = rec.index.rows(ids)
+                clusters = cluster(vectors, weights, self.settings.query.max_intents)
+                total = sum(c.weight for c in clusters) or 1.0
+                fresh = [
+                    PastIntentState(
+                        [round(float(x), 4) for x in c.vector],
+                        c.weight / total,
+                        [ids[m] for m in c.members][:10],
+                    )
+                    for c in clusters
+                    if c.weight > 0
+                ]
+                past = fresh + past
+        return UserState(state.session, tuple(past[:MAX_PAST_INTENTS]), state.bought)
+
+    def close_idle(self, user_id: str, data: dict[str, Any], out: Output, partition: int) -> None:
+        """Close the user's session if the event-time watermark is past its end + gap."""
+        state = UserState.from_json(data)
+        step = close_idle(state.session, self.watermark, self.gap)
+        if not step.closed:
+            return
+        state = UserState(step.state, state.past, state.bought)
+        for closed in step.closed:
+            state = self._retire(user_id, closed, state, out)
+        out.states[user_id] = (partition, state.to_json())
+
+    def _answer(self, work: dict[str, _UserWork], out: Output) -> None:
+        users = list(work)
+        requests = [self._request(work[u]) for u in users]
+        results: list[Result | None] = [None] * len(users)
+        if self.serving is not None and requests:
+            results = list(self.serving.recommender.recommend(requests))
+        version = self.serving.version if self.serving is not None else "none"
+        emitted = self.clock()
+        for user_id, req, result in zip(users, requests, results, strict=True):
+            w = work[user_id]
+            items, intents, reason = self._explain(req, result)
+            current = w.state.session.current
+            session_id = current.session_id if current is not None else "none"
+            for event, _ in w.events:
+                rec = Recommendation(
+                    user_id=user_id,
+                    session_id=session_id,
+                    items=items,
+                    intents=intents,
+                    model_version=version,
+                    event_ts=event.ts,
+                    emitted_ts=emitted,
+                    item_id=event.item_id,
+                    type=event.type,
+                    reason=reason,
+                )
+                out.recommendations.append((user_id, encode(rec), w.partition))
+                self.counters["emitted"] += 1
+
+    def _request(self, w: _UserWork) -> Request:
+        current = w.state.session.current
+        clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
+        past = [
+            PastIntent(np.asarray(p.vector, dtype=np.float32), p.weight, tuple(p.members))
+            for p in w.state.past
+        ]
+        return Request(
+            clicks, frozenset(w.state.bought), past, params_from(self.settings.query, w.params)
+        )
+
+    def _explain(
+        self, req: Request, result: Result | None
+    ) -> tuple[list[RecommendedItem], list[Intent], str]:
+        if result is None or not result.items:
+            top = self.trending.top(req.params.k, set(req.bought))
+            return [RecommendedItem(i, round(s, 5), -1) for i, s in top], [], "trending"
+        items = [RecommendedItem(i, s, intent) for i, s, intent in result.items]
+        return items, [self._intent(it) for it in result.intents], "session"
+
+    def _intent(self, it: IntentOut) -> Intent:
+        assert self.serving is not None
+        labels = [
+            self.serving.index.labels[m] for m in it.members if m in self.serving.index.labels
+        ]
+        cats = Counter(c for c in map(self.serving.category_of, labels) if c)
+        brands = Counter(b for b in map(self.serving.brand_of, labels) if b)
+        return Intent(
+            id=it.id,
+            members=list(it.members),
+            weight=round(it.weight, 4),
+            category=cats.most_common(1)[0][0] if cats else None,
+            brand=brands.most_common(1)[0][0] if brands else None,
+            past=it.past,
+        )

@@ -1,0 +1,94 @@
+"""The model a worker serves: artifact + live index + recommender, swapped as one object."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.artifact import Model, current_version, load_index, load_model
+from models.config import EventWeights
+from models.features import compose, encode_items
+from models.index import ItemIndex
+from models.ranking import Recommender
+from models.records import Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingModel:
+    """Everything needed to answer requests; built fully before it is swapped in."""
+
+    model: Model
+    index: ItemIndex
+    recommender: Recommender
+    categories: dict[int, str | None]
+    brands: dict[int, str | None]
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def category_of(self, label: int) -> str | None:
+        return self.categories.get(label)
+
+    def brand_of(self, label: int) -> str | None:
+        return self.brands.get(label)
+
+    def apply_items(self, items: list[Item]) -> int:
+        """Upsert catalog items: compose vectors from metadata (+ learned identity when the model
+        knows the item), put them live in the index; deleted items leave it. Returns changes."""
+        if not items:
+            return 0
+        t = self.model.tables
+        live = [i for i in items if not i.deleted]
+        for item in items:
+            if item.deleted:
+                self.index.delete(item.item_id)
+        if live:
+            features = encode_items(
+                live, (t.token_vocab, t.category_vocab, t.brand_vocab), t.price_mean, t.price_std
+            )
+            identity = np.zeros((len(live), t.dims.name), dtype=np.float32)
+            for row, item in enumerate(live):
+                known = self.model_row(item.item_id)
+                if known is not None:
+                    identity[row] = self.model.identity[known]
+            vectors = compose(t, features, identity)
+            self.index.upsert([i.item_id for i in live], vectors)
+            for item in live:
+                label = self.index.labels[item.item_id]
+                self.categories[label] = item.category
+                self.brands[label] = item.brand
+        return len(items)
+
+    def model_row(self, item_id: str) -> int | None:
+        row = self.index.labels.get(item_id)
+        return row if row is not None and row < len(self.model.item_ids) else None
+
+
+def load_serving(path: Path, weights: EventWeights, threads: int = 1) -> ServingModel:
+    """Load a model version completely (raises `ArtifactError` if it is unusable)."""
+    model = load_model(path)
+    index = load_index(path, model, threads=threads)
+    t = model.tables
+    categories = {
+        row: (t.category_vocab.words[c - 1] if c > 0 else None)
+        for row, c in enumerate(model.item_category.tolist())
+    }
+    brands = {
+        row: (t.brand_vocab.words[b - 1] if b > 0 else None)
+        for row, b in enumerate(model.item_brand.tolist())
+    }
+    rec = Recommender(index, t.dims, model.position_weights, weights)
+    return ServingModel(model, index, rec, categories, brands)
+
+
+def load_current(model_dir: Path, weights: EventWeights, threads: int = 1) -> ServingModel | None:
+    version = current_version(model_dir)
+    if version is None:
+        return None
+    return load_serving(model_dir / version, weights, threads)
