@@ -63,6 +63,7 @@ class Settings:
     max_session_len: int = 50
     model_dir: str = "var/models"
     metrics_port: int = 9100
+    worker_group: str = "sessionrec-worker"
     log_format: str = "text"
     topics: Topics = field(default_factory=Topics)
     weights: EventWeights = field(default_factory=EventWeights)

@@ -23,7 +23,7 @@ from stream.serving import ServingModel, load_current
 from stream.watch import Watcher
 
 log = logging.getLogger(__name__)
-BATCH_MAX = 1000
+BATCH_MAX = 500
 BATCH_WITHIN_S = 0.005
 IDLE_CHECK_S = 10.0
 
@@ -75,12 +75,10 @@ class Runtime:
             self._publish_model()
 
 
-def build_app(
-    settings: Settings, model_dir: Path, app_id: str = "sessionrec-worker"
-) -> tuple[faust.App, Runtime]:
+def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
     app = faust.App(
-        app_id,
+        settings.worker_group,
         broker=brokers,
         store="memory://",
         key_serializer="raw",
@@ -89,9 +87,9 @@ def build_app(
         topic_replication_factor=1,
         table_standby_replicas=0,
         web_enabled=False,
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-        broker_max_poll_interval=10.0,
+        broker_session_timeout=30.0,
+        broker_heartbeat_interval=3.0,
+        broker_max_poll_interval=300.0,
         broker_rebalance_timeout=6.0,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
@@ -104,19 +102,19 @@ def build_app(
     recs = _raw_topic(app, t.recommendations, settings.partitions)
     dlq = _raw_topic(app, t.dlq, settings.partitions)
     sessions = _raw_topic(app, t.sessions, settings.partitions)
-    schema = faust.Schema(
-        key_type=str, value_type=dict, key_serializer="json", value_serializer="json"
-    )
+    schema = faust.Schema(key_serializer="json", value_serializer="json")
     table = app.Table("user-sessions", partitions=settings.partitions, schema=schema)
 
     async def publish(out: Output) -> None:
-        futures = [await recs.send(key=k.encode(), value=v) for k, v, _ in out.recommendations]
-        futures += [await dlq.send(key=k, value=v) for k, v in out.dlq]
-        futures += [await sessions.send(key=k.encode(), value=v) for k, v in out.sessions]
+        # States first and with no await before: the agent and the idle timer each read and
+        # write a user's state without yielding in between, so neither overwrites the other.
         for user, (partition, state) in out.states.items():
             state["partition"] = partition
             table.data[user] = state
             table.send_changelog(partition, user, state)
+        futures = [await recs.send(key=k.encode(), value=v) for k, v, _ in out.recommendations]
+        futures += [await dlq.send(key=k, value=v) for k, v in out.dlq]
+        futures += [await sessions.send(key=k.encode(), value=v) for k, v in out.sessions]
         await asyncio.gather(*futures)  # delivered before the batch's offsets are acked
 
     @app.agent(events)

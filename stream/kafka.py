@@ -6,7 +6,15 @@ from typing import Any
 
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    return {"bootstrap.servers": bootstrap, "linger.ms": 2, "log_level": 3, **extra}
+    """murmur2 partitioning, as the Java client and faust do, so every producer of a user's
+    events (whatever its language) agrees on that user's partition."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 2,
+        "log_level": 3,
+        "partitioner": "murmur2_random",
+        **extra,
+    }
 
 
 def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:

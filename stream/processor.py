@@ -88,7 +88,9 @@ class Processor:
         self.gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.counters: Counter[str] = Counter()
-        self.watermark = 0
+        # Event-time watermark per partition: users of a lagging partition are never closed
+        # by the progress of another one.
+        self.watermarks: dict[int, int] = {}
         if serving is not None:
             self._seed_trending(serving)
 
@@ -141,13 +143,14 @@ class Processor:
             user.params = decoded.params or user.params
         for user_id, w in work.items():
             self._advance(user_id, w, out)
+            last = max(e.ts for e, _ in w.events)
+            self.watermarks[w.partition] = max(self.watermarks.get(w.partition, 0), last)
         self._answer(work, out)
         return out
 
     def _advance(self, user_id: str, w: _UserWork, out: Output) -> None:
         state = w.state
         for event, _ in w.events:
-            self.watermark = max(self.watermark, event.ts)
             self.trending.add(event.item_id, self.settings.weights.of(event.type), event.ts)
             if self.serving is None or event.item_id not in self.serving.index.labels:
                 self.counters["unknown_item"] += 1
@@ -189,7 +192,7 @@ class Processor:
     def close_idle(self, user_id: str, data: dict[str, Any], out: Output, partition: int) -> None:
         """Close the user's session if the event-time watermark is past its end + gap."""
         state = UserState.from_json(data)
-        step = close_idle(state.session, self.watermark, self.gap)
+        step = close_idle(state.session, self.watermarks.get(partition, 0), self.gap)
         if not step.closed:
             return
         state = UserState(step.state, state.past, state.bought)

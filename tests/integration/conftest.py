@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import uuid
 from collections.abc import Iterator
 
@@ -29,3 +30,31 @@ def broker() -> Iterator[EmbeddedBroker]:
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def retailrocket_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A model trained on the RetailRocket events (ids match the events replayed in tests)."""
+    from models.session import SessionConfig
+    from training.data import load_retailrocket
+    from training.export import export
+    from training.trainer import TrainConfig, train
+
+    corpus = load_retailrocket(shared_data / "retailrocket-events", SessionConfig())
+    trained = train(corpus, TrainConfig(epochs=2, progress=False))
+    model_dir = tmp_path_factory.mktemp("models-rr")
+    export(trained, model_dir, {"data": "retailrocket"})
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def diginetica3_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    from training.data import load_diginetica_events
+    from training.export import export
+    from training.trainer import TrainConfig, train
+
+    corpus = load_diginetica_events(shared_data / "diginetica-3day" / "events.tsv")
+    trained = train(corpus, TrainConfig(epochs=2, progress=False))
+    model_dir = tmp_path_factory.mktemp("models-dg3")
+    export(trained, model_dir, {"data": "diginetica-3day"})
+    return model_dir

@@ -1,0 +1,85 @@
+"""Start and stop worker processes (for the demo, the benchmarks and the tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from models.config import Settings
+
+READY_TIMEOUT_S = 60.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The SESSIONREC_* variables that reproduce `settings` in a child process."""
+    t = settings.topics
+    return {
+        "SESSIONREC_BOOTSTRAP": settings.bootstrap,
+        "SESSIONREC_PARTITIONS": str(settings.partitions),
+        "SESSIONREC_MODEL_DIR": settings.model_dir,
+        "SESSIONREC_METRICS_PORT": str(settings.metrics_port),
+        "SESSIONREC_WORKER_GROUP": settings.worker_group,
+        "SESSIONREC_SESSION_GAP_MINUTES": str(settings.session_gap_minutes),
+        "SESSIONREC_TOPICS_EVENTS": t.events,
+        "SESSIONREC_TOPICS_ITEMS": t.items,
+        "SESSIONREC_TOPICS_SESSIONS": t.sessions,
+        "SESSIONREC_TOPICS_RECOMMENDATIONS": t.recommendations,
+        "SESSIONREC_TOPICS_DLQ": t.dlq,
+        "SESSIONREC_TOPICS_MODEL_UPDATES": t.model_updates,
+    }
+
+
+class WorkerProcess:
+    """`sessionrec worker` as a child process whose log goes to a file."""
+
+    def __init__(self, settings: Settings, log_path: Path):
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "ab")  # noqa: SIM115  # handed to the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sessionrec.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Wait until faust says the worker is ready (partitions assigned, tables recovered)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail_log()}")
+            if b"[^Worker]: Ready" in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout_s}s: {self.tail_log()}")
+
+    def tail_log(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill9()

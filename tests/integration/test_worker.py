@@ -1,0 +1,208 @@
+"""The stream worker against the real embedded broker, replaying real event data."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.artifact import current_version, set_current
+from models.codec import decode_recommendation
+from models.config import Settings
+from models.records import Event, Item
+from models.session import SessionConfig, sessionize
+from stream.broker import EmbeddedBroker
+from stream.launch import WorkerProcess
+from stream.topics import create_topics, topic_specs
+from tests.integration.kafka_io import consume, produce, produce_items, unique_settings
+from training.data import read_events
+
+READY_S = 60.0
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path):
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log").start()
+        started.append(worker)
+        worker.wait_ready(READY_S)
+        return worker
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def _setup(broker: EmbeddedBroker, unique: str, model_dir: Path) -> Settings:
+    settings = unique_settings(broker.bootstrap, unique, str(model_dir))
+    create_topics(broker.bootstrap, topic_specs(settings))
+    return settings
+
+
+def _key(user: str, item: str | None, ts: int, kind: str | None) -> tuple:
+    return (user, item, ts, kind)
+
+
+def _replay_and_check(settings: Settings, events: list[Event], worker_factory) -> list:
+    worker_factory(settings)
+    produce(settings, events)
+    raw = consume(
+        settings.bootstrap,
+        settings.topics.recommendations,
+        lambda v: len(v) >= len(events),
+        idle_s=60,
+    )
+    recs = [decode_recommendation(r) for r in raw]
+    sent = Counter(_key(e.user_id, e.item_id, e.ts, e.type) for e in events)
+    got = Counter(_key(r.user_id, r.item_id, r.event_ts, r.type) for r in recs)
+    missing = sent - got
+    assert not missing, f"{sum(missing.values())} events got no recommendation"
+    return recs
+
+
+def _check_bought_never_return(events: list[Event], recs: list) -> int:
+    bought_at: dict[str, dict[str, int]] = defaultdict(dict)
+    for e in events:
+        if e.type == "buy":
+            bought_at[e.user_id].setdefault(e.item_id, e.ts)
+    checked = 0
+    for r in recs:
+        for item in r.items:
+            when = bought_at.get(r.user_id, {}).get(item.item_id)
+            # Several purchases can share a timestamp; only a strictly earlier one must be gone.
+            assert when is None or when >= r.event_ts, f"{r.user_id} got back {item.item_id}"
+        checked += bool(bought_at.get(r.user_id))
+    return checked
+
+
+def _check_sessions_match_offline(settings: Settings, events: list[Event]) -> int:
+    offline, _ = sessionize(
+        list(events), SessionConfig(settings.session_gap_ms, settings.max_session_len)
+    )
+    expected = {s.session_id: [c.item_id for c in s.clicks] for s in offline}
+    raw = consume(settings.bootstrap, settings.topics.sessions, lambda v: False, idle_s=8)
+    assert raw, "no session was closed"
+    for value in raw:
+        data = orjson.loads(value)
+        assert data["session_id"] in expected, "a session was cut where the data has no gap"
+        assert data["items"] == expected[data["session_id"]]
+    return len(raw)
+
+
+@pytest.mark.slow
+def test_retailrocket_replay(broker, unique, retailrocket_model, shared_data, worker_factory):
+    settings = _setup(broker, unique, retailrocket_model)
+    events, _, _ = read_events("retailrocket", shared_data / "retailrocket-events")
+    recs = _replay_and_check(settings, events, worker_factory)
+    assert _check_bought_never_return(events, recs) > 0
+    assert _check_sessions_match_offline(settings, events) > 1000
+    assert Counter(r.reason for r in recs)["session"] > len(recs) // 2
+
+
+@pytest.mark.slow
+def test_diginetica_3day_replay(broker, unique, diginetica3_model, shared_data, worker_factory):
+    settings = _setup(broker, unique, diginetica3_model)
+    events, _, _ = read_events("diginetica", shared_data / "diginetica-3day" / "events.tsv")
+    _replay_and_check(settings, events, worker_factory)
+    assert _check_sessions_match_offline(settings, events) > 100
+
+
+def test_bad_events_go_to_dlq_and_the_worker_keeps_going(
+    broker, unique, retailrocket_model, worker_factory
+):
+    settings = _setup(broker, unique, retailrocket_model)
+    worker_factory(settings)
+    good = [Event(f"u{i}", "285930", "view", 1_700_000_000_000 + i) for i in range(20)]
+    garbage = [b"\xff\xfe", b"[1,2]", b'{"user_id":"u","item_id":"i","type":"like","ts":1}']
+    produce(settings, good[:10], raw=garbage)
+    produce(settings, good[10:])
+    dlq = consume(settings.bootstrap, settings.topics.dlq, lambda v: len(v) >= 3)
+    reasons = sorted(orjson.loads(v)["reason"] for v in dlq)
+    assert any("not valid UTF-8" in r for r in reasons)
+    assert any("expected an object" in r for r in reasons)
+    assert any("field 'type' is 'like'" in r for r in reasons)
+    recs = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 20)
+    assert len(recs) == 20
+
+
+def test_kill_9_loses_nothing_and_sessions_continue(
+    broker, unique, retailrocket_model, worker_factory, tmp_path
+):
+    settings = _setup(broker, unique, retailrocket_model)
+    first = worker_factory(settings)
+    t0 = 1_700_000_000_000
+    before = [Event(f"u{i % 25}", "285930", "view", t0 + i * 1000) for i in range(200)]
+    produce(settings, before)
+    seen = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 50)
+    first.kill9()
+    after = [Event(f"u{i % 25}", "357564", "cart", t0 + 300_000 + i * 1000) for i in range(100)]
+    produce(settings, after)
+    worker_factory(settings)
+    raw = consume(
+        settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 300, idle_s=60
+    )
+    recs = [decode_recommendation(r) for r in raw]
+    answered = {(r.user_id, r.event_ts) for r in recs}
+    assert all((e.user_id, e.ts) in answered for e in before + after)
+    assert len(seen) >= 50
+    # Sessions in progress continue: one session id per user across the restart.
+    ids = defaultdict(set)
+    for r in recs:
+        ids[r.user_id].add(r.session_id)
+    assert all(len(v) == 1 for v in ids.values()), "a session restarted after kill -9"
+
+
+def test_cold_start_item_and_unknown_user(broker, unique, retailrocket_model, worker_factory):
+    settings = _setup(broker, unique, retailrocket_model)
+    worker_factory(settings)
+    produce_items(
+        settings, [Item("brand-new-1", name="trail running shoe", category="1188", price=80.0)]
+    )
+    t0 = 1_700_000_000_000
+    produce(settings, [Event("cold-user", "never-seen-item", "view", t0)])
+    first = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 1)
+    assert decode_recommendation(first[0]).reason == "trending"
+    produce(settings, [Event("new-user", "brand-new-1", "view", t0 + 2000)])
+    raw = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 2)
+    rec = [decode_recommendation(r) for r in raw if b"new-user" in r][0]
+    assert rec.reason == "session" and rec.items
+    assert rec.intents[0].members == ["brand-new-1"]
+
+
+def test_hot_swap_and_corrupt_model_refused(
+    broker, unique, retailrocket_model, worker_factory, tmp_path
+):
+    model_dir = tmp_path / "models"
+    shutil.copytree(retailrocket_model, model_dir)
+    old = current_version(model_dir)
+    settings = _setup(broker, unique, model_dir)
+    worker = worker_factory(settings)
+    broken = model_dir / "v-broken"
+    shutil.copytree(model_dir / old, broken)
+    (broken / "vectors.npy").write_bytes(b"not an array")
+    set_current(model_dir, "v-broken")
+    produce(settings, [Event("u1", "285930", "view", 1_700_000_000_000)])
+    consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 1)
+    fresh = model_dir / "v-fresh"
+    shutil.copytree(model_dir / old, fresh)
+    manifest = orjson.loads((fresh / "manifest.json").read_bytes())
+    (fresh / "manifest.json").write_bytes(orjson.dumps({**manifest, "version": "v-fresh"}))
+    set_current(model_dir, "v-fresh")
+    t0 = 1_700_000_000_000
+    versions: set[str] = set()
+    for i in range(30):  # keep events flowing while the new model loads
+        produce(settings, [Event("u1", "285930", "view", t0 + (i + 1) * 1000)])
+        raw = consume(
+            settings.bootstrap, settings.topics.recommendations, lambda v, n=i + 2: len(v) >= n
+        )
+        versions = {decode_recommendation(r).model_version for r in raw}
+        if "v-fresh" in versions:
+            break
+    assert "v-fresh" in versions and old in versions and "v-broken" not in versions
+    log = worker.log_path.read_text()
+    assert "refused model v-broken" in log
