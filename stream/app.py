@@ -102,7 +102,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     recs = _raw_topic(app, t.recommendations, settings.partitions)
     dlq = _raw_topic(app, t.dlq, settings.partitions)
     sessions = _raw_topic(app, t.sessions, settings.partitions)
-    schema = faust.Schema(key_serializer="json", value_serializer="json")
+    schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
     table = app.Table("user-sessions", partitions=settings.partitions, schema=schema)
 
     async def publish(out: Output) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 

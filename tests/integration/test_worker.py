@@ -169,7 +169,7 @@ def test_cold_start_item_and_unknown_user(broker, unique, retailrocket_model, wo
     assert decode_recommendation(first[0]).reason == "trending"
     produce(settings, [Event("new-user", "brand-new-1", "view", t0 + 2000)])
     raw = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 2)
-    rec = [decode_recommendation(r) for r in raw if b"new-user" in r][0]
+    rec = next(decode_recommendation(r) for r in raw if b"new-user" in r)
     assert rec.reason == "session" and rec.items
     assert rec.intents[0].members == ["brand-new-1"]
 
