@@ -178,9 +178,16 @@ def load_model(path: Path) -> Model:
     )
 
 
-def load_index(path: Path, model: Model, threads: int = 2) -> ItemIndex:
+def load_index(path: Path, model: Model, threads: int = 2, ef: int | None = None) -> ItemIndex:
     """The model's hnswlib index, checked against its item count."""
-    config = IndexConfig(**{**model.manifest.get("index", {}), "threads": threads})
+    built = model.manifest.get("index", {})
+    # m and ef_construction describe the saved graph; ef and threads are query-time choices.
+    config = IndexConfig(
+        m=int(built.get("m", 32)),
+        ef_construction=int(built.get("ef_construction", 200)),
+        ef=ef or IndexConfig().ef,
+        threads=threads,
+    )
     index = ItemIndex(model.vectors.shape[1], config)
     index.ids = list(model.item_ids)
     index.labels = {item_id: row for row, item_id in enumerate(model.item_ids)}

@@ -27,33 +27,38 @@ class IntentCluster:
 def cluster(
     vectors: F32, weights: F32, max_intents: int, threshold: float = 0.35
 ) -> list[IntentCluster]:
-    """Greedy clustering, strongest items first: join the closest intent if cosine >= threshold,
-    else open a new intent (up to `max_intents`, then join the closest anyway).
+    """Greedy clustering, strongest items first: an item joins the intent whose seed (its
+    strongest member) is most similar if cosine >= threshold, else opens a new intent (up to
+    `max_intents`; after that it joins the most similar one anyway). Removals (negative
+    weights) never open an intent; they join the closest one and push its centroid away.
 
-    vectors: (n, dim) float32 unit rows; weights: (n,) float32 (negative = pushed away).
+    vectors: (n, dim) float32 unit rows; weights: (n,) float32. One (n, n) product, then a
+    loop over integers: cheap enough to run per event.
     """
-    order = np.argsort(-np.abs(weights), kind="stable")
-    centroids: list[F32] = []
-    members: list[list[int]] = []
+    n = len(weights)
+    if n == 0:
+        return []
+    sims = vectors @ vectors.T
+    order = np.argsort(-np.abs(weights), kind="stable").tolist()
+    seeds: list[int] = []
+    assign = np.full(n, -1, dtype=np.int64)
     for i in order:
-        v = vectors[i]
-        if centroids:
-            sims = np.array(
-                [float(c @ v) / max(float(np.linalg.norm(c)), 1e-12) for c in centroids]
-            )
-            best = int(sims.argmax())
-            if sims[best] >= threshold or len(centroids) >= max_intents or weights[i] < 0:
-                centroids[best] = centroids[best] + weights[i] * v
-                members[best].append(int(i))
+        if seeds:
+            row = sims[i, seeds]
+            best = int(row.argmax())
+            if row[best] >= threshold or len(seeds) >= max_intents or weights[i] < 0:
+                assign[i] = best
                 continue
         if weights[i] < 0:
             continue  # a removal with nothing to push away from
-        centroids.append((weights[i] * v).astype(np.float32))
-        members.append([int(i)])
+        assign[i] = len(seeds)
+        seeds.append(i)
     out: list[IntentCluster] = []
-    for c, m in zip(centroids, members, strict=True):
-        norm = float(np.linalg.norm(c))
-        positive = float(sum(max(float(weights[j]), 0.0) for j in m))
-        unit = (c / norm).astype(np.float32) if norm > 1e-9 else np.zeros_like(c)
-        out.append(IntentCluster(tuple(m), unit, positive))
+    for c in range(len(seeds)):
+        members = np.flatnonzero(assign == c)
+        centroid = (weights[members, None] * vectors[members]).sum(axis=0)
+        norm = float(np.linalg.norm(centroid))
+        unit = (centroid / norm).astype(np.float32) if norm > 1e-9 else np.zeros_like(centroid)
+        positive = float(np.clip(weights[members], 0.0, None).sum())
+        out.append(IntentCluster(tuple(members.tolist()), unit, positive))
     return sorted(out, key=lambda c: -c.weight)

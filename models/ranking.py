@@ -25,6 +25,7 @@ from models.intent import cluster
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
+MIN_INTENT_SHARE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +130,11 @@ class Recommender:
                 intents.append(
                     IntentOut(i, [ids[m] for m in c.members], c.weight / total, c.vector)
                 )
-            if len(clusters) > 1:
+            if len(clusters) > 1:  # a stray click is no intent worth its own query
                 queries.extend(
-                    _Query(r, c.vector, INTENT_QUERY_WEIGHT, i) for i, c in enumerate(clusters)
+                    _Query(r, c.vector, INTENT_QUERY_WEIGHT, i)
+                    for i, c in enumerate(clusters)
+                    if c.weight / total >= MIN_INTENT_SHARE
                 )
             if len(clusters) > 2:
                 for a, b in combinations(range(len(clusters)), 2):
@@ -218,18 +221,21 @@ class Recommender:
             ranked = self._mmr(ranked, req.params.k, req.params.diversity)
         ranked = ranked[: req.params.k]
         current = [it for it in intents if not it.past]
+        labels = [label for _, label, _ in ranked]
+        closest = self._closest(labels, current)
         out = []
-        for score, label, intent in ranked:
-            if intent == -2:  # found by the whole-session query: explain by the closest intent
-                intent = self._closest(label, current)
-            out.append((ids[label], round(float(score), 5), intent))
+        for (score, label, intent), near in zip(ranked, closest, strict=True):
+            # Found by the whole-session query: explain it by the closest intent.
+            out.append((ids[label], round(float(score), 5), near if intent == -2 else intent))
         return Result(out, intents, unknown)
 
-    def _closest(self, label: int, intents: list[IntentOut]) -> int:
-        if not intents:
-            return 0
-        v = self.index.vectors[label]
-        return max(intents, key=lambda it: float(it.vector @ v)).id
+    def _closest(self, labels: list[int], intents: list[IntentOut]) -> list[int]:
+        """For each item, the id of the intent whose centroid is most similar to it."""
+        if len(intents) < 2 or not labels:
+            return [intents[0].id if intents else 0] * len(labels)
+        sims = self.index.vectors[labels] @ np.stack([it.vector for it in intents]).T
+        ids = [it.id for it in intents]
+        return [ids[j] for j in sims.argmax(axis=1).tolist()]
 
     def _mmr(
         self, ranked: list[tuple[float, int, int]], k: int, diversity: float

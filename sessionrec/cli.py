@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]]:
-    from sessionrec import stream_cmd, train_cmd
+    from sessionrec import bench_cmd, stream_cmd, train_cmd
 
-    return [train_cmd.register, stream_cmd.register]
+    return [train_cmd.register, stream_cmd.register, bench_cmd.register]
 
 
 def _setup_logging(settings: Settings, verbose: bool) -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from confluent_kafka import Producer
 
 from models.artifact import ArtifactError
 from models.config import Settings
 from stream import metrics
+from stream.kafka import producer_config
 from stream.processor import Incoming, Output, Processor
 from stream.serving import ServingModel, load_current
 from stream.watch import Watcher
@@ -26,6 +28,31 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 500
 BATCH_WITHIN_S = 0.005
 IDLE_CHECK_S = 10.0
+FLUSH_TIMEOUT_S = 30.0
+FETCH_MAX_WAIT_MS = 10
+STATS_LOG_S = 10.0
+
+
+def _short_fetch_wait() -> None:
+    """faust hard-codes fetch_max_wait_ms=1500 for its consumer. A broker that holds a fetch
+    for its full wait when no data is ready (Tansu does) makes that the latency floor, so the
+    worker asks for at most FETCH_MAX_WAIT_MS; on Apache Kafka it only means idle polls."""
+    import aiokafka
+
+    original = aiokafka.AIOKafkaConsumer
+    if getattr(original, "_sessionrec_short_wait", False):
+        return
+
+    class ShortWaitConsumer(original):  # type: ignore[misc,valid-type]
+        _sessionrec_short_wait = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["fetch_max_wait_ms"] = min(
+                kwargs.get("fetch_max_wait_ms", 500), FETCH_MAX_WAIT_MS
+            )
+            super().__init__(*args, **kwargs)
+
+    aiokafka.AIOKafkaConsumer = ShortWaitConsumer
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
@@ -37,6 +64,33 @@ def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
         value_serializer="raw",
         partitions=partitions,
     )
+
+
+class BatchStats:
+    """Rolling figures for the periodic log line: events, batches, compute and publish time."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.events = self.batches = 0
+        self.compute_s = self.publish_s = 0.0
+        self.since = time.monotonic()
+
+    def add(self, events: int, compute_s: float, publish_s: float) -> None:
+        self.events += events
+        self.batches += 1
+        self.compute_s += compute_s
+        self.publish_s += publish_s
+
+    def line(self) -> str:
+        span = max(time.monotonic() - self.since, 1e-9)
+        b = max(self.batches, 1)
+        return (
+            f"{self.events / span:,.0f} events/s over {span:.0f}s: {self.batches} batches "
+            f"(mean {self.events / b:.0f} events), compute {1000 * self.compute_s / b:.1f} "
+            f"ms/batch, publish {1000 * self.publish_s / b:.1f} ms/batch"
+        )
 
 
 class Runtime:
@@ -53,6 +107,7 @@ class Runtime:
         if serving is None:
             log.warning("no model in %s yet: answering with trending items", model_dir)
         self.processor = Processor(settings, serving)
+        self.stats = BatchStats()
         self.watcher = Watcher(settings, model_dir, serving.version if serving else None)
         self._publish_model()
 
@@ -76,6 +131,7 @@ class Runtime:
 
 
 def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
+    _short_fetch_wait()
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
     app = faust.App(
         settings.worker_group,
@@ -99,11 +155,20 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     runtime = Runtime(settings, model_dir)
     t = settings.topics
     events = _raw_topic(app, t.events, settings.partitions)
-    recs = _raw_topic(app, t.recommendations, settings.partitions)
-    dlq = _raw_topic(app, t.dlq, settings.partitions)
-    sessions = _raw_topic(app, t.sessions, settings.partitions)
     schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
     table = app.Table("user-sessions", partitions=settings.partitions, schema=schema)
+
+    # Outputs go through librdkafka (far cheaper per message than the pure-Python producer);
+    # the session table's changelog stays with faust, which restores it.
+    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 1}))
+
+    def produce(topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.05)
 
     async def publish(out: Output) -> None:
         # States first and with no await before: the agent and the idle timer each read and
@@ -112,10 +177,16 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
             state["partition"] = partition
             table.data[user] = state
             table.send_changelog(partition, user, state)
-        futures = [await recs.send(key=k.encode(), value=v) for k, v, _ in out.recommendations]
-        futures += [await dlq.send(key=k, value=v) for k, v in out.dlq]
-        futures += [await sessions.send(key=k.encode(), value=v) for k, v in out.sessions]
-        await asyncio.gather(*futures)  # delivered before the batch's offsets are acked
+        for k, v, _ in out.recommendations:
+            produce(t.recommendations, k.encode(), v)
+        for dk, dv in out.dlq:
+            produce(t.dlq, dk, dv)
+        for sk, sv in out.sessions:
+            produce(t.sessions, sk.encode(), sv)
+        # Delivered before the batch's offsets are acked (at-least-once).
+        left = await asyncio.to_thread(producer.flush, FLUSH_TIMEOUT_S)
+        if left:
+            raise RuntimeError(f"{left} messages not delivered in {FLUSH_TIMEOUT_S}s")
 
     @app.agent(events)
     async def handle(stream: Any) -> None:
@@ -133,8 +204,11 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 for e in batch
             ]
             before = proc.counters.copy()
+            t0 = time.perf_counter()
             out = proc.process(incoming, table.data.get)
+            t1 = time.perf_counter()
             await publish(out)
+            runtime.stats.add(len(batch), t1 - t0, time.perf_counter() - t1)
             _observe(incoming, before, proc.counters)
 
     @app.timer(interval=IDLE_CHECK_S)
@@ -151,6 +225,12 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     @app.timer(interval=1.0)
     async def follow_updates() -> None:
         runtime.between_batches()
+
+    @app.timer(interval=STATS_LOG_S)
+    async def log_stats() -> None:
+        if runtime.stats.events:
+            log.info("%s", runtime.stats.line())
+        runtime.stats.reset()
 
     @app.task
     async def start_watcher() -> None:

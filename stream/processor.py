@@ -19,7 +19,7 @@ from models.codec import DecodeError, decode_event, encode, encode_session
 from models.config import Settings
 from models.intent import cluster
 from models.ranking import IntentOut, PastIntent, Request, Result, params_from
-from models.records import Event, Intent, Recommendation, RecommendedItem
+from models.records import SCHEMA_VERSION, Event, Intent
 from models.session import Session, SessionConfig, advance, close_idle
 from stream.serving import ServingModel
 from stream.state import PastIntentState, UserState
@@ -213,20 +213,28 @@ class Processor:
             items, intents, reason = self._explain(req, result)
             current = w.state.session.current
             session_id = current.session_id if current is not None else "none"
+            # One computation per user per batch; each of its events still gets its message.
+            shared = encode(
+                {
+                    "items": items,
+                    "intents": intents,
+                    "reason": reason,
+                    "model_version": version,
+                    "session_id": session_id,
+                    "schema_version": SCHEMA_VERSION,
+                }
+            )[1:-1]
             for event, _ in w.events:
-                rec = Recommendation(
-                    user_id=user_id,
-                    session_id=session_id,
-                    items=items,
-                    intents=intents,
-                    model_version=version,
-                    event_ts=event.ts,
-                    emitted_ts=emitted,
-                    item_id=event.item_id,
-                    type=event.type,
-                    reason=reason,
-                )
-                out.recommendations.append((user_id, encode(rec), w.partition))
+                head = encode(
+                    {
+                        "user_id": user_id,
+                        "item_id": event.item_id,
+                        "type": event.type,
+                        "event_ts": event.ts,
+                        "emitted_ts": emitted,
+                    }
+                )[:-1]
+                out.recommendations.append((user_id, head + b"," + shared + b"}", w.partition))
                 self.counters["emitted"] += 1
 
     def _request(self, w: _UserWork) -> Request:
@@ -242,11 +250,15 @@ class Processor:
 
     def _explain(
         self, req: Request, result: Result | None
-    ) -> tuple[list[RecommendedItem], list[Intent], str]:
+    ) -> tuple[list[dict[str, Any]], list[Intent], str]:
         if result is None or not result.items:
             top = self.trending.top(req.params.k, set(req.bought))
-            return [RecommendedItem(i, round(s, 5), -1) for i, s in top], [], "trending"
-        items = [RecommendedItem(i, s, intent) for i, s, intent in result.items]
+            return (
+                [{"item_id": i, "score": round(s, 5), "intent": -1} for i, s in top],
+                [],
+                "trending",
+            )
+        items = [{"item_id": i, "score": s, "intent": n} for i, s, n in result.items]
         return items, [self._intent(it) for it in result.intents], "session"
 
     def _intent(self, it: IntentOut) -> Intent:

@@ -1,0 +1,215 @@
+"""`sessionrec bench stream`: a broker, a worker, a load generator in its own process, and a
+consumer timing event-produced -> recommendation-consumed for each fixed rate.
+
+All on this machine: the broker, the worker, the generator and the consumer share its cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from models.codec import encode
+from models.config import Settings
+from models.records import Event
+from stream.broker import EmbeddedBroker
+from stream.kafka import consumer_config, producer_config
+from stream.launch import WorkerProcess
+from stream.topics import create_topics, topic_specs
+
+WARMUP_S = 2.0
+DRAIN_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateResult:
+    rate: float
+    sent: int
+    received: int
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+    def row(self) -> str:
+        target = "max" if self.rate <= 0 else f"{self.rate:,.0f}"
+        return (
+            f"{target:>8} {self.sent:>8} {self.received:>9} {self.throughput:>10,.0f} "
+            f"{self.p50_ms:>8.1f} {self.p95_ms:>8.1f} {self.p99_ms:>8.1f} {self.max_ms:>8.1f}"
+        )
+
+
+HEADER = (
+    f"{'rate/s':>8} {'sent':>8} {'received':>9} {'recs/s':>10} {'p50 ms':>8} "
+    f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+)
+
+
+def _generate(
+    bootstrap: str,
+    topic: str,
+    sessions: list[list[str]],
+    rate: float,
+    seconds: float,
+    users: int,
+    seed: int,
+    sent: mp.Value,
+) -> None:  # type: ignore[valid-type]
+    """Load generator (own process): users walk through real sessions; ts = produce time."""
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 1}))
+    rng = np.random.default_rng(seed)
+    cursors = [(int(rng.integers(len(sessions))), 0) for _ in range(users)]
+    start = time.perf_counter()
+    n = 0
+    while True:
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+        due = int(elapsed * rate) + 1 if rate > 0 else n + 500
+        while n < due:
+            u = int(rng.integers(users))
+            s, pos = cursors[u]
+            session = sessions[s]
+            if pos >= len(session):
+                s, pos = int(rng.integers(len(sessions))), 0
+                session = sessions[s]
+            cursors[u] = (s, pos + 1)
+            event = Event(f"bench-{u}", session[pos], "view", int(time.time() * 1000))
+            try:
+                producer.produce(topic, key=event.user_id.encode(), value=encode(event))
+            except BufferError:
+                producer.poll(0.01)
+                continue
+            n += 1
+        producer.poll(0)
+        if rate > 0:
+            time.sleep(0.002)
+    producer.flush(30)
+    sent.value = n  # type: ignore[attr-defined]
+
+
+def _consume(
+    bootstrap: str, topic: str, stop: threading.Event, out: list[tuple[float, int]]
+) -> None:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        consumer_config(
+            bootstrap,
+            f"bench-{time.time_ns()}",
+            **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 5},
+        )
+    )
+    consumer.subscribe([topic])
+    while not stop.is_set():
+        for msg in consumer.consume(1000, 0.05):
+            value = msg.value()
+            if msg.error() or value is None:
+                continue
+            now = time.time() * 1000
+            event_ts = orjson.loads(value)["event_ts"]
+            out.append((now - event_ts, int(now)))
+    consumer.close()
+
+
+def run_rate(
+    settings: Settings, sessions: list[list[str]], rate: float, seconds: float, users: int
+) -> tuple[RateResult, list[float]]:
+    received: list[tuple[float, int]] = []
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_consume,
+        args=(settings.bootstrap, settings.topics.recommendations, stop, received),
+        daemon=True,
+    )
+    reader.start()
+    time.sleep(WARMUP_S)  # the consumer joins its group
+    ctx = mp.get_context("spawn")
+    sent = ctx.Value("i", 0)
+    started = time.time() * 1000
+    gen = ctx.Process(
+        target=_generate,
+        args=(settings.bootstrap, settings.topics.events, sessions, rate, seconds, users, 7, sent),
+    )
+    gen.start()
+    gen.join()
+    deadline = time.monotonic() + DRAIN_S
+    while len(received) < sent.value and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    reader.join()
+    latencies = np.array([lat for lat, _ in received], dtype=np.float64)
+    done = [ts for _, ts in received]
+    span_s = max((max(done) - started) / 1000.0, 1e-9) if done else 1.0
+    pct = np.percentile(latencies, [50, 95, 99]) if len(latencies) else np.zeros(3)
+    result = RateResult(
+        rate,
+        int(sent.value),
+        len(received),
+        len(received) / span_s,
+        float(pct[0]),
+        float(pct[1]),
+        float(pct[2]),
+        float(latencies.max()) if len(latencies) else 0.0,
+    )
+    return result, latencies.tolist()
+
+
+def srgnn_sessions(data: Path, limit: int = 20000) -> list[list[str]]:
+    """Whole test sessions of an SR-GNN split, to walk through as real users would.
+
+    test.tsv lists each session's prefixes longest first, so a line whose prefix is not
+    shorter than the previous one starts a new session.
+    """
+    sessions: list[list[str]] = []
+    previous = 0
+    for line in (data / "test.tsv").read_text().splitlines():
+        prefix, _, target = line.partition("\t")
+        items = prefix.split()
+        if len(items) >= previous or not sessions:
+            sessions.append([*items, target.strip()])
+        previous = len(items)
+    return sessions[:limit]
+
+
+def bench_stream(
+    settings: Settings,
+    model_dir: Path,
+    sessions: list[list[str]],
+    rates: Sequence[float],
+    seconds: float,
+    users: int,
+    log_dir: Path,
+) -> tuple[list[RateResult], dict[float, list[float]], str]:
+    """Start a broker and a worker, run each rate, return results and raw latencies."""
+    results: list[RateResult] = []
+    raw: dict[float, list[float]] = {}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(port=0) as broker:
+        settings = dataclasses.replace(
+            settings, bootstrap=broker.bootstrap, model_dir=str(model_dir), metrics_port=0
+        )
+        create_topics(broker.bootstrap, topic_specs(settings))
+        worker = WorkerProcess(settings, log_dir / "bench-worker.log").start()
+        try:
+            worker.wait_ready()
+            run_rate(settings, sessions, 200, 3.0, users)  # warm the worker up
+            for rate in rates:
+                result, lat = run_rate(settings, sessions, rate, seconds, users)
+                print(result.row(), flush=True)
+                results.append(result)
+                raw[rate] = lat
+        finally:
+            worker.stop()
+    return results, raw, worker.tail_log(3)
