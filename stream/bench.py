@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -62,8 +63,8 @@ def _generate(
     seconds: float,
     users: int,
     seed: int,
-    sent: mp.Value,
-) -> None:  # type: ignore[valid-type]
+    sent: Any,  # a multiprocessing.Value("i") shared with the parent
+) -> None:
     """Load generator (own process): users walk through real sessions; ts = produce time."""
     from confluent_kafka import Producer
 
@@ -96,7 +97,7 @@ def _generate(
         if rate > 0:
             time.sleep(0.002)
     producer.flush(30)
-    sent.value = n  # type: ignore[attr-defined]
+    sent.value = n
 
 
 def _consume(
