@@ -123,17 +123,20 @@ class ItemIndex:
         labels, distances = self._hnsw.knn_query(queries, k=k, num_threads=self.config.threads)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
-    def _exact(self, queries: F32, k: int) -> tuple[I64, F32]:
-        scores = queries @ self.vectors.T
-        if self.deleted:
-            scores[:, list(self.deleted)] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1)
-        return (
-            np.take_along_axis(top, order, axis=1).astype(np.int64),
-            np.take_along_axis(top_scores, order, axis=1).astype(np.float32),
-        )
+    def _exact(self, queries: F32, k: int, chunk: int = 256) -> tuple[I64, F32]:
+        labels = np.empty((len(queries), k), dtype=np.int64)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        dead = list(self.deleted)
+        for start in range(0, len(queries), chunk):
+            block = queries[start : start + chunk] @ self.vectors.T
+            if dead:
+                block[:, dead] = -np.inf
+            top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            top_scores = np.take_along_axis(block, top, axis=1)
+            order = np.argsort(-top_scores, axis=1)
+            labels[start : start + chunk] = np.take_along_axis(top, order, axis=1)
+            scores[start : start + chunk] = np.take_along_axis(top_scores, order, axis=1)
+        return labels, scores
 
     def save(self, path: Path) -> None:
         if self._hnsw is not None:

@@ -1,61 +1,252 @@
-"""`make demo`: the pipeline end to end on the embedded broker, stopping by itself."""
+"""`make demo`: the real pipeline (broker -> worker -> topic) on a seeded sample shop.
+
+Start the embedded broker, create topics, train a model on the shop's history, start a worker
+process, replay live sessions at a visible pace, and print the recommendations the worker
+publishes as they arrive. Stops on its own (or on Ctrl-C) and prints what it measured.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import threading
 import time
+from collections import Counter
+from pathlib import Path
 
-from models.codec import DecodeError, decode_event
+import numpy as np
+
+from models.codec import DecodeError, decode_recommendation, encode
 from models.config import Settings
-from models.records import Event
-from models.session import SessionConfig, sessionize
-from models.shop import make_shop
+from models.records import Event, Item, Recommendation
+from models.session import SessionConfig
+from models.shop import Shop, make_shop
 from stream.broker import EmbeddedBroker
-from stream.kafka import consumer_config
-from stream.replay import produce_events, produce_items
+from stream.kafka import consumer_config, producer_config
+from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
+
+DEMO_DIR = Path("var/demo")
+LIVE_USERS = 12
+LIVE_RATE = 6.0  # events per second: slow enough to read
+NEW_ITEM = Item(
+    "i99000",
+    name="Kestrel ultralight trail running shoe green",
+    category="running shoes",
+    brand="Kestrel",
+    price=129.0,
+)
+
+
+def _train(shop: Shop, history: list[Event], settings: Settings, model_dir: Path) -> str:
+    from training.data import corpus_from_events
+    from training.export import export
+    from training.trainer import TrainConfig, train
+
+    corpus = corpus_from_events(
+        list(history),
+        shop.items,
+        SessionConfig(settings.session_gap_ms, settings.max_session_len),
+        Counter(),
+    )
+    trained = train(
+        corpus,
+        TrainConfig(
+            epochs=30,
+            batch_size=256,
+            negatives=128,
+            batch_negatives=64,
+            lr=0.01,
+            progress=True,
+            weights=settings.weights,
+        ),
+    )
+    path, _ = export(
+        trained, model_dir, {"data": {"source": "demo shop", "sessions": len(corpus.sessions)}}
+    )
+    return path.name
+
+
+class Live:
+    """Consumes recommendations in a thread; the main thread prints them."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.sent_at: dict[tuple[str, int], float] = {}
+        self.latencies: list[float] = []
+        self.received: list[Recommendation] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        from confluent_kafka import Consumer
+
+        consumer = Consumer(
+            consumer_config(
+                self.settings.bootstrap, f"demo-{time.time_ns()}", **{"fetch.wait.max.ms": 10}
+            )
+        )
+        consumer.subscribe([self.settings.topics.recommendations])
+        while not self._stop.is_set():
+            for msg in consumer.consume(100, 0.1):
+                value = msg.value()
+                if msg.error() or value is None:
+                    continue
+                try:
+                    rec = decode_recommendation(value)
+                except DecodeError:
+                    continue
+                now = time.perf_counter()
+                with self._lock:
+                    sent = self.sent_at.pop((rec.user_id, rec.event_ts), None)
+                    if sent is not None:
+                        self.latencies.append(1000 * (now - sent))
+                    self.received.append(rec)
+        consumer.close()
+
+    def drain(self) -> list[Recommendation]:
+        with self._lock:
+            out, self.received = self.received, []
+        return out
+
+
+def _line(rec: Recommendation, items: dict[str, Item]) -> str:
+    def name(item_id: str) -> str:
+        item = items.get(item_id)
+        return f"{item.name} ({item.category})" if item and item.name else item_id
+
+    top = "; ".join(f"#{r.intent} {name(r.item_id)}" for r in rec.items[:3])
+    intents = ", ".join(
+        f"{i.category or '?'}{' (past)' if i.past else ''}" for i in rec.intents[:3]
+    )
+    return (
+        f"{rec.user_id:<6} {rec.type or '':<16} {name(rec.item_id or '')[:40]:<40}\n"
+        f"       intents: {intents or 'none yet'} [{rec.reason}, model {rec.model_version}]\n"
+        f"       -> {top}"
+    )
 
 
 def run_demo(settings: Settings, seconds: float, seed: int) -> int:
-    shop = make_shop(seed=seed, users=60)
-    with EmbeddedBroker(port=0) as broker:
-        settings = dataclasses.replace(settings, bootstrap=broker.bootstrap)
-        print(f"embedded broker at {broker.bootstrap}")
+    shop = make_shop(seed=seed, users=400)
+    items = {i.item_id: i for i in [*shop.items, NEW_ITEM]}
+    # A handful of users replayed live (all their sessions), so their sessions, intents and
+    # past intents visibly build up; the model learns from everyone else.
+    live_users = set(list(dict.fromkeys(e.user_id for e in shop.events))[:LIVE_USERS])
+    history = [e for e in shop.events if e.user_id not in live_users]
+    live_events = [e for e in shop.events if e.user_id in live_users]
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    model_dir = DEMO_DIR / "models"
+    print(
+        f"sample shop: {len(shop.items)} items in 8 categories, {len(shop.events)} events "
+        f"({len(history)} history, {len(live_events)} to replay live)"
+    )
+    with EmbeddedBroker(port=0, log_path=None) as broker:
+        settings = dataclasses.replace(
+            settings,
+            bootstrap=broker.bootstrap,
+            model_dir=str(model_dir),
+            metrics_port=0,
+            worker_group="sessionrec-demo",
+        )
+        print(f"1. embedded broker (Tansu) at {broker.bootstrap}")
         create_topics(broker.bootstrap, topic_specs(settings))
-        produce_items(broker.bootstrap, settings.topics.items, shop.items)
-        n = produce_events(broker.bootstrap, settings.topics.events, shop.events)
-        print(f"produced {len(shop.items)} items and {n} events")
-        events = _read_back(settings, n, timeout_s=min(seconds, 30.0))
-        sessions, late = sessionize(
-            events, SessionConfig(settings.session_gap_ms, settings.max_session_len)
-        )
-        print(
-            f"read back {len(events)} events; the sessionizer cut {len(sessions)} sessions "
-            f"({len(late)} late events)"
-        )
-        for s in sessions[:10]:
-            kinds = " ".join(f"{c.type}:{c.item_id}" for c in s.clicks[:6])
-            print(f"  {s.user_id} {s.session_id} {len(s.clicks)} events  {kinds}")
+        print("2. topics created; training a model on the shop's history ...")
+        version = _train(shop, history, settings, model_dir)
+        print(f"3. model {version} written to {model_dir}")
+        _produce_items(settings, shop.items)
+        worker = WorkerProcess(settings, DEMO_DIR / "worker.log").start()
+        try:
+            worker.wait_ready()
+            print("4. worker ready; replaying live sessions (Ctrl-C stops)\n")
+            live = Live(settings)
+            live.start()
+            time.sleep(2.0)
+            summary = _replay(settings, live, live_events, items, seconds)
+            live.stop()
+        finally:
+            worker.stop()
+    _print_summary(summary, live, settings)
     return 0
 
 
-def _read_back(settings: Settings, expected: int, timeout_s: float) -> list[Event]:
-    from confluent_kafka import Consumer
+def _produce_items(settings: Settings, items: list[Item]) -> None:
+    from confluent_kafka import Producer
 
-    consumer = Consumer(consumer_config(settings.bootstrap, f"demo-{time.time_ns()}"))
-    consumer.subscribe([settings.topics.events])
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout_s
+    producer = Producer(producer_config(settings.bootstrap))
+    for item in items:
+        producer.produce(settings.topics.items, key=item.item_id.encode(), value=encode(item))
+    producer.flush(10)
+
+
+def _replay(
+    settings: Settings, live: Live, events: list[Event], items: dict[str, Item], seconds: float
+) -> dict[str, int]:
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 0}))
+    # Keep the users' real event-time gaps (sessions are cut by event time), shifted to now.
+    shift = int(time.time() * 1000) - events[0].ts
+    rate = LIVE_RATE
+    started = time.perf_counter()
+    sent = shown = 0
+    new_item_at = len(events) // 2
+    rng = np.random.default_rng(0)
     try:
-        while len(events) < expected and time.monotonic() < deadline:
-            for msg in consumer.consume(500, 0.5):
-                if msg.error():
-                    continue
-                try:
-                    events.append(decode_event(msg.value() or b""))
-                except DecodeError as exc:
-                    print(f"rejected: {exc}")
-    finally:
-        consumer.close()
-    events.sort(key=lambda e: e.ts)
-    return events
+        for n, event in enumerate(events):
+            if time.perf_counter() - started > seconds - 6.0:
+                break
+            if n == new_item_at:
+                producer.produce(
+                    settings.topics.items, key=NEW_ITEM.item_id.encode(), value=encode(NEW_ITEM)
+                )
+                print(
+                    f"** catalog upsert: new item {NEW_ITEM.item_id} '{NEW_ITEM.name}' "
+                    "(no history: its vector comes from name, category, brand and price)\n"
+                )
+            if n > new_item_at and rng.random() < 0.05:
+                event = dataclasses.replace(event, item_id=NEW_ITEM.item_id)
+            event = dataclasses.replace(event, ts=event.ts + shift)
+            with live._lock:
+                live.sent_at[(event.user_id, event.ts)] = time.perf_counter()
+            producer.produce(
+                settings.topics.events, key=event.user_id.encode(), value=encode(event)
+            )
+            producer.poll(0)
+            sent += 1
+            for rec in live.drain():
+                print(_line(rec, items))
+                shown += 1
+            delay = started + (n + 1) / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        producer.flush(10)
+        time.sleep(3.0)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the worker and the broker ...")
+    return {"sent": sent}
+
+
+def _print_summary(summary: dict[str, int], live: Live, settings: Settings) -> None:
+    lat = np.array(live.latencies) if live.latencies else np.zeros(1)
+    print("\n--- demo summary ---")
+    print(f"events produced:          {summary['sent']}")
+    print(f"recommendations received: {len(live.latencies)} matched to their event")
+    print(
+        f"latency produce -> consume: p50 {np.percentile(lat, 50):.1f} ms, "
+        f"p99 {np.percentile(lat, 99):.1f} ms (broker, worker and demo share this machine)"
+    )
+    print("\nrun each piece by hand:")
+    print("  .venv/bin/sessionrec broker --port 9092          # terminal 1")
+    print("  .venv/bin/sessionrec topics")
+    print("  .venv/bin/sessionrec train --format retailrocket --data DIR --out var/models")
+    print("  .venv/bin/sessionrec worker --model-dir var/models  # terminal 2")
+    print("  .venv/bin/sessionrec replay FILE --format retailrocket --rate 50")
+    print("  .venv/bin/sessionrec tail                          # terminal 3")
