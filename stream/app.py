@@ -74,8 +74,17 @@ class BatchStats:
 
     def reset(self) -> None:
         self.events = self.batches = 0
-        self.compute_s = self.publish_s = 0.0
+        self.compute_s = self.publish_s = self.age_ms_sum = 0.0
+        self.aged = 0
         self.since = time.monotonic()
+
+    def ingest(self, batch: list[Incoming]) -> None:
+        """How old events are when their batch starts (produced -> picked up)."""
+        now_ms = time.time() * 1000
+        ages = [now_ms - m.produced_ms for m in batch if m.produced_ms]
+        if ages:
+            self.age_ms_sum += sum(ages)
+            self.aged += len(ages)
 
     def add(self, events: int, compute_s: float, publish_s: float) -> None:
         self.events += events
@@ -89,7 +98,8 @@ class BatchStats:
         return (
             f"{self.events / span:,.0f} events/s over {span:.0f}s: {self.batches} batches "
             f"(mean {self.events / b:.0f} events), compute {1000 * self.compute_s / b:.1f} "
-            f"ms/batch, publish {1000 * self.publish_s / b:.1f} ms/batch"
+            f"ms/batch, publish {1000 * self.publish_s / b:.1f} ms/batch, picked up "
+            f"{self.age_ms_sum / max(self.aged, 1):.1f} ms after produce"
         )
 
 
@@ -204,6 +214,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 for e in batch
             ]
             before = proc.counters.copy()
+            runtime.stats.ingest(incoming)
             t0 = time.perf_counter()
             out = proc.process(incoming, table.data.get)
             t1 = time.perf_counter()

@@ -101,7 +101,11 @@ def _generate(
 
 
 def _consume(
-    bootstrap: str, topic: str, stop: threading.Event, out: list[tuple[float, int]]
+    bootstrap: str,
+    topic: str,
+    stop: threading.Event,
+    out: list[tuple[float, int]],
+    since_ms: float,
 ) -> None:
     from confluent_kafka import Consumer
 
@@ -109,7 +113,7 @@ def _consume(
         consumer_config(
             bootstrap,
             f"bench-{time.time_ns()}",
-            **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 5},
+            **{"auto.offset.reset": "earliest", "fetch.wait.max.ms": 5},
         )
     )
     consumer.subscribe([topic])
@@ -120,7 +124,8 @@ def _consume(
                 continue
             now = time.time() * 1000
             event_ts = orjson.loads(value)["event_ts"]
-            out.append((now - event_ts, int(now)))
+            if event_ts >= since_ms:  # earlier rates' messages are not this run's
+                out.append((now - event_ts, int(now)))
     consumer.close()
 
 
@@ -129,16 +134,16 @@ def run_rate(
 ) -> tuple[RateResult, list[float]]:
     received: list[tuple[float, int]] = []
     stop = threading.Event()
+    started = time.time() * 1000
     reader = threading.Thread(
         target=_consume,
-        args=(settings.bootstrap, settings.topics.recommendations, stop, received),
+        args=(settings.bootstrap, settings.topics.recommendations, stop, received, started),
         daemon=True,
     )
     reader.start()
     time.sleep(WARMUP_S)  # the consumer joins its group
     ctx = mp.get_context("spawn")
     sent = ctx.Value("i", 0)
-    started = time.time() * 1000
     gen = ctx.Process(
         target=_generate,
         args=(settings.bootstrap, settings.topics.events, sessions, rate, seconds, users, 7, sent),
