@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.config import EventWeights, QueryDefaults
+from models.features import Dims
+from models.index import ItemIndex
+from models.intent import cluster
+from models.ranking import Recommender, Request, params_from
+
+
+def _world(exact: bool = False) -> Recommender:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 100)).astype(np.float32)
+    vectors = np.concatenate([c + 0.2 * rng.normal(size=(25, 100)) for c in centres])
+    ids = [f"c{i // 25}-{i % 25}" for i in range(100)]
+    index = ItemIndex.build(ids, vectors.astype(np.float32), exact=exact)
+    return Recommender(index, Dims(), np.ones(20, dtype=np.float32), EventWeights())
+
+
+def test_index_recall_against_brute_force() -> None:
+    # Clustered like trained embeddings (uniform random 100-d points are no real catalog).
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(60, 100))
+    vectors = centres[rng.integers(60, size=3000)] + 0.5 * rng.normal(size=(3000, 100))
+    vectors = vectors.astype(np.float32)
+    ids = [str(i) for i in range(3000)]
+    approx = ItemIndex.build(ids, vectors)
+    exact = approx.exact_twin()
+    queries = centres[rng.integers(60, size=50)] + 0.5 * rng.normal(size=(50, 100))
+    queries = queries.astype(np.float32)
+    a, _ = approx.search(queries, 20)
+    e, _ = exact.search(queries, 20)
+    recall = np.mean([len(set(x) & set(y)) / 20 for x, y in zip(a, e, strict=True)])
+    assert recall > 0.9
+
+
+def test_index_handles_upsert_delete_and_empty() -> None:
+    index = ItemIndex(4)
+    labels, scores = index.search(np.ones((1, 4), np.float32), 5)
+    assert labels.shape == (1, 0)
+    index.upsert(["a", "b"], np.array([[1, 0, 0, 0], [0, 1, 0, 0]], np.float32))
+    index.upsert(["a"], np.array([[0, 0, 1, 0]], np.float32))
+    assert index.delete("b") and not index.delete("b")
+    labels, scores = index.search(np.array([[0, 0, 1, 0]], np.float32), 5)
+    assert [index.ids[i] for i in labels[0]] == ["a"] and scores[0, 0] == pytest.approx(1.0)
+
+
+def test_two_intents_are_found_and_each_is_served() -> None:
+    rec = _world()
+    clicks = [("c0-1", "view"), ("c0-2", "view"), ("c2-1", "view"), ("c2-3", "view")]
+    result = rec.recommend([Request(clicks, params=QueryDefaults(k=20))])[0]
+    assert len(result.intents) == 2
+    groups = {item.split("-")[0] for item, _, _ in result.items}
+    assert groups == {"c0", "c2"}
+
+
+def test_bought_items_never_come_back_and_seen_by_option() -> None:
+    rec = _world()
+    clicks = [("c1-1", "view"), ("c1-2", "buy")]
+    out = rec.recommend([Request(clicks, bought=frozenset({"c1-2"}))])[0]
+    assert "c1-2" not in {i for i, _, _ in out.items}
+    out = rec.recommend([Request(clicks, params=QueryDefaults(exclude_seen=True))])[0]
+    assert not {"c1-1", "c1-2"} & {i for i, _, _ in out.items}
+
+
+def test_diversity_spreads_the_list() -> None:
+    rec = _world(exact=True)
+    clicks = [("c3-1", "view")]
+    plain = rec.recommend([Request(clicks, params=QueryDefaults(k=10))])[0]
+    diverse = rec.recommend([Request(clicks, params=QueryDefaults(k=10, diversity=0.9))])[0]
+
+    def spread(items: list) -> float:
+        v = rec.index.vectors[[rec.index.labels[i] for i, _, _ in items]]
+        return float((v @ v.T).mean())
+
+    assert spread(diverse.items) < spread(plain.items)
+
+
+def test_removal_pushes_the_intent_away() -> None:
+    v = np.eye(3, dtype=np.float32)
+    near = (v[0] + 0.5 * v[1]) / np.linalg.norm(v[0] + 0.5 * v[1])
+    clusters = cluster(
+        np.stack([v[0], near]).astype(np.float32), np.array([1.0, -0.5], np.float32), 3
+    )
+    assert len(clusters) == 1 and clusters[0].vector[1] < 0
+
+
+def test_unknown_items_are_counted_not_errors() -> None:
+    out = _world().recommend([Request([("nope", "view")])])[0]
+    assert out.unknown == 1 and out.items == []
+
+
+def test_params_override_and_bad_params() -> None:
+    assert params_from(QueryDefaults(), {"k": 5, "diversity": 0.2}).k == 5
+    with pytest.raises(ValueError, match="unknown parameter"):
+        params_from(QueryDefaults(), {"kk": 5})
+    with pytest.raises(ValueError, match="k must be"):
+        params_from(QueryDefaults(), {"k": 0})

@@ -1,0 +1,120 @@
+"""The torch model, the trainer and the artifact: equal compositions, a known answer, no pickle."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.artifact import ArtifactError, current_version, load_index, load_model, set_current
+from models.config import EventWeights
+from models.features import compose, encode_items
+from models.records import Item
+from models.session import SessionConfig
+from models.shop import make_shop
+from training.data import Corpus, TrainSession, corpus_from_events
+from training.evaluate import cases_from_sessions, evaluate, recommender_for
+from training.export import export
+from training.trainer import TrainConfig, Trainer, train
+
+FAST = TrainConfig(
+    epochs=4, batch_size=128, negatives=64, batch_negatives=32, lr=0.01, progress=False
+)
+
+
+@pytest.fixture(scope="module")
+def shop_corpus() -> Corpus:
+    shop = make_shop(seed=3, users=150)
+    return corpus_from_events(list(shop.events), shop.items, SessionConfig(), Counter())
+
+
+def test_numpy_composition_equals_torch_forward(shop_corpus: Corpus) -> None:
+    trainer = Trainer(shop_corpus, FAST)
+    trained = trainer.train()
+    with torch.no_grad():
+        torch_vectors = trainer.tower().numpy()
+    numpy_vectors = compose(trained.tables, trained.features, trained.identity)
+    assert np.abs(torch_vectors - numpy_vectors).max() < 1e-5
+
+
+def test_new_item_is_composed_from_metadata_without_torch(shop_corpus: Corpus) -> None:
+    trained = train(shop_corpus, FAST)
+    t = trained.tables
+    vocabs = (t.token_vocab, t.category_vocab, t.brand_vocab)
+    twin = next(i for i in trained.items if i.category == "tents")
+    new = Item("new", name=twin.name, category="tents", brand=twin.brand, price=twin.price)
+    other = next(i for i in trained.items if i.category == "coffee")
+    vectors = compose(t, encode_items([new, twin, other], vocabs, t.price_mean, t.price_std))
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])
+
+
+def test_known_answer_categories_cluster(shop_corpus: Corpus) -> None:
+    """Sessions stay within a category mostly: neighbours should share it."""
+    trained = train(shop_corpus, FAST)
+    cats = np.array([i.category for i in trained.items])
+    sims = trained.vectors @ trained.vectors.T
+    np.fill_diagonal(sims, -1)
+    nearest = sims.argmax(axis=1)
+    assert (cats[nearest] == cats).mean() > 0.8
+
+
+def test_training_is_deterministic(shop_corpus: Corpus) -> None:
+    a = train(shop_corpus, FAST).vectors
+    b = train(shop_corpus, FAST).vectors
+    assert np.array_equal(a, b)
+
+
+def test_holdout_recall_beats_chance(shop_corpus: Corpus) -> None:
+    sessions = shop_corpus.sessions
+    trained = train(Corpus(sessions[:-60], shop_corpus.items), FAST)
+    rec = recommender_for(
+        trained.item_ids, trained.vectors, FAST.dims, trained.position_weights, EventWeights()
+    )
+    result = evaluate(rec, cases_from_sessions(sessions[-60:]))
+    assert result["recall_at_20"] > 3 * 100 * 20 / len(trained.item_ids)
+
+
+def test_artifact_round_trip_and_current_switch(shop_corpus: Corpus, tmp_path: Path) -> None:
+    trained = train(shop_corpus, FAST)
+    path, index = export(trained, tmp_path, {"data": "shop"}, version="v1")
+    assert current_version(tmp_path) == "v1"
+    assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.pickle"))
+    model = load_model(path)
+    assert model.item_ids == trained.item_ids
+    np.testing.assert_array_equal(model.vectors, trained.vectors)
+    loaded = load_index(path, model)
+    labels, _ = loaded.search(model.vectors[:5], 1)
+    assert labels[:, 0].tolist() == [0, 1, 2, 3, 4]
+    assert len(index) == len(trained.item_ids)
+
+
+def test_corrupt_or_incomplete_artifacts_are_refused(shop_corpus: Corpus, tmp_path: Path) -> None:
+    trained = train(shop_corpus, FAST)
+    path, _ = export(trained, tmp_path, {}, version="v1")
+    (path / "identity.npy").unlink()
+    with pytest.raises(ArtifactError, match="incomplete: identity.npy is missing"):
+        load_model(path)
+    path, _ = export(trained, tmp_path, {}, version="v2")
+    (path / "vectors.npy").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="vectors.npy is unreadable"):
+        load_model(path)
+    with pytest.raises(ArtifactError, match="no model version"):
+        set_current(tmp_path, "v404")
+
+
+def test_trainer_refuses_empty_corpus() -> None:
+    with pytest.raises(ValueError, match="no training sessions"):
+        train(Corpus([], []), FAST)
+
+
+def test_remove_from_cart_is_not_a_positive_target() -> None:
+    from training.trainer import build_cases, item_rows
+
+    corpus = Corpus([TrainSession(("a", "b", "c"), ("view", "remove_from_cart", "buy"))], [])
+    _, rows = item_rows(corpus)
+    cases = build_cases(corpus, rows, FAST)
+    assert cases.target.tolist() == [rows["c"]]
+    assert cases.target_w.tolist() == [5.0]  # buy (1.0) weighs five views (0.2)
