@@ -95,11 +95,11 @@ def test_corrupt_or_incomplete_artifacts_are_refused(shop_corpus: Corpus, tmp_pa
     trained = train(shop_corpus, FAST)
     path, _ = export(trained, tmp_path, {}, version="v1")
     (path / "identity.npy").unlink()
-    with pytest.raises(ArtifactError, match="incomplete: identity.npy is missing"):
+    with pytest.raises(ArtifactError, match=r"incomplete: identity\.npy is missing"):
         load_model(path)
     path, _ = export(trained, tmp_path, {}, version="v2")
     (path / "vectors.npy").write_bytes(b"garbage")
-    with pytest.raises(ArtifactError, match="vectors.npy is unreadable"):
+    with pytest.raises(ArtifactError, match=r"vectors\.npy is unreadable"):
         load_model(path)
     with pytest.raises(ArtifactError, match="no model version"):
         set_current(tmp_path, "v404")
