@@ -14,5 +14,8 @@ EXPOSE 9100
 CMD ["sessionrec", "worker"]
 
 FROM service AS train
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# Pinned like the Makefile. Pass --build-arg PIP_INDEX_URL=<a CPU wheel index> to avoid the
+# CUDA packages that PyPI's Linux build of torch pulls in.
+ARG PIP_INDEX_URL
+RUN pip install --no-cache-dir torch==2.13.0
 CMD ["sessionrec", "train", "--format", "topic", "--every", "24h"]

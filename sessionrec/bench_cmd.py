@@ -1,11 +1,14 @@
-"""`sessionrec bench stream|training|quality|all`."""
+"""`sessionrec bench quality|training|index|stream|all`: figures side by side with the peers,
+measured in one run, written to DIR/report.md, DIR/results.json and PNG plots."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import platform
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 from models.config import Settings
 
 DEFAULT_DATA = "../shared/data/diginetica"
+PIPELINE_CASES = 3000
 
 
 def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
@@ -31,7 +35,78 @@ def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
     )
 
 
-def cmd_bench_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from models.artifact import set_current
+    from stream.bench import serve_prefixes
+    from training.baselines import metrics_from_lists
+    from training.bench import PUBLISHED, _recommender_lists, quality
+    from training.evaluate import recommender_for
+    from training.export import export
+    from training.trainer import TrainConfig
+
+    data, out = Path(args.data), Path(args.out)
+    config = TrainConfig(weights=settings.weights, progress=False)
+    rows, trained, cases, training = quality(data, config, sknn_cases=args.sknn_cases)
+    # The same model served by the real pipeline: broker -> worker -> recommendations topic.
+    model_dir = out / "models"
+    path, _ = export(trained, model_dir, {"data": str(data)})
+    set_current(model_dir, path.name)
+    sample = cases[:: max(1, len(cases) // PIPELINE_CASES)]
+    started = time.perf_counter()
+    served = serve_prefixes(settings, model_dir, [[i for i, _ in c.prefix] for c in sample], out)
+    offline = recommender_for(
+        trained.item_ids, trained.vectors, config.dims, trained.position_weights, settings.weights
+    )
+    offline_lists = _recommender_lists(offline, sample)
+    served_metrics = metrics_from_lists(served, sample)
+    pipeline: dict[str, Any] = {
+        "cases": len(sample),
+        "seconds": round(time.perf_counter() - started, 1),
+        "served": served_metrics,
+        "offline_same_cases": metrics_from_lists(offline_lists, sample),
+        "unanswered": sum(1 for s in served if not s),
+    }
+    rows.append(
+        {
+            "method": f"sessionrec, served by the pipeline ({len(sample)} cases)",
+            **served_metrics,
+        }
+    )
+    published = [
+        {"method": f"{m} (published)", "recall_at_20": r, "mrr_at_20": m20}
+        for m, r, m20 in PUBLISHED
+    ]
+    return {
+        "quality": rows,
+        "published": published,
+        "training": training,
+        "pipeline": pipeline,
+        "epochs": config.epochs,
+    }
+
+
+def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from models.artifact import current_version, load_model
+    from models.index import IndexConfig
+    from training.bench import index_bench, synthetic_vectors
+
+    data, model_dir = Path(args.data), Path(args.model_dir_bench)
+    _ensure_model(data, model_dir, settings)
+    model = load_model(model_dir / str(current_version(model_dir)))
+    rows = [index_bench(model.vectors, f"{len(model.item_ids):,} trained items", IndexConfig())]
+    print(json.dumps(rows[-1]))
+    rows.append(
+        index_bench(
+            synthetic_vectors(args.synthetic_items),
+            f"{args.synthetic_items:,} synthetic items",
+            IndexConfig(m=16, ef_construction=64),
+        )
+    )
+    print(json.dumps(rows[-1]))
+    return {"index": rows}
+
+
+def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from stream.bench import HEADER, bench_stream, srgnn_sessions
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
@@ -53,50 +128,88 @@ def cmd_bench_stream(args: argparse.Namespace, settings: Settings) -> dict[str, 
     }
 
 
-def _write(out: Path, name: str, results: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    slim = {k: v for k, v in results.items() if not k.endswith("latencies_ms")}
-    path.write_text(json.dumps(slim, indent=2, default=str))
-    print(f"results written to {path}", file=sys.stderr)
+PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {
+    "quality": part_quality,
+    "index": part_index,
+    "stream": part_stream,
+}
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    results: dict[str, Any] = {}
-    parts = ["stream"] if args.part == "stream" else [args.part]
-    if args.part == "all":
-        parts = ["quality", "training", "stream"]
+    from sessionrec.report import write_report
+
+    parts = ["quality", "index", "stream"] if args.part == "all" else [args.part]
+    if args.part == "training":
+        parts = ["quality"]  # training is measured with the quality run: same sessions/epochs
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"machine": _machine(), "started": time.strftime("%F %T")}
+    started = time.perf_counter()
     for part in parts:
-        handler = {"stream": cmd_bench_stream}.get(part)
-        if handler is None:
-            raise ValueError(f"bench part {part!r} is not available")
-        results.update(handler(args, settings))
-    _write(Path(args.out), f"results-{args.part}.json", results)
+        print(f"== {part}", flush=True)
+        results.update(PARTS[part](args, settings))
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    slim = {k: v for k, v in results.items() if not k.endswith("latencies_ms")}
+    (out / "results.json").write_text(json.dumps(slim, indent=2, default=str))
+    summary = write_report(results, out)
+    print(summary)
+    print(f"report: {out / 'report.md'}; results: {out / 'results.json'}")
     return 0
+
+
+def _machine() -> str:
+    import os
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks, side by side with the peers",
-        description="Measure quality, training cost and streaming latency on "
-        "this machine. Each part prints its table and writes JSON under --out.",
+        description="quality: Recall/MRR@5,10,20, coverage and popularity bias "
+        "of popularity, V-SkNN, gensim skip-gram and sessionrec (exact, HNSW, "
+        "served by the pipeline); training: our trainer vs gensim, same "
+        "sessions and epochs; index: build time, memory, recall and queries/s; "
+        "stream: throughput and latency per rate through broker and worker. "
+        "Writes DIR/report.md, DIR/results.json and plots.",
     )
-    p.add_argument("part", choices=["stream", "training", "quality", "all"])
+    p.add_argument("part", choices=["quality", "training", "index", "stream", "all"])
     p.add_argument("--data", default=DEFAULT_DATA, help=f"SR-GNN directory ({DEFAULT_DATA})")
-    p.add_argument("--out", default="bench-out", help="where results go (default bench-out)")
+    p.add_argument("--out", default="bench-out", help="report directory (default bench-out)")
     p.add_argument(
         "--models",
         dest="model_dir_bench",
         default="var/models/diginetica",
-        help="model to serve (trained on --data if absent)",
+        help="model served by the stream/index parts (trained on --data if absent)",
     )
     p.add_argument(
         "--rates",
-        default="1000,2000,5000,0",
+        default="500,1000,2000,0",
         help="events/s to try, comma-separated; 0 = as fast as possible",
     )
     p.add_argument("--seconds", type=float, default=15.0, help="seconds per rate")
     p.add_argument("--users", type=int, default=20000, help="simulated users")
+    p.add_argument(
+        "--sknn-cases",
+        type=int,
+        default=None,
+        help="score V-SkNN on about N evenly spread cases (default: all)",
+    )
+    p.add_argument(
+        "--synthetic-items",
+        type=int,
+        default=1_000_000,
+        help="size of the synthetic catalog for the index part",
+    )
     common(p)
     p.set_defaults(handler=run_bench)

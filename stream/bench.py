@@ -219,3 +219,63 @@ def bench_stream(
         finally:
             worker.stop()
     return results, raw, worker.tail_log(3)
+
+
+def serve_prefixes(
+    settings: Settings,
+    model_dir: Path,
+    prefixes: list[list[str]],
+    log_dir: Path,
+    timeout_s: float = 300.0,
+) -> list[list[str]]:
+    """Replay each prefix as a new user's session through a real broker and worker; return, per
+    prefix, the item ids of the recommendation the worker published for its last event."""
+    from confluent_kafka import Consumer, Producer
+
+    t0 = 1_700_000_000_000
+    last_ts = {f"case-{i}": t0 + 1000 * (len(p) - 1) for i, p in enumerate(prefixes)}
+    answers: dict[str, list[str]] = {}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBroker(port=0) as broker:
+        settings = dataclasses.replace(
+            settings,
+            bootstrap=broker.bootstrap,
+            model_dir=str(model_dir),
+            metrics_port=0,
+            worker_group="bench-quality",
+        )
+        create_topics(broker.bootstrap, topic_specs(settings))
+        worker = WorkerProcess(settings, log_dir / "quality-worker.log").start()
+        try:
+            worker.wait_ready()
+            producer = Producer(producer_config(broker.bootstrap))
+            for i, prefix in enumerate(prefixes):
+                for j, item in enumerate(prefix):
+                    event = Event(f"case-{i}", item, "view", t0 + 1000 * j)
+                    while True:
+                        try:
+                            producer.produce(
+                                settings.topics.events,
+                                key=event.user_id.encode(),
+                                value=encode(event),
+                            )
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                producer.poll(0)
+            producer.flush(60)
+            consumer = Consumer(consumer_config(broker.bootstrap, "bench-quality-reader"))
+            consumer.subscribe([settings.topics.recommendations])
+            deadline = time.monotonic() + timeout_s
+            while len(answers) < len(prefixes) and time.monotonic() < deadline:
+                for msg in consumer.consume(2000, 0.5):
+                    value = msg.value()
+                    if msg.error() or value is None:
+                        continue
+                    rec = orjson.loads(value)
+                    if rec["event_ts"] == last_ts.get(rec["user_id"]):
+                        answers[rec["user_id"]] = [r["item_id"] for r in rec["items"]]
+            consumer.close()
+        finally:
+            worker.stop()
+    return [answers.get(f"case-{i}", []) for i in range(len(prefixes))]

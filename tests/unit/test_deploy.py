@@ -1,0 +1,41 @@
+"""The Kubernetes manifests parse and carry what the design needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+
+
+def _docs() -> dict[str, dict]:
+    out = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            out[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return out
+
+
+def test_worker_deployment() -> None:
+    dep = _docs()["Deployment/sessionrec-worker"]
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["sessionrec", "worker"]
+    assert {"containerPort": 9100, "name": "metrics"} in container["ports"]
+    assert any(m["mountPath"] == "/models" and m["readOnly"] for m in container["volumeMounts"])
+    assert dep["spec"]["selector"]["matchLabels"] == dep["spec"]["template"]["metadata"]["labels"]
+    assert "torch" not in container["image"] and container["image"].startswith("sessionrec:")
+
+
+def test_training_cronjob_and_volume() -> None:
+    docs = _docs()
+    job = docs["CronJob/sessionrec-train"]
+    assert len(job["spec"]["schedule"].split()) == 5
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["sessionrec", "train"] and "--announce" in container["args"]
+    claim = docs["PersistentVolumeClaim/sessionrec-models"]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    config = docs["ConfigMap/sessionrec-config"]["data"]
+    assert config["SESSIONREC_MODEL_DIR"] == "/models" and config["SESSIONREC_BOOTSTRAP"]

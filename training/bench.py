@@ -1,0 +1,192 @@
+"""Quality, training and index benchmarks, each measured in the same run as its peers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.config import EventWeights
+from models.index import IndexConfig, ItemIndex
+from training.baselines import (
+    Popularity,
+    VSkNN,
+    coverage_and_popularity,
+    gensim_item2vec,
+    metrics_from_lists,
+    score_ranker,
+)
+from training.data import load_srgnn, load_srgnn_test
+from training.evaluate import Case, cases_from_srgnn, recommender_for
+from training.trainer import TrainConfig, TrainedModel, train
+
+log = logging.getLogger(__name__)
+
+GENSIM_TUNED_EPOCHS = 20  # window 3, 10 negatives, ns_exponent -0.5, sample 1e-5
+PUBLISHED = [  # ../shared/data/README.md: SR-GNN (AAAI 2019) Table 2, GCE-GNN (SIGIR 2020)
+    ("POP", 0.89, 0.20),
+    ("Item-KNN", 35.75, 11.57),
+    ("GRU4Rec", 29.45, 8.33),
+    ("STAMP", 45.64, 14.32),
+    ("NARM", 49.70, 16.17),
+    ("SR-GNN", 50.73, 17.59),
+    ("GCE-GNN", 54.22, 19.04),
+]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * 4096 / 2**20
+
+
+def _recommender_lists(rec: Any, cases: list[Case], k: int = 20) -> list[list[str]]:
+    from models.config import QueryDefaults
+    from models.ranking import Request
+
+    lists: list[list[str]] = []
+    params = QueryDefaults(k=k)
+    for start in range(0, len(cases), 2000):
+        chunk = cases[start : start + 2000]
+        results = rec.recommend([Request(c.prefix, params=params) for c in chunk])
+        lists.extend([i for i, _, _ in r.items] for r in results)
+    return lists
+
+
+def quality(
+    data: Path, config: TrainConfig, sknn_cases: int | None = None
+) -> tuple[list[dict[str, Any]], TrainedModel, list[Case], dict[str, Any]]:
+    """Every method on the same split; ours exact and through HNSW; training times."""
+    corpus = load_srgnn(data)
+    cases = cases_from_srgnn(load_srgnn_test(data / "test.tsv", Counter()))
+    n_items = len({i for s in corpus.sessions for i in s.items} | {c.target for c in cases})
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, lists: list[list[str]], on: list[Case], **extra: Any) -> None:
+        row = {
+            "method": name,
+            **metrics_from_lists(lists, on),
+            **coverage_and_popularity(lists, corpus.sessions, n_items),
+            **extra,
+        }
+        rows.append(row)
+        log.info("%s: R@20 %.2f MRR@20 %.2f", name, row["recall_at_20"], row["mrr_at_20"])
+
+    pop = Popularity(corpus.sessions)
+    add("popularity", score_ranker(pop, cases)[1], cases)
+    started = time.perf_counter()
+    sknn = VSkNN(corpus.sessions)
+    sk_cases = cases if sknn_cases is None else cases[:: max(1, len(cases) // sknn_cases)]
+    sk_lists = score_ranker(sknn, sk_cases)[1]
+    add(
+        "V-SkNN",
+        sk_lists,
+        sk_cases,
+        seconds=round(time.perf_counter() - started, 1),
+        note="" if sk_cases is cases else f"every {len(cases) // len(sk_cases)}th case",
+    )
+    ids, vectors, g_seconds = gensim_item2vec(corpus.sessions, config.epochs)
+    g_rec = recommender_for(
+        ids, vectors, config.dims, np.ones(config.max_len, np.float32), EventWeights(), exact=True
+    )
+    add(
+        f"gensim skip-gram ({config.epochs} epochs, tuned)",
+        _recommender_lists(g_rec, cases),
+        cases,
+        train_seconds=round(g_seconds, 2),
+    )
+    trained = train(corpus, config)
+    approx = recommender_for(
+        trained.item_ids, trained.vectors, config.dims, trained.position_weights, EventWeights()
+    )
+    exact = recommender_for(
+        trained.item_ids,
+        trained.vectors,
+        config.dims,
+        trained.position_weights,
+        EventWeights(),
+        index=approx.index,
+        exact=True,
+    )
+    ours_s = trained.stats["train_seconds"]
+    add(
+        "sessionrec, exact search",
+        _recommender_lists(exact, cases),
+        cases,
+        train_seconds=round(ours_s, 2),
+    )
+    add(
+        "sessionrec, HNSW index",
+        _recommender_lists(approx, cases),
+        cases,
+        train_seconds=round(ours_s, 2),
+    )
+    pairs = trained.stats["pairs"]
+    training = {
+        "epochs": config.epochs,
+        "sessions": len(corpus.sessions),
+        "ours_seconds": round(ours_s, 2),
+        "ours_pairs_per_second": round(pairs / ours_s),
+        "gensim_seconds": round(g_seconds, 2),
+        "gensim_words_per_second": round(
+            config.epochs * sum(len(s.items) for s in corpus.sessions) / g_seconds
+        ),
+    }
+    return rows, trained, cases, training
+
+
+def index_bench(
+    vectors: np.ndarray, label: str, config: IndexConfig, queries: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Build time and memory, recall@20 against exact search, queries/s at 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    ids = [str(i) for i in range(len(vectors))]
+    before = rss_mb()
+    started = time.perf_counter()
+    index = ItemIndex.build(ids, vectors, config)
+    build_s = time.perf_counter() - started
+    memory = rss_mb() - before
+    q = vectors[rng.integers(len(vectors), size=queries)] + 0.1 * rng.normal(
+        size=(queries, vectors.shape[1])
+    ).astype(np.float32)
+    exact_labels, _ = index.exact_twin().search(q.astype(np.float32), 20)
+    out: dict[str, Any] = {
+        "index": label,
+        "items": len(vectors),
+        "m": config.m,
+        "ef_construction": config.ef_construction,
+        "ef": config.ef,
+        "build_seconds": round(build_s, 1),
+        "memory_mb": round(memory),
+    }
+    for threads in (1, 2):
+        index.config = replace(config, threads=threads)
+        started = time.perf_counter()
+        labels, _ = index.search(q.astype(np.float32), 20)
+        out[f"qps_{threads}_thread"] = round(queries / (time.perf_counter() - started))
+    out["recall_at_20_vs_exact"] = round(
+        float(
+            np.mean([len(set(a) & set(b)) / 20 for a, b in zip(labels, exact_labels, strict=True)])
+        ),
+        4,
+    )
+    return out
+
+
+def synthetic_vectors(n: int, dim: int = 100, clusters: int = 2000, seed: int = 0) -> np.ndarray:
+    """Clustered unit vectors, shaped like a trained catalog."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        out[start : start + m] = centres[rng.integers(clusters, size=m)] + 0.6 * rng.normal(
+            size=(m, dim)
+        ).astype(np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
