@@ -160,21 +160,23 @@ def index_bench(
         "items": len(vectors),
         "m": config.m,
         "ef_construction": config.ef_construction,
-        "ef": config.ef,
         "build_seconds": round(build_s, 1),
         "memory_mb": round(memory),
     }
-    for threads in (1, 2):
-        index.config = replace(config, threads=threads)
-        started = time.perf_counter()
-        labels, _ = index.search(q.astype(np.float32), 20)
-        out[f"qps_{threads}_thread"] = round(queries / (time.perf_counter() - started))
-    out["recall_at_20_vs_exact"] = round(
-        float(
-            np.mean([len(set(a) & set(b)) / 20 for a, b in zip(labels, exact_labels, strict=True)])
-        ),
-        4,
-    )
+    for ef in (config.ef, 4 * config.ef):
+        for threads in (1, 2):
+            index.config = replace(config, threads=threads, ef=ef)
+            started = time.perf_counter()
+            labels, _ = index.search(q.astype(np.float32), 20)
+            out[f"ef{ef}_qps_{threads}_thread"] = round(queries / (time.perf_counter() - started))
+        out[f"ef{ef}_recall_at_20_vs_exact"] = round(
+            float(
+                np.mean(
+                    [len(set(a) & set(b)) / 20 for a, b in zip(labels, exact_labels, strict=True)]
+                )
+            ),
+            4,
+        )
     return out
 
 
