@@ -88,7 +88,7 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from models.artifact import current_version, load_model
     from models.index import IndexConfig
-    from training.bench import index_bench, synthetic_vectors
+    from training.bench import index_bench, session_memory, synthetic_vectors
 
     data, model_dir = Path(args.data), Path(args.model_dir_bench)
     _ensure_model(data, model_dir, settings)
@@ -103,7 +103,9 @@ def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         )
     )
     print(json.dumps(rows[-1]))
-    return {"index": rows}
+    sessions = session_memory()
+    print(json.dumps(sessions))
+    return {"index": rows, "session_memory": sessions}
 
 
 def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:

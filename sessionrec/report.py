@@ -84,9 +84,19 @@ def _scale(results: dict[str, Any]) -> str:
         f"- Index memory measured at {big['items']:,} items: {big['memory_mb']:,} MB = "
         f"{per_item_kb:.2f} KB per item -> **{mem_1m:,.0f} MB per worker for 1M items** "
         f"(every worker holds a full replica), built in {big['build_seconds']} s.\n"
-        f"- Sessions: a session of 20 clicks is ~1.5 KB of JSON in the table; 1M active "
-        f"sessions spread over {workers} workers is ~{1500 * 1e6 / 2**20 / workers:,.0f} MB "
-        f"each (estimated from the state format, not measured).\n"
+        + _sessions_line(results, workers)
+    )
+
+
+def _sessions_line(results: dict[str, Any], workers: int) -> str:
+    mem = results.get("session_memory")
+    if not mem:
+        return ""
+    per_million = mem["mb_per_million"]
+    return (
+        f"- Sessions: {mem['users']:,} active sessions of {mem['clicks_per_session']} clicks "
+        f"took {mem['memory_mb']:,} MB in the worker's table -> {per_million:,} MB per 1M "
+        f"active sessions, {per_million / workers:,.0f} MB on each of {workers} workers.\n"
     )
 
 

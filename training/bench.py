@@ -192,3 +192,32 @@ def synthetic_vectors(n: int, dim: int = 100, clusters: int = 2000, seed: int = 
         ).astype(np.float32)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
+
+
+def session_memory(users: int = 200_000, clicks: int = 5) -> dict[str, Any]:
+    """Memory of `users` active sessions as the worker's table holds them (JSON-like dicts)."""
+    import gc
+
+    from models.records import Event
+    from models.session import SessionConfig, SessionState, advance
+    from stream.state import UserState
+
+    config = SessionConfig()
+    gc.collect()
+    before = rss_mb()
+    table: dict[str, Any] = {}
+    t0 = 1_700_000_000_000
+    for u in range(users):
+        state = SessionState()
+        for j in range(clicks):
+            event = Event(f"user-{u}", f"{100_000 + (u + j) % 43_000}", "view", t0 + j * 1000)
+            state = advance(state, event, config).state
+        table[event.user_id] = UserState(state).to_json()
+    gc.collect()
+    used = rss_mb() - before
+    return {
+        "users": users,
+        "clicks_per_session": clicks,
+        "memory_mb": round(used),
+        "mb_per_million": round(used * 1_000_000 / users),
+    }
