@@ -221,6 +221,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
             await publish(out)
             runtime.stats.add(len(batch), t1 - t0, time.perf_counter() - t1)
             _observe(incoming, before, proc.counters)
+            _observe_lag(app, t.events, incoming)
 
     @app.timer(interval=IDLE_CHECK_S)
     async def close_idle_sessions() -> None:
@@ -248,6 +249,20 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         runtime.watcher.start()
 
     return app, runtime
+
+
+def _observe_lag(app: faust.App, topic: str, batch: list[Incoming]) -> None:
+    """Consumer lag per partition: the partition's high watermark minus what was processed."""
+    last: dict[int, int] = {}
+    for msg in batch:
+        last[msg.partition] = max(last.get(msg.partition, -1), msg.offset)
+    for partition, offset in last.items():
+        try:
+            high = app.consumer.highwater(faust.types.TP(topic, partition))
+        except Exception:  # the consumer may be rebalancing; lag is best effort
+            continue
+        if high is not None:
+            metrics.LAG.labels(str(partition)).set(max(0, int(high) - offset - 1))
 
 
 def _observe(batch: list[Incoming], before: Any, after: Any) -> None:

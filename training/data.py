@@ -126,9 +126,12 @@ def load_jsonl(events_path: Path, catalog: Path | None, gap: SessionConfig) -> C
 
 
 def _reason(message: str) -> str:
-    """Group decode errors by what was wrong, without the value."""
-    head = message.split(" is ", 1)[0]
-    return head if len(head) < 80 else message[:80]
+    """Group decode errors by what was wrong, without the offending value: "event: field
+    'type' is 'like', expected one of ..." -> "event: field 'type', expected one of ..."."""
+    head, sep, rest = message.partition(" is ")
+    if sep and "field '" in head and ", expected" in rest:
+        return head + ", expected" + rest.split(", expected", 1)[1]
+    return message.split(" (", 1)[0]
 
 
 def load_catalog(path: Path, rejected: Counter[str]) -> list[Item]:
@@ -157,7 +160,9 @@ def corpus_from_events(
         for s in sessions
         if len(s.clicks) >= 2
     ]
-    rejected["session of one event"] += sum(1 for s in sessions if len(s.clicks) < 2)
+    short = sum(1 for s in sessions if len(s.clicks) < 2)
+    if short:
+        rejected["session of one event"] += short
     return Corpus(
         out, items, rejected, events[0].ts if events else None, events[-1].ts if events else None
     )

@@ -33,7 +33,10 @@ def test_jsonl_bad_events_are_counted_by_reason(tmp_path: Path) -> None:
     corpus = load_corpus("jsonl", str(events), None, SessionConfig())
     assert len(corpus.sessions) == 1
     assert sum(corpus.rejected.values()) == 3
-    assert "event: field 'type'" in corpus.rejected
+    assert (
+        corpus.rejected["event: field 'type', expected one of view, cart, remove_from_cart, buy"]
+        == 1
+    )
 
 
 def test_missing_files_and_unknown_formats_say_so(tmp_path: Path) -> None:

@@ -1,0 +1,113 @@
+"""`sessionrec train` end to end on JSONL files, promotion, scheduling and rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from models.artifact import current_version, list_versions
+from models.codec import encode
+from models.config import Settings
+from models.shop import make_shop
+from sessionrec.cli import main
+from training.job import JobSpec, rollback, run_scheduled
+from training.trainer import TrainConfig
+
+FAST = ["--epochs", "2", "--batch-size", "128", "--negatives", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def shop_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("shop")
+    shop = make_shop(seed=5, users=120)
+    events, catalog = root / "events.jsonl", root / "catalog.jsonl"
+    events.write_bytes(b"\n".join(encode(e) for e in shop.events) + b"\n{broken\n")
+    catalog.write_bytes(b"\n".join(encode(i) for i in shop.items) + b"\n")
+    return events, catalog
+
+
+def test_train_jsonl_writes_a_current_version(
+    shop_files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    code = main(
+        [
+            "train",
+            "--format",
+            "jsonl",
+            "--data",
+            str(events),
+            "--catalog",
+            str(catalog),
+            "--out",
+            str(out),
+            *FAST,
+        ]
+    )
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["promoted"] and current_version(out) == metrics["version"]
+    manifest = json.loads((out / metrics["version"] / "manifest.json").read_text())
+    assert manifest["data"]["rejected"] == {"event: payload is not JSON": 1}
+    assert manifest["hyperparameters"]["epochs"] == 2 and "holdout" in manifest["metrics"]
+
+
+def test_failed_scheduled_run_keeps_the_current_model(shop_files, tmp_path: Path) -> None:
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    assert (
+        main(
+            [
+                "train",
+                "--format",
+                "jsonl",
+                "--data",
+                str(events),
+                "--catalog",
+                str(catalog),
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    before = current_version(out)
+    spec = JobSpec("jsonl", str(tmp_path / "missing.jsonl"), None, out)
+    run_scheduled(spec, Settings(), TrainConfig(epochs=1, progress=False), "1s", max_runs=1)
+    assert current_version(out) == before and list_versions(out) == [before]
+
+
+def test_rollback_to_the_previous_version(shop_files, tmp_path: Path) -> None:
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    for _ in range(2):
+        assert (
+            main(
+                [
+                    "train",
+                    "--format",
+                    "jsonl",
+                    "--data",
+                    str(events),
+                    "--catalog",
+                    str(catalog),
+                    "--out",
+                    str(out),
+                    *FAST,
+                ]
+            )
+            == 0
+        )
+    first, second = list_versions(out)
+    assert current_version(out) == second
+    assert rollback(out, None) == first and current_version(out) == first
+
+
+def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--format", "jsonl", "--data", "x", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sessionrec: error: --epochs is 0, expected >= 1"
