@@ -150,6 +150,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     for part in parts:
         print(f"== {part}", flush=True)
         results.update(PARTS[part](args, settings))
+        if part == "quality":  # the other parts serve the model just trained and scored
+            args.model_dir_bench = str(out / "models")
     results["seconds"] = round(time.perf_counter() - started, 1)
     slim = {k: v for k, v in results.items() if not k.endswith("latencies_ms")}
     (out / "results.json").write_text(json.dumps(slim, indent=2, default=str))

@@ -18,7 +18,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
-    run_worker(settings, Path(settings.model_dir), loglevel="debug" if args.verbose else "info")
+    level = "debug" if args.verbose else "info"
+    config = None
+    if settings.log_format == "json":
+        config = {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"json": {"()": "sessionrec.logs.JsonFormatter"}},
+            "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+            "root": {"level": level.upper(), "handlers": ["console"]},
+        }
+    run_worker(settings, Path(settings.model_dir), loglevel=level, logging_config=config)
     return 0
 
 

@@ -278,11 +278,17 @@ def _observe(batch: list[Incoming], before: Any, after: Any) -> None:
             metrics.LATENCY.observe(max(0.0, now - msg.produced_ms / 1000.0))
 
 
-def run_worker(settings: Settings, model_dir: Path, loglevel: str = "info") -> None:
-    """Run one worker until SIGINT/SIGTERM."""
+def run_worker(
+    settings: Settings,
+    model_dir: Path,
+    loglevel: str = "info",
+    logging_config: dict[str, Any] | None = None,
+) -> None:
+    """Run one worker until SIGINT/SIGTERM. `logging_config` (dictConfig) replaces faust's
+    default console logging, e.g. for JSON lines."""
     metrics.serve(settings.metrics_port)
     app, runtime = build_app(settings, model_dir)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, logging_config=logging_config)
     try:
         worker.execute_from_commandline()
     finally:
