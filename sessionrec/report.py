@@ -79,8 +79,8 @@ def _scale(results: dict[str, Any]) -> str:
         f"- One worker sustained {best:,.0f} recommendations/s here (broker, worker and load "
         f"generator on the same {results.get('machine', '')}).\n"
         f"- 10,000 events/s / {best:,.0f} per worker = {10_000 / best:.1f} -> **{workers} "
-        f"workers**, so at least {workers} partitions of `events` (round up to "
-        f"{max(workers, 12)} to leave room to grow); each worker on its own 2 cores.\n"
+        f"workers**, so at least {workers} partitions of `events` (more leave room to grow); "
+        f"each worker on its own 2 cores.\n"
         f"- Index memory measured at {big['items']:,} items: {big['memory_mb']:,} MB = "
         f"{per_item_kb:.2f} KB per item -> **{mem_1m:,.0f} MB per worker for 1M items** "
         f"(every worker holds a full replica), built in {big['build_seconds']} s.\n"
@@ -131,7 +131,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         rows = results["index"]
         parts.append("## Index (hnswlib)\n\n" + _table(rows, list(rows[0])) + "\n")
     if "stream" in results:
-        rows = results["stream"]
+        rows = [
+            {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}
+            for r in results["stream"]
+        ]
         parts.append(
             "## Stream: event produced -> recommendation consumed\n\n"
             + _table(rows, list(rows[0]))
@@ -141,6 +144,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         if not summary:
             summary = _table(rows, list(rows[0]))
     parts.append("## Scale on paper\n\n" + _scale(results))
-    parts.extend(f"\n![{p}]({p})\n" for p in plots)
+    shown = sorted(set(plots) | {p.name for p in out.glob("*.png")})
+    parts.extend(f"\n![{p}]({p})\n" for p in shown)
     (out / "report.md").write_text("\n".join(parts))
     return summary
