@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from models.artifact import ArtifactError
 from models.config import Settings
 from stream import metrics
-from stream.kafka import producer_config
+from stream.kafka import produce, producer_config
 from stream.processor import Incoming, Output, Processor
 from stream.serving import ServingModel, load_current
 from stream.watch import Watcher
@@ -172,14 +172,6 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     # the session table's changelog stays with faust, which restores it.
     producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 1}))
 
-    def produce(topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                return
-            except BufferError:  # local queue full: let deliveries drain
-                producer.poll(0.05)
-
     async def publish(out: Output) -> None:
         # States first and with no await before: the agent and the idle timer each read and
         # write a user's state without yielding in between, so neither overwrites the other.
@@ -188,11 +180,11 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
             table.data[user] = state
             table.send_changelog(partition, user, state)
         for k, v, _ in out.recommendations:
-            produce(t.recommendations, k.encode(), v)
+            produce(producer, t.recommendations, k.encode(), v)
         for dk, dv in out.dlq:
-            produce(t.dlq, dk, dv)
+            produce(producer, t.dlq, dk, dv)
         for sk, sv in out.sessions:
-            produce(t.sessions, sk.encode(), sv)
+            produce(producer, t.sessions, sk.encode(), sv)
         # Delivered before the batch's offsets are acked (at-least-once).
         left = await asyncio.to_thread(producer.flush, FLUSH_TIMEOUT_S)
         if left:

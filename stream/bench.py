@@ -22,7 +22,7 @@ from models.codec import encode
 from models.config import Settings
 from models.records import Event
 from stream.broker import EmbeddedBroker
-from stream.kafka import consumer_config, producer_config
+from stream.kafka import consumer_config, produce, producer_config
 from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
 
@@ -252,16 +252,7 @@ def serve_prefixes(
             for i, prefix in enumerate(prefixes):
                 for j, item in enumerate(prefix):
                     event = Event(f"case-{i}", item, "view", t0 + 1000 * j)
-                    while True:
-                        try:
-                            producer.produce(
-                                settings.topics.events,
-                                key=event.user_id.encode(),
-                                value=encode(event),
-                            )
-                            break
-                        except BufferError:
-                            producer.poll(0.05)
+                    produce(producer, settings.topics.events, event.user_id.encode(), encode(event))
                 producer.poll(0)
             producer.flush(60)
             consumer = Consumer(consumer_config(broker.bootstrap, "bench-quality-reader"))

@@ -29,3 +29,13 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
         "log_level": 3,
         **extra,
     }
+
+
+def produce(producer: Any, topic: str, key: bytes | None, value: bytes) -> None:
+    """Produce, waiting for deliveries to drain while librdkafka's local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.05)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from training.data import TrainSession
-from training.evaluate import Case
+from training.evaluate import Case, metrics_from_ranks
 
 
 class Popularity:
@@ -93,13 +93,7 @@ def metrics_from_lists(
             for lst, c in zip(lists, cases, strict=True)
         ]
     )
-    out: dict[str, float] = {"cases": float(len(cases))}
-    n = max(len(cases), 1)
-    for kk in ks:
-        hit = (ranks >= 0) & (ranks < kk)
-        out[f"recall_at_{kk}"] = round(100.0 * hit.sum() / n, 2)
-        out[f"mrr_at_{kk}"] = round(100.0 * (1.0 / (ranks[hit] + 1)).sum() / n, 2)
-    return out
+    return metrics_from_ranks(ranks, ks)
 
 
 def coverage_and_popularity(

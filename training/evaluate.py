@@ -54,11 +54,15 @@ def evaluate(
             ids = [item for item, _, _ in result.items]
             if case.target in ids:
                 ranks[start + j] = ids.index(case.target)
-    out: dict[str, float] = {
-        "cases": float(len(known)),
-        "skipped_unknown_target": float(len(cases) - len(known)),
-    }
-    n = max(len(known), 1)
+    out = metrics_from_ranks(ranks, ks)
+    out["skipped_unknown_target"] = float(len(cases) - len(known))
+    return out
+
+
+def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Recall@K and MRR@K in percent from 0-based ranks of the targets (-1 = not listed)."""
+    out: dict[str, float] = {"cases": float(len(ranks))}
+    n = max(len(ranks), 1)
     for kk in ks:
         hit = (ranks >= 0) & (ranks < kk)
         out[f"recall_at_{kk}"] = round(100.0 * hit.sum() / n, 2)
