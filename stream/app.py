@@ -219,9 +219,15 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     async def close_idle_sessions() -> None:
         proc = runtime.processor
         out = Output()
+        gap = settings.session_gap_ms
         for user, data in list(table.data.items()):
-            if data and data.get("current"):
-                proc.close_idle(user, data, out, int(data.get("partition", 0)))
+            current = data.get("current") if data else None
+            if not current or not current["clicks"]:
+                continue
+            partition = int(data.get("partition", 0))
+            # Cheap test on the raw state first: only idle sessions are decoded and closed.
+            if current["clicks"][-1][0] + gap < proc.watermarks.get(partition, 0):
+                proc.close_idle(user, data, out, partition)
         if out.states:
             await publish(out)
             metrics.SESSIONS.inc(len(out.sessions))
