@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from confluent_kafka import Producer
+from faust.types import TP
 
 from models.artifact import ArtifactError
 from models.config import Settings
@@ -256,7 +257,7 @@ def _observe_lag(app: faust.App, topic: str, batch: list[Incoming]) -> None:
         last[msg.partition] = max(last.get(msg.partition, -1), msg.offset)
     for partition, offset in last.items():
         try:
-            high = app.consumer.highwater(faust.types.TP(topic, partition))
+            high = app.consumer.highwater(TP(topic, partition))
         except Exception:  # the consumer may be rebalancing; lag is best effort
             continue
         if high is not None:

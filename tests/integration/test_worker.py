@@ -206,3 +206,32 @@ def test_hot_swap_and_corrupt_model_refused(
     assert "v-fresh" in versions and old in versions and "v-broken" not in versions
     log = worker.log_path.read_text()
     assert "refused model v-broken" in log
+
+
+def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_model, worker_factory):
+    import dataclasses
+    import urllib.request
+
+    from stream.broker import free_port
+
+    port = free_port()
+    settings = dataclasses.replace(_setup(broker, unique, retailrocket_model), metrics_port=port)
+    worker_factory(settings)
+    produce(
+        settings,
+        [Event(f"m{i}", "285930", "view", 1_700_000_000_000 + i) for i in range(30)],
+        raw=[b"not json"],
+    )
+    consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 30)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for name in (
+        'sessionrec_events_total{outcome="accepted"} 30.0',
+        'sessionrec_events_total{outcome="rejected"} 1.0',
+        "sessionrec_recommendations_emitted_total 30.0",
+        "sessionrec_consumer_lag{partition=",
+        "sessionrec_end_to_end_latency_seconds_bucket",
+        "sessionrec_batch_size_count",
+        "sessionrec_model_info{version=",
+        "sessionrec_index_items",
+    ):
+        assert name in text, name
