@@ -140,9 +140,9 @@ def test_kill_9_loses_nothing_and_sessions_continue(
     produce(settings, before)
     seen = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 50)
     first.kill9()
+    worker_factory(settings)  # restarted: restores sessions from the changelog
     after = [Event(f"u{i % 25}", "357564", "cart", t0 + 300_000 + i * 1000) for i in range(100)]
     produce(settings, after)
-    worker_factory(settings)
     wanted = {(e.user_id, e.ts) for e in before + after}
 
     def all_answered(values: list[bytes]) -> bool:
