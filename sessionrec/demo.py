@@ -24,6 +24,7 @@ from models.shop import Shop, make_shop
 from stream.broker import EmbeddedBroker
 from stream.kafka import consumer_config, producer_config
 from stream.launch import WorkerProcess
+from stream.replay import produce_items
 from stream.topics import create_topics, topic_specs
 
 DEMO_DIR = Path("var/demo")
@@ -161,7 +162,7 @@ def run_demo(settings: Settings, seconds: float, seed: int) -> int:
         print("2. topics created; training a model on the shop's history ...")
         version = _train(shop, history, settings, model_dir)
         print(f"3. model {version} written to {model_dir}")
-        _produce_items(settings, shop.items)
+        produce_items(settings.bootstrap, settings.topics.items, shop.items)
         worker = WorkerProcess(settings, DEMO_DIR / "worker.log").start()
         try:
             worker.wait_ready()
@@ -175,15 +176,6 @@ def run_demo(settings: Settings, seconds: float, seed: int) -> int:
             worker.stop()
     _print_summary(summary, live, settings)
     return 0
-
-
-def _produce_items(settings: Settings, items: list[Item]) -> None:
-    from confluent_kafka import Producer
-
-    producer = Producer(producer_config(settings.bootstrap))
-    for item in items:
-        producer.produce(settings.topics.items, key=item.item_id.encode(), value=encode(item))
-    producer.flush(10)
 
 
 def _replay(

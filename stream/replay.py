@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from models.codec import encode
 from models.records import Event, Item
-from stream.kafka import producer_config
+from stream.kafka import produce, producer_config
 
 
 def produce_items(bootstrap: str, topic: str, items: Iterable[Item]) -> int:
@@ -16,7 +16,7 @@ def produce_items(bootstrap: str, topic: str, items: Iterable[Item]) -> int:
     producer = Producer(producer_config(bootstrap))
     n = 0
     for item in items:
-        producer.produce(topic, key=item.item_id.encode(), value=encode(item))
+        produce(producer, topic, item.item_id.encode(), encode(item))
         producer.poll(0)
         n += 1
     producer.flush(30)
@@ -41,7 +41,7 @@ def produce_events(
             delay = start + n / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        producer.produce(topic, key=event.user_id.encode(), value=encode(event))
+        produce(producer, topic, event.user_id.encode(), encode(event))
         producer.poll(0)
         n += 1
         if callable(on_sent):

@@ -10,32 +10,19 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from models.codec import DecodeError, decode_event, encode
-from models.config import Settings, Topics
 from models.records import Event
 from stream.broker import EmbeddedBroker, free_port
 from stream.kafka import consumer_config
 from stream.topics import create_topics, topic_specs
+from tests.integration.kafka_io import unique_settings
 
 READ_TIMEOUT_S = 30.0
 
 
 def test_events_round_trip_through_the_broker(broker: EmbeddedBroker, unique: str) -> None:
-    topic = f"events-{unique}"
-    create_topics(
-        broker.bootstrap,
-        topic_specs(
-            Settings(
-                topics=Topics(
-                    events=topic,
-                    items=f"items-{unique}",
-                    sessions=f"s-{unique}",
-                    recommendations=f"r-{unique}",
-                    dlq=f"d-{unique}",
-                    model_updates=f"m-{unique}",
-                )
-            )
-        ),
-    )
+    settings = unique_settings(broker.bootstrap, unique, "unused")
+    topic = settings.topics.events
+    create_topics(broker.bootstrap, topic_specs(settings))
     sent = [Event(f"u{i % 7}", f"i{i}", "view", 1_700_000_000_000 + i) for i in range(200)]
     producer = Producer({"bootstrap.servers": broker.bootstrap})
     for e in sent:
@@ -60,22 +47,12 @@ def test_events_round_trip_through_the_broker(broker: EmbeddedBroker, unique: st
 
 
 def test_topics_are_created_idempotently(broker: EmbeddedBroker, unique: str) -> None:
-    settings = Settings(
-        partitions=2,
-        topics=Topics(
-            events=f"e-{unique}",
-            items=f"i-{unique}",
-            sessions=f"s-{unique}",
-            recommendations=f"r-{unique}",
-            dlq=f"d-{unique}",
-            model_updates=f"m-{unique}",
-        ),
-    )
+    settings = unique_settings(broker.bootstrap, unique, "unused", partitions=2)
     first = create_topics(broker.bootstrap, topic_specs(settings))
     second = create_topics(broker.bootstrap, topic_specs(settings))
     assert len(first) == 6 and second == []
     meta = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
-    assert len(meta.topics[f"e-{unique}"].partitions) == 2
+    assert len(meta.topics[settings.topics.events].partitions) == 2
 
 
 def test_cli_broker_answers_metadata_and_stops_on_sigterm() -> None:

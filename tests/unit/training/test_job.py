@@ -18,6 +18,23 @@ from training.trainer import TrainConfig
 FAST = ["--epochs", "2", "--batch-size", "128", "--negatives", "64", "--no-progress"]
 
 
+def _train(events: Path, catalog: Path, out: Path) -> int:
+    return main(
+        [
+            "train",
+            "--format",
+            "jsonl",
+            "--data",
+            str(events),
+            "--catalog",
+            str(catalog),
+            "--out",
+            str(out),
+            *FAST,
+        ]
+    )
+
+
 @pytest.fixture(scope="module")
 def shop_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("shop")
@@ -33,20 +50,7 @@ def test_train_jsonl_writes_a_current_version(
 ) -> None:
     events, catalog = shop_files
     out = tmp_path / "models"
-    code = main(
-        [
-            "train",
-            "--format",
-            "jsonl",
-            "--data",
-            str(events),
-            "--catalog",
-            str(catalog),
-            "--out",
-            str(out),
-            *FAST,
-        ]
-    )
+    code = _train(events, catalog, out)
     assert code == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["promoted"] and current_version(out) == metrics["version"]
@@ -58,23 +62,7 @@ def test_train_jsonl_writes_a_current_version(
 def test_failed_scheduled_run_keeps_the_current_model(shop_files, tmp_path: Path) -> None:
     events, catalog = shop_files
     out = tmp_path / "models"
-    assert (
-        main(
-            [
-                "train",
-                "--format",
-                "jsonl",
-                "--data",
-                str(events),
-                "--catalog",
-                str(catalog),
-                "--out",
-                str(out),
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert _train(events, catalog, out) == 0
     before = current_version(out)
     spec = JobSpec("jsonl", str(tmp_path / "missing.jsonl"), None, out)
     run_scheduled(spec, Settings(), TrainConfig(epochs=1, progress=False), "1s", max_runs=1)
@@ -85,23 +73,7 @@ def test_rollback_to_the_previous_version(shop_files, tmp_path: Path) -> None:
     events, catalog = shop_files
     out = tmp_path / "models"
     for _ in range(2):
-        assert (
-            main(
-                [
-                    "train",
-                    "--format",
-                    "jsonl",
-                    "--data",
-                    str(events),
-                    "--catalog",
-                    str(catalog),
-                    "--out",
-                    str(out),
-                    *FAST,
-                ]
-            )
-            == 0
-        )
+        assert _train(events, catalog, out) == 0
     first, second = list_versions(out)
     assert current_version(out) == second
     assert rollback(out, None) == first and current_version(out) == first
