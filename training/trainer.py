@@ -29,7 +29,15 @@ from models.features import (
 from models.records import Item
 from training.data import Corpus
 from training.loss import shared_negatives_lse
-from training.model import ItemTower, ModelConfig, Prefixes, SessionEncoder
+from training.model import (
+    ItemTower,
+    ModelConfig,
+    Prefixes,
+    RowAdam,
+    SessionEncoder,
+    gather,
+    unique_rows,
+)
 
 log = logging.getLogger(__name__)
 I64 = npt.NDArray[np.int64]
@@ -118,6 +126,22 @@ def build_cases(corpus: Corpus, rows: dict[str, int], config: TrainConfig) -> Ca
     return Cases(prefix, prefix_w, flat[pos], target_w)
 
 
+def _collisions(target: I64, n_in_batch: int, column0: int) -> torch.Tensor:
+    """(2, K) (case, column) pairs where a case's target is one of the in-batch negatives
+    (the first `n_in_batch` targets, in columns column0...). Sorting the few negatives and
+    searching every target in them costs O(B log n), not the O(B n) of comparing all pairs."""
+    negatives = target[:n_in_batch]
+    order = np.argsort(negatives, kind="stable")
+    ranked = negatives[order]
+    first = np.searchsorted(ranked, target, side="left")
+    count = np.searchsorted(ranked, target, side="right") - first
+    rows = np.repeat(np.arange(len(target)), count)
+    # Position of each match within its case's run of equal negatives.
+    within = np.arange(len(rows)) - np.repeat(np.cumsum(count) - count, count)
+    columns = order[np.repeat(first, count) + within] + column0
+    return torch.from_numpy(np.stack([rows, columns]))
+
+
 class Trainer:
     def __init__(self, corpus: Corpus, config: TrainConfig):
         self.config = config
@@ -136,14 +160,16 @@ class Trainer:
         self.q = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
         self.gen = torch.Generator().manual_seed(config.seed)
 
-    def _step(self, batch: I64, optimiser: torch.optim.Optimizer) -> float:
+    def _step(self, batch: I64, optimisers: tuple[torch.optim.Optimizer, RowAdam]) -> float:
         """One update: positives row-wise, negatives shared by the whole batch.
 
-        The shared negatives are the targets of the first `negatives` cases of the (shuffled)
-        batch, so they follow item popularity; subtracting log q(item) from every logit corrects
-        for that (sampled softmax). A negative equal to a case's own target is masked.
+        The shared negatives are uniform draws plus the targets of the first `batch_negatives`
+        cases of the (shuffled) batch, which follow item popularity; subtracting log q(item)
+        from every logit corrects for that (sampled softmax). A negative equal to a case's own
+        target is left out.
         """
         c = self.config
+        dense, rows_opt = optimisers
         prefix = Prefixes.from_padded(self.cases.prefix[batch], self.cases.prefix_w[batch])
         target = torch.as_tensor(self.cases.target[batch])
         weight = torch.as_tensor(self.cases.target_w[batch])
@@ -152,8 +178,8 @@ class Trainer:
         negatives = torch.cat([uniform, in_batch])
         # Compose only the rows this batch touches; `inverse` maps cases to them.
         needed = torch.cat([prefix.rows, target, negatives])
-        unique, inverse = torch.unique(needed, return_inverse=True)
-        table = self.tower.rows(unique)
+        unique, inverse = unique_rows(needed, len(self.items))
+        table, touched = self.tower.batch_rows(unique)
         n_prefix, n_target = len(prefix.rows), len(target)
         local_target = inverse[n_prefix : n_prefix + n_target]
         local_negatives = inverse[n_prefix + n_target :]
@@ -166,32 +192,40 @@ class Trainer:
                 c.batch_negatives * self.q[in_batch],
             ]
         )
-        pos = (queries * table[local_target]).sum(1) / c.temperature - torch.log(
+        pos = (queries * gather(table, local_target)).sum(1) / c.temperature - torch.log(
             c.negatives / n_items + c.batch_negatives * self.q[target]
         )
-        mask = None
-        if c.batch_negatives:  # a case's own target among the in-batch negatives is no negative
-            mask = torch.zeros(len(target), len(negatives), dtype=torch.bool)
-            mask[:, c.negatives :] = target[:, None] == in_batch[None, :]
+        # A case's own target among the in-batch negatives is no negative.
+        excluded = _collisions(self.cases.target[batch], c.batch_negatives, c.negatives)
         lse = shared_negatives_lse(
-            queries, table[local_negatives], pos, torch.log(expected), mask, c.temperature, c.bf16
+            queries,
+            gather(table, local_negatives),
+            pos,
+            torch.log(expected),
+            excluded,
+            c.temperature,
+            c.bf16,
         )
         loss = ((lse - pos) * weight).sum() / weight.sum()
-        optimiser.zero_grad(set_to_none=True)
+        dense.zero_grad(set_to_none=True)
         loss.backward()
-        optimiser.step()
+        dense.step()
+        rows_opt.step(touched, dense.param_groups[0]["lr"] / c.lr)
         return float(loss.detach())
 
     def train(self) -> TrainedModel:
         c = self.config
-        params = list(self.tower.parameters()) + list(self.encoder.parameters())
-        optimiser = torch.optim.Adam(params, lr=c.lr, fused=True)
+        embeddings = {id(t) for t in self.tower.embedding_tables()}
+        params = [p for p in self.tower.parameters() if id(p) not in embeddings]
+        params += list(self.encoder.parameters())
+        dense = torch.optim.Adam(params, lr=c.lr, fused=True)
+        rows_opt = RowAdam(c.lr)
         rng = np.random.default_rng(c.seed)
         n_cases = len(self.cases.target)
         steps = c.epochs * -(-n_cases // c.batch_size)
         # Linear decay to a tenth of the rate: big early steps, fine late ones.
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimiser, lambda step: 1.0 - 0.9 * min(step / max(steps, 1), 1.0)
+            dense, lambda step: 1.0 - 0.9 * min(step / max(steps, 1), 1.0)
         )
         started = time.perf_counter()
         total_pairs = 0
@@ -208,7 +242,7 @@ class Trainer:
                 mininterval=1.0,
             )
             for batch in bar:
-                loss = self._step(batch, optimiser)
+                loss = self._step(batch, (dense, rows_opt))
                 schedule.step()
                 total_pairs += len(batch)
                 rate = total_pairs / max(time.perf_counter() - started, 1e-9)

@@ -163,6 +163,32 @@ def test_kill_9_loses_nothing_and_sessions_continue(
     assert all(len(v) == 1 for v in ids.values()), "a session restarted after kill -9"
 
 
+def test_backlog_produced_while_no_worker_runs_is_answered(
+    broker, unique, retailrocket_model, worker_factory
+):
+    settings = _setup(broker, unique, retailrocket_model)
+    first = worker_factory(settings)
+    t0 = 1_700_000_000_000
+    before = [Event(f"u{i % 25}", "285930", "view", t0 + i * 1000) for i in range(100)]
+    produce(settings, before)
+    consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 100)
+    first.kill9()
+    # Produced while no worker runs: the restarted worker finds it as a backlog.
+    backlog = [Event(f"u{i % 25}", "357564", "cart", t0 + 300_000 + i * 1000) for i in range(300)]
+    produce(settings, backlog)
+    worker_factory(settings)
+    wanted = {(e.user_id, e.ts) for e in before + backlog}
+
+    def all_answered(values: list[bytes]) -> bool:
+        got = {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
+        return wanted <= got
+
+    raw = consume(settings.bootstrap, settings.topics.recommendations, all_answered, idle_s=60)
+    answered = {(r.user_id, r.event_ts) for r in map(decode_recommendation, raw)}
+    missing = wanted - answered
+    assert not missing, f"{len(missing)} of {len(wanted)} events never answered"
+
+
 def test_cold_start_item_and_unknown_user(broker, unique, retailrocket_model, worker_factory):
     settings = _setup(broker, unique, retailrocket_model)
     worker_factory(settings)
