@@ -153,7 +153,7 @@ class Normalize(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_(min=1e-12)
-        y = x / norm
+        y: torch.Tensor = x / norm
         ctx.save_for_backward(y, norm)
         return y
 
@@ -161,7 +161,8 @@ class Normalize(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         y, norm = ctx.saved_tensors
         along = (grad * y).sum(dim=1, keepdim=True)
-        return (grad - y * along).div_(norm)
+        out: torch.Tensor = (grad - y * along).div_(norm)
+        return out
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
