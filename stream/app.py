@@ -20,9 +20,10 @@ from faust.types import TP
 from models.artifact import ArtifactError
 from models.config import Settings
 from stream import metrics
-from stream.kafka import produce, producer_config
+from stream.kafka import Refused, produce, producer_config
 from stream.processor import Incoming, Output, Processor
 from stream.serving import ServingModel, load_current
+from stream.take import Deduplicator, take_batches
 from stream.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ BATCH_MAX = 500
 BATCH_WITHIN_S = 0.005
 IDLE_CHECK_S = 10.0
 FLUSH_TIMEOUT_S = 30.0
+DELIVERY_ATTEMPTS = 5
 FETCH_MAX_WAIT_MS = 10
 STATS_LOG_S = 10.0
 
@@ -171,7 +173,32 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
 
     # Outputs go through librdkafka (far cheaper per message than the pure-Python producer);
     # the session table's changelog stays with faust, which restores it.
-    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 1}))
+    refused = Refused()
+    producer = Producer(
+        producer_config(settings.bootstrap, **{"linger.ms": 1}, **Refused.config(refused))
+    )
+
+    async def deliver() -> None:
+        """Flush, producing again what the broker refused, until all is delivered."""
+        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+            left = await asyncio.to_thread(producer.flush, FLUSH_TIMEOUT_S)
+            if left:
+                raise RuntimeError(f"{left} messages not delivered in {FLUSH_TIMEOUT_S}s")
+            failed = refused.take()
+            if not failed:
+                return
+            log.warning(
+                "%d output messages refused by the broker (%s), attempt %d of %d: producing "
+                "them again",
+                len(failed),
+                failed[0][3],
+                attempt,
+                DELIVERY_ATTEMPTS,
+            )
+            metrics.REDELIVERED.inc(len(failed))
+            for topic, key, value, _ in failed:
+                produce(producer, topic, key, value)
+        raise RuntimeError(f"output messages still refused after {DELIVERY_ATTEMPTS} attempts")
 
     async def publish(out: Output) -> None:
         # States first and with no await before: the agent and the idle timer each read and
@@ -187,14 +214,13 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         for sk, sv in out.sessions:
             produce(producer, t.sessions, sk.encode(), sv)
         # Delivered before the batch's offsets are acked (at-least-once).
-        left = await asyncio.to_thread(producer.flush, FLUSH_TIMEOUT_S)
-        if left:
-            raise RuntimeError(f"{left} messages not delivered in {FLUSH_TIMEOUT_S}s")
+        await deliver()
 
     @app.agent(events)
     async def handle(stream: Any) -> None:
         proc = runtime.processor
-        async for batch in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        dedup = Deduplicator()
+        async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
             runtime.between_batches()
             incoming = [
                 Incoming(
@@ -205,7 +231,13 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                     int(e.message.timestamp * 1000) if e.message.timestamp else None,
                 )
                 for e in batch
+                if dedup.fresh(e.message.partition, e.message.offset)
             ]
+            if dedup.dropped:
+                metrics.DUPLICATES.inc(dedup.dropped)
+                dedup.dropped = 0
+            if not incoming:
+                continue
             before = proc.counters.copy()
             runtime.stats.ingest(incoming)
             t0 = time.perf_counter()

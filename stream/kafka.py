@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 
@@ -39,3 +40,27 @@ def produce(producer: Any, topic: str, key: bytes | None, value: bytes) -> None:
             return
         except BufferError:
             producer.poll(0.05)
+
+
+class Refused:
+    """Collects the messages the broker did not take, from librdkafka's delivery reports, so
+    they can be produced again before a batch is acknowledged (at-least-once). Give
+    `producer_config(..., **Refused.config(refused))` so only failures are reported."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failed: list[tuple[str, bytes | None, bytes, str]] = []
+
+    @staticmethod
+    def config(refused: Refused) -> dict[str, Any]:
+        return {"on_delivery": refused.report, "delivery.report.only.error": True}
+
+    def report(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            with self._lock:
+                self._failed.append((msg.topic(), msg.key(), msg.value(), err.str()))
+
+    def take(self) -> list[tuple[str, bytes | None, bytes, str]]:
+        with self._lock:
+            failed, self._failed = self._failed, []
+        return failed

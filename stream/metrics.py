@@ -8,6 +8,13 @@ EVENTS = Counter("sessionrec_events_total", "Events read from the events topic",
 EMITTED = Counter("sessionrec_recommendations_emitted_total", "Recommendation messages sent")
 UNKNOWN = Counter("sessionrec_unknown_items_total", "Events whose item the model does not know")
 SESSIONS = Counter("sessionrec_sessions_closed_total", "Sessions closed and sent to sessions")
+DUPLICATES = Counter(
+    "sessionrec_duplicates_dropped_total", "Messages a partition delivered again, dropped"
+)
+REDELIVERED = Counter(
+    "sessionrec_outputs_redelivered_total",
+    "Output messages the broker refused and that were sent again",
+)
 LATENCY = Histogram(
     "sessionrec_end_to_end_latency_seconds",
     "Event produced (Kafka timestamp) to its recommendation sent",

@@ -85,7 +85,7 @@ class ItemTower(nn.Module):
 
     def embedding_tables(self) -> list[torch.Tensor]:
         """The tables `RowAdam` trains (the rest are dense parameters)."""
-        return [e.weight for e in (self.identity, self.tokens, self.category, self.brand)]
+        return [self.identity.weight, self.tokens.weight]
 
     def forward(self) -> torch.Tensor:
         """All item vectors, (n_items, dims.total) float32, L2-normalised."""
@@ -96,12 +96,6 @@ class ItemTower(nn.Module):
         rows it uses, so that backward and the optimiser never touch whole tables. Returns the
         vectors and, per embedding table, the rows used with their leaf (gradient holder)."""
         touched: list[Touched] = []
-
-        def leaf(table: nn.Embedding, rows: torch.Tensor) -> torch.Tensor:
-            used, local = unique_rows(rows, table.num_embeddings)
-            part = torch.index_select(table.weight.detach(), 0, used).requires_grad_()
-            touched.append(Touched(table.weight, used, part))
-            return gather(part, local)
 
         # `items` are distinct, so their identity rows are the leaf itself.
         name = torch.index_select(self.identity.weight.detach(), 0, items).requires_grad_()
@@ -120,8 +114,9 @@ class ItemTower(nn.Module):
         vectors = torch.cat(
             [
                 name,
-                leaf(self.category, self.item_category[items]),
-                leaf(self.brand, self.item_brand[items]),
+                # Small tables: dense gradients (the optimiser's fused Adam handles them).
+                gather(self.category.weight, self.item_category[items]),
+                gather(self.brand.weight, self.item_brand[items]),
                 self.price(self.item_price[items]),
             ],
             dim=1,
@@ -208,7 +203,7 @@ class RowAdam:
         self.lr = lr
         self.betas = betas
         self.eps = eps
-        self.moments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.moments: dict[int, torch.Tensor] = {}  # (rows, 2, d): first and second moment
         self.steps = 0
 
     def step(self, touched: list[Touched], lr_factor: float = 1.0) -> None:
@@ -220,13 +215,14 @@ class RowAdam:
                 continue
             key = id(t.weight)
             if key not in self.moments:
-                self.moments[key] = (torch.zeros_like(t.weight), torch.zeros_like(t.weight))
-            m_all, v_all = self.moments[key]
+                rows, dim = t.weight.shape
+                self.moments[key] = torch.zeros(rows, 2, dim, dtype=t.weight.dtype)
+            moments = self.moments[key]
             g = t.leaf.grad
-            m = torch.index_select(m_all, 0, t.rows).mul_(b1).add_(g, alpha=1 - b1)
-            v = torch.index_select(v_all, 0, t.rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-            m_all.index_copy_(0, t.rows, m)
-            v_all.index_copy_(0, t.rows, v)
+            mv = torch.index_select(moments, 0, t.rows)
+            m = mv[:, 0].mul_(b1).add_(g, alpha=1 - b1)
+            v = mv[:, 1].mul_(b2).addcmul_(g, g, value=1 - b2)
+            moments.index_copy_(0, t.rows, mv)
             update = (m / c1).div_((v / c2).sqrt_().add_(self.eps)).mul_(self.lr * lr_factor)
             with torch.no_grad():
                 t.weight.index_copy_(0, t.rows, t.leaf.detach() - update)

@@ -118,3 +118,15 @@ def test_remove_from_cart_is_not_a_positive_target() -> None:
     cases = build_cases(corpus, rows, FAST)
     assert cases.target.tolist() == [rows["c"]]
     assert cases.target_w.tolist() == [5.0]  # buy (1.0) weighs five views (0.2)
+
+
+def test_training_composition_equals_the_exported_one(shop_corpus: Corpus) -> None:
+    trainer = Trainer(shop_corpus, FAST)
+    items = torch.tensor([0, 2, 3, 7, 11])
+    batch, touched = trainer.tower.batch_rows(items)
+    assert torch.allclose(batch, trainer.tower.rows(items), atol=1e-6)
+    (batch * torch.randn_like(batch)).sum().backward()
+    # Gradients reach exactly the embedding rows the items use, and nothing else.
+    assert {id(t.weight) for t in touched} <= {id(w) for w in trainer.tower.embedding_tables()}
+    assert all(t.leaf.grad is not None and t.leaf.grad.shape == t.leaf.shape for t in touched)
+    assert trainer.tower.category.weight.grad is not None
