@@ -83,18 +83,15 @@ class ItemTower(nn.Module):
         )
         return F.normalize(vectors, dim=1)
 
-    def embedding_tables(self) -> list[torch.Tensor]:
-        """The tables `RowAdam` trains (the rest are dense parameters)."""
-        return [self.identity.weight, self.tokens.weight]
-
     def forward(self) -> torch.Tensor:
         """All item vectors, (n_items, dims.total) float32, L2-normalised."""
         return self.rows(torch.arange(self.identity.num_embeddings))
 
     def batch_rows(self, items: torch.Tensor) -> tuple[torch.Tensor, list[Touched]]:
-        """`rows(items)` for a training step, composed from leaf copies of only the embedding
-        rows it uses, so that backward and the optimiser never touch whole tables. Returns the
-        vectors and, per embedding table, the rows used with their leaf (gradient holder)."""
+        """`rows(items)` for a training step, composed from leaf copies of only the rows of the
+        large tables (identities, name tokens) it uses, so that backward never scatters into
+        whole tables. `items` must be distinct. Returns the vectors and, per large table, the
+        rows used with their leaf (which holds their gradient after backward)."""
         touched: list[Touched] = []
 
         # `items` are distinct, so their identity rows are the leaf itself.
@@ -114,7 +111,7 @@ class ItemTower(nn.Module):
         vectors = torch.cat(
             [
                 name,
-                # Small tables: dense gradients (the optimiser's fused Adam handles them).
+                # Small tables: gathered from the whole table (a cheap dense gradient).
                 gather(self.category.weight, self.item_category[items]),
                 gather(self.brand.weight, self.item_brand[items]),
                 self.price(self.item_price[items]),
@@ -192,40 +189,6 @@ def unique_rows(values: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Te
     position = np.empty(size, dtype=np.int64)
     position[used] = np.arange(len(used))
     return torch.from_numpy(used), torch.from_numpy(position[v])
-
-
-class RowAdam:
-    """Adam for embedding tables that updates only the rows a step used ("lazy" Adam): rows
-    no case touched keep their value and moments, so a step costs O(rows used), not O(table).
-    """
-
-    def __init__(self, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.lr = lr
-        self.betas = betas
-        self.eps = eps
-        self.moments: dict[int, torch.Tensor] = {}  # (rows, 2, d): first and second moment
-        self.steps = 0
-
-    def step(self, touched: list[Touched], lr_factor: float = 1.0) -> None:
-        self.steps += 1
-        b1, b2 = self.betas
-        c1, c2 = 1 - b1**self.steps, 1 - b2**self.steps
-        for t in touched:
-            if t.leaf.grad is None:
-                continue
-            key = id(t.weight)
-            if key not in self.moments:
-                rows, dim = t.weight.shape
-                self.moments[key] = torch.zeros(rows, 2, dim, dtype=t.weight.dtype)
-            moments = self.moments[key]
-            g = t.leaf.grad
-            mv = torch.index_select(moments, 0, t.rows)
-            m = mv[:, 0].mul_(b1).add_(g, alpha=1 - b1)
-            v = mv[:, 1].mul_(b2).addcmul_(g, g, value=1 - b2)
-            moments.index_copy_(0, t.rows, mv)
-            update = (m / c1).div_((v / c2).sqrt_().add_(self.eps)).mul_(self.lr * lr_factor)
-            with torch.no_grad():
-                t.weight.index_copy_(0, t.rows, t.leaf.detach() - update)
 
 
 def _token_matrix(features: ItemFeatures) -> np.ndarray:

@@ -33,7 +33,6 @@ from training.model import (
     ItemTower,
     ModelConfig,
     Prefixes,
-    RowAdam,
     SessionEncoder,
     gather,
     unique_rows,
@@ -160,7 +159,7 @@ class Trainer:
         self.q = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
         self.gen = torch.Generator().manual_seed(config.seed)
 
-    def _step(self, batch: I64, optimisers: tuple[torch.optim.Optimizer, RowAdam]) -> float:
+    def _step(self, batch: I64, optimiser: torch.optim.Optimizer) -> float:
         """One update: positives row-wise, negatives shared by the whole batch.
 
         The shared negatives are uniform draws plus the targets of the first `batch_negatives`
@@ -169,7 +168,6 @@ class Trainer:
         target is left out.
         """
         c = self.config
-        dense, rows_opt = optimisers
         prefix = Prefixes.from_padded(self.cases.prefix[batch], self.cases.prefix_w[batch])
         target = torch.as_tensor(self.cases.target[batch])
         weight = torch.as_tensor(self.cases.target_w[batch])
@@ -207,25 +205,24 @@ class Trainer:
             c.bf16,
         )
         loss = ((lse - pos) * weight).sum() / weight.sum()
-        dense.zero_grad(set_to_none=True)
+        optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        dense.step()
-        rows_opt.step(touched, dense.param_groups[0]["lr"] / c.lr)
+        for t in touched:  # the used rows' gradients, as the dense gradient of their table
+            if t.leaf.grad is not None:
+                t.weight.grad = torch.zeros_like(t.weight).index_copy_(0, t.rows, t.leaf.grad)
+        optimiser.step()
         return float(loss.detach())
 
     def train(self) -> TrainedModel:
         c = self.config
-        embeddings = {id(t) for t in self.tower.embedding_tables()}
-        params = [p for p in self.tower.parameters() if id(p) not in embeddings]
-        params += list(self.encoder.parameters())
-        dense = torch.optim.Adam(params, lr=c.lr, fused=True)
-        rows_opt = RowAdam(c.lr)
+        params = list(self.tower.parameters()) + list(self.encoder.parameters())
+        optimiser = torch.optim.Adam(params, lr=c.lr, fused=True)
         rng = np.random.default_rng(c.seed)
         n_cases = len(self.cases.target)
         steps = c.epochs * -(-n_cases // c.batch_size)
         # Linear decay to a tenth of the rate: big early steps, fine late ones.
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            dense, lambda step: 1.0 - 0.9 * min(step / max(steps, 1), 1.0)
+            optimiser, lambda step: 1.0 - 0.9 * min(step / max(steps, 1), 1.0)
         )
         started = time.perf_counter()
         total_pairs = 0
@@ -242,7 +239,7 @@ class Trainer:
                 mininterval=1.0,
             )
             for batch in bar:
-                loss = self._step(batch, (dense, rows_opt))
+                loss = self._step(batch, optimiser)
                 schedule.step()
                 total_pairs += len(batch)
                 rate = total_pairs / max(time.perf_counter() - started, 1e-9)
