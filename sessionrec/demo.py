@@ -30,6 +30,7 @@ from stream.topics import create_topics, topic_specs
 DEMO_DIR = Path("var/demo")
 LIVE_USERS = 12
 LIVE_RATE = 6.0  # events per second: slow enough to read
+READER_JOIN_S = 60.0
 NEW_ITEM = Item(
     "i99000",
     name="Kestrel ultralight trail running shoe green",
@@ -78,6 +79,7 @@ class Live:
         self.received: list[Recommendation] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.assigned = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
@@ -95,7 +97,9 @@ class Live:
                 self.settings.bootstrap, f"demo-{time.time_ns()}", **{"fetch.wait.max.ms": 10}
             )
         )
-        consumer.subscribe([self.settings.topics.recommendations])
+        consumer.subscribe(
+            [self.settings.topics.recommendations], on_assign=lambda _c, _p: self.assigned.set()
+        )
         while not self._stop.is_set():
             for msg in consumer.consume(100, 0.1):
                 value = msg.value()
@@ -169,7 +173,8 @@ def run_demo(settings: Settings, seconds: float, seed: int) -> int:
             print("4. worker ready; replaying live sessions (Ctrl-C stops)\n")
             live = Live(settings)
             live.start()
-            time.sleep(2.0)
+            if not live.assigned.wait(READER_JOIN_S):
+                raise RuntimeError(f"the demo's reader got no partitions in {READER_JOIN_S:.0f}s")
             summary = _replay(settings, live, live_events, items, seconds)
             live.stop()
         finally:

@@ -26,7 +26,7 @@ from stream.kafka import consumer_config, produce, producer_config
 from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
 
-WARMUP_S = 2.0
+JOIN_TIMEOUT_S = 60.0
 DRAIN_S = 10.0
 
 
@@ -106,6 +106,7 @@ def _consume(
     stop: threading.Event,
     out: list[tuple[float, int]],
     since_ms: float,
+    assigned: threading.Event,
 ) -> None:
     from confluent_kafka import Consumer
 
@@ -116,7 +117,7 @@ def _consume(
             **{"auto.offset.reset": "earliest", "fetch.wait.max.ms": 5},
         )
     )
-    consumer.subscribe([topic])
+    consumer.subscribe([topic], on_assign=lambda _c, _p: assigned.set())
     while not stop.is_set():
         for msg in consumer.consume(1000, 0.05):
             value = msg.value()
@@ -134,14 +135,26 @@ def run_rate(
 ) -> tuple[RateResult, list[float]]:
     received: list[tuple[float, int]] = []
     stop = threading.Event()
+    assigned = threading.Event()
     started = time.time() * 1000
     reader = threading.Thread(
         target=_consume,
-        args=(settings.bootstrap, settings.topics.recommendations, stop, received, started),
+        args=(
+            settings.bootstrap,
+            settings.topics.recommendations,
+            stop,
+            received,
+            started,
+            assigned,
+        ),
         daemon=True,
     )
     reader.start()
-    time.sleep(WARMUP_S)  # the consumer joins its group
+    # Produce only once the reader has its partitions: otherwise the first events' latency
+    # would include the reader's own group join (seconds on the embedded broker).
+    if not assigned.wait(JOIN_TIMEOUT_S):
+        raise RuntimeError(f"benchmark reader got no partitions in {JOIN_TIMEOUT_S:.0f}s")
+    producing_ms = time.time() * 1000
     ctx = mp.get_context("spawn")
     sent = ctx.Value("i", 0)
     gen = ctx.Process(
@@ -157,7 +170,7 @@ def run_rate(
     reader.join()
     latencies = np.array([lat for lat, _ in received], dtype=np.float64)
     done = [ts for _, ts in received]
-    span_s = max((max(done) - started) / 1000.0, 1e-9) if done else 1.0
+    span_s = max((max(done) - producing_ms) / 1000.0, 1e-9) if done else 1.0
     pct = np.percentile(latencies, [50, 95, 99]) if len(latencies) else np.zeros(3)
     result = RateResult(
         rate,
