@@ -22,7 +22,7 @@ from models.records import Event, Item, Recommendation
 from models.session import SessionConfig
 from models.shop import Shop, make_shop
 from stream.broker import EmbeddedBroker
-from stream.kafka import consumer_config, producer_config
+from stream.kafka import consumer_config, producer_config, ready_messages
 from stream.launch import WorkerProcess
 from stream.replay import produce_items
 from stream.topics import create_topics, topic_specs
@@ -101,7 +101,7 @@ class Live:
             [self.settings.topics.recommendations], on_assign=lambda _c, _p: self.assigned.set()
         )
         while not self._stop.is_set():
-            for msg in consumer.consume(100, 0.1):
+            for msg in ready_messages(consumer, 0.1):
                 value = msg.value()
                 if msg.error() or value is None:
                     continue

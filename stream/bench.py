@@ -22,7 +22,7 @@ from models.codec import encode
 from models.config import Settings
 from models.records import Event
 from stream.broker import EmbeddedBroker
-from stream.kafka import consumer_config, produce, producer_config
+from stream.kafka import consumer_config, produce, producer_config, ready_messages
 from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
 
@@ -119,7 +119,7 @@ def _consume(
     )
     consumer.subscribe([topic], on_assign=lambda _c, _p: assigned.set())
     while not stop.is_set():
-        for msg in consumer.consume(1000, 0.05):
+        for msg in ready_messages(consumer, 0.05):
             value = msg.value()
             if msg.error() or value is None:
                 continue

@@ -32,6 +32,18 @@ def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def ready_messages(consumer: Any, wait_s: float, most: int = 1000) -> list[Any]:
+    """The messages ready now, waiting up to `wait_s` for the first one.
+
+    `Consumer.consume(n, timeout)` waits the whole timeout unless n messages arrive, which
+    adds up to `timeout` to every message's latency; polling for the first and then taking
+    what is already there does not."""
+    first = consumer.poll(wait_s)
+    if first is None:
+        return []
+    return [first, *consumer.consume(most - 1, 0)]
+
+
 def produce(producer: Any, topic: str, key: bytes | None, value: bytes) -> None:
     """Produce, waiting for deliveries to drain while librdkafka's local queue is full."""
     while True:

@@ -18,6 +18,7 @@ from models.codec import DecodeError, decode_item
 from models.config import Settings
 from models.records import Item
 from stream import metrics
+from stream.kafka import ready_messages
 from stream.serving import ServingModel, load_serving
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Watcher(threading.Thread):
             consumer.assign(parts)
             last_check = 0.0
             while not self._stop.is_set():
-                for msg in consumer.consume(500, POLL_S):
+                for msg in ready_messages(consumer, POLL_S, 500):
                     value = msg.value()
                     if msg.error() or value is None:
                         continue
