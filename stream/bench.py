@@ -27,7 +27,8 @@ from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
 
 JOIN_TIMEOUT_S = 60.0
-DRAIN_S = 10.0
+DRAIN_S = 90.0
+DRAIN_IDLE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +164,15 @@ def run_rate(
     )
     gen.start()
     gen.join()
+    # Wait for the backlog to drain, so that the next rate starts on an idle worker; give up
+    # after DRAIN_S, or when nothing has arrived for DRAIN_IDLE_S.
     deadline = time.monotonic() + DRAIN_S
+    count, moved = -1, time.monotonic()
     while len(received) < sent.value and time.monotonic() < deadline:
+        if len(received) != count:
+            count, moved = len(received), time.monotonic()
+        elif time.monotonic() - moved > DRAIN_IDLE_S:
+            break
         time.sleep(0.1)
     stop.set()
     reader.join()
