@@ -164,6 +164,11 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         stream_wait_empty=False,
         broker_commit_interval=1.0,
         producer_linger_ms=1,
+        # One changelog record per record batch. The embedded broker (Tansu) reports a
+        # partition's high watermark as the last batch's base offset + 1, and faust restores a
+        # table only up to the high watermark: with several records per batch, a restarted
+        # worker would restore part of the sessions (seen: "a session restarted after kill -9").
+        producer_max_batch_size=1,
     )
     runtime = Runtime(settings, model_dir)
     t = settings.topics
