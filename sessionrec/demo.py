@@ -23,9 +23,8 @@ from models.session import SessionConfig
 from models.shop import Shop, make_shop
 from stream.broker import EmbeddedBroker
 from stream.kafka import consumer_config, producer_config, ready_messages
-from stream.launch import WorkerProcess
+from stream.launch import WorkerProcess, on_local_broker
 from stream.replay import produce_items
-from stream.topics import create_topics, topic_specs
 
 DEMO_DIR = Path("var/demo")
 LIVE_USERS = 12
@@ -154,15 +153,8 @@ def run_demo(settings: Settings, seconds: float, seed: int) -> int:
         f"({len(history)} history, {len(live_events)} to replay live)"
     )
     with EmbeddedBroker(port=0, log_path=None) as broker:
-        settings = dataclasses.replace(
-            settings,
-            bootstrap=broker.bootstrap,
-            model_dir=str(model_dir),
-            metrics_port=0,
-            worker_group="sessionrec-demo",
-        )
+        settings = on_local_broker(settings, broker.bootstrap, model_dir, "sessionrec-demo")
         print(f"1. embedded broker (Tansu) at {broker.bootstrap}")
-        create_topics(broker.bootstrap, topic_specs(settings))
         print("2. topics created; training a model on the shop's history ...")
         version = _train(shop, history, settings, model_dir)
         print(f"3. model {version} written to {model_dir}")

@@ -180,7 +180,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     # the session table's changelog stays with faust, which restores it.
     refused = Refused()
     producer = Producer(
-        producer_config(settings.bootstrap, **{"linger.ms": 1}, **Refused.config(refused))
+        producer_config(settings.bootstrap, **{"linger.ms": 1}, **refused.producer_settings())
     )
 
     async def deliver() -> None:
@@ -238,9 +238,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 for e in batch
                 if dedup.fresh(e.message.partition, e.message.offset)
             ]
-            if dedup.dropped:
-                metrics.DUPLICATES.inc(dedup.dropped)
-                dedup.dropped = 0
+            metrics.DUPLICATES.inc(dedup.take_dropped())
             if not incoming:
                 continue
             before = proc.counters.copy()

@@ -6,7 +6,6 @@ All on this machine: the broker, the worker, the generator and the consumer shar
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import threading
 import time
@@ -23,8 +22,7 @@ from models.config import Settings
 from models.records import Event
 from stream.broker import EmbeddedBroker
 from stream.kafka import consumer_config, produce, producer_config, ready_messages
-from stream.launch import WorkerProcess
-from stream.topics import create_topics, topic_specs
+from stream.launch import WorkerProcess, on_local_broker
 
 JOIN_TIMEOUT_S = 60.0
 DRAIN_S = 90.0
@@ -224,10 +222,7 @@ def bench_stream(
     raw: dict[float, list[float]] = {}
     log_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker(port=0) as broker:
-        settings = dataclasses.replace(
-            settings, bootstrap=broker.bootstrap, model_dir=str(model_dir), metrics_port=0
-        )
-        create_topics(broker.bootstrap, topic_specs(settings))
+        settings = on_local_broker(settings, broker.bootstrap, model_dir)
         worker = WorkerProcess(settings, log_dir / "bench-worker.log").start()
         try:
             worker.wait_ready()
@@ -258,14 +253,7 @@ def serve_prefixes(
     answers: dict[str, list[str]] = {}
     log_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker(port=0) as broker:
-        settings = dataclasses.replace(
-            settings,
-            bootstrap=broker.bootstrap,
-            model_dir=str(model_dir),
-            metrics_port=0,
-            worker_group="bench-quality",
-        )
-        create_topics(broker.bootstrap, topic_specs(settings))
+        settings = on_local_broker(settings, broker.bootstrap, model_dir, "bench-quality")
         worker = WorkerProcess(settings, log_dir / "quality-worker.log").start()
         try:
             worker.wait_ready()

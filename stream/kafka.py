@@ -57,15 +57,14 @@ def produce(producer: Any, topic: str, key: bytes | None, value: bytes) -> None:
 class Refused:
     """Collects the messages the broker did not take, from librdkafka's delivery reports, so
     they can be produced again before a batch is acknowledged (at-least-once). Give
-    `producer_config(..., **Refused.config(refused))` so only failures are reported."""
+    `producer_config(..., **refused.producer_settings())` so only failures are reported."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._failed: list[tuple[str, bytes | None, bytes, str]] = []
 
-    @staticmethod
-    def config(refused: Refused) -> dict[str, Any]:
-        return {"on_delivery": refused.report, "delivery.report.only.error": True}
+    def producer_settings(self) -> dict[str, Any]:
+        return {"on_delivery": self.report, "delivery.report.only.error": True}
 
     def report(self, err: Any, msg: Any) -> None:
         if err is not None:

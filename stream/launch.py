@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -10,8 +11,25 @@ import time
 from pathlib import Path
 
 from models.config import Settings
+from stream.topics import create_topics, topic_specs
 
 READY_TIMEOUT_S = 60.0
+
+
+def on_local_broker(
+    settings: Settings, bootstrap: str, model_dir: Path, group: str | None = None
+) -> Settings:
+    """`settings` pointed at a throwaway embedded broker (topics created), a model directory,
+    any free metrics port and, if given, a consumer group of its own."""
+    local = dataclasses.replace(
+        settings,
+        bootstrap=bootstrap,
+        model_dir=str(model_dir),
+        metrics_port=0,
+        worker_group=group or settings.worker_group,
+    )
+    create_topics(bootstrap, topic_specs(local))
+    return local
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

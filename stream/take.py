@@ -75,3 +75,8 @@ class Deduplicator:
             return False
         self.highest[partition] = offset
         return True
+
+    def take_dropped(self) -> int:
+        """Messages dropped since the last call."""
+        dropped, self.dropped = self.dropped, 0
+        return dropped
