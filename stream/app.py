@@ -239,6 +239,14 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 if dedup.fresh(e.message.partition, e.message.offset)
             ]
             metrics.DUPLICATES.inc(dedup.take_dropped())
+            for partition, offset, highest in dedup.take_out_of_order():
+                log.warning(
+                    "events partition %d handed out offset %d after offset %d: processed "
+                    "(a message delivered out of order is new, not a repeat)",
+                    partition,
+                    offset,
+                    highest,
+                )
             if not incoming:
                 continue
             before = proc.counters.copy()

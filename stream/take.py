@@ -9,7 +9,7 @@ before it is handed out and exactly its events are acknowledged, so an event add
 lands in the next batch.
 
 A partition can also hand the same message out twice (the broker returns its last record again
-at the end of the log): `Deduplicator` drops offsets a partition has already delivered.
+at the end of the log): `Deduplicator` drops messages already delivered, and only those.
 """
 
 from __future__ import annotations
@@ -63,20 +63,42 @@ async def take_batches(stream: Any, max_events: int, within_s: float) -> AsyncIt
 
 
 class Deduplicator:
-    """Drops messages at or below the highest offset already delivered for their partition."""
+    """Drops a message whose (partition, offset) was already delivered.
 
-    def __init__(self) -> None:
+    Only exact repeats are dropped: an offset below one already delivered that was never seen
+    itself is new and kept (and counted in `out_of_order`), since dropping a message is data
+    loss while a repeat is harmless (at-least-once). The last `window` offsets of each
+    partition are remembered; an older one counts as new."""
+
+    def __init__(self, window: int = 100_000) -> None:
+        self.window = window
+        self.seen: dict[int, set[int]] = {}
         self.highest: dict[int, int] = {}
         self.dropped = 0
+        self.out_of_order: list[tuple[int, int, int]] = []
 
     def fresh(self, partition: int, offset: int) -> bool:
-        if offset <= self.highest.get(partition, -1):
+        seen = self.seen.setdefault(partition, set())
+        if offset in seen:
             self.dropped += 1
             return False
-        self.highest[partition] = offset
+        highest = self.highest.get(partition, -1)
+        if offset < highest:
+            self.out_of_order.append((partition, offset, highest))
+        else:
+            self.highest[partition] = offset
+        seen.add(offset)
+        if len(seen) > 2 * self.window:
+            self.seen[partition] = set(sorted(seen)[-self.window :])
         return True
 
     def take_dropped(self) -> int:
         """Messages dropped since the last call."""
         dropped, self.dropped = self.dropped, 0
         return dropped
+
+    def take_out_of_order(self) -> list[tuple[int, int, int]]:
+        """(partition, offset, highest offset delivered before it) of each message delivered
+        after a later one of its partition, since the last call."""
+        found, self.out_of_order = self.out_of_order, []
+        return found
