@@ -14,48 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
 from faust.types import TP
 
 from models.artifact import ArtifactError
 from models.config import Settings
-from stream import metrics
-from stream.kafka import Refused, produce, producer_config
+from stream import faust_patches, metrics
+from stream.kafka import Outbox, producer_config
 from stream.processor import Incoming, Output, Processor
 from stream.serving import ServingModel, load_current
-from stream.take import Deduplicator, take_batches
+from stream.take import Deduplicator, InOrderAcks, take_batches
 from stream.watch import Watcher
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 500
 BATCH_WITHIN_S = 0.005
+MAX_UNDELIVERED_BATCHES = 8
 IDLE_CHECK_S = 10.0
-FLUSH_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 30.0
 DELIVERY_ATTEMPTS = 5
-FETCH_MAX_WAIT_MS = 10
 STATS_LOG_S = 10.0
-
-
-def _short_fetch_wait() -> None:
-    """faust hard-codes fetch_max_wait_ms=1500 for its consumer. A broker that holds a fetch
-    for its full wait when no data is ready (Tansu does) makes that the latency floor, so the
-    worker asks for at most FETCH_MAX_WAIT_MS; on Apache Kafka it only means idle polls."""
-    import aiokafka
-
-    original = aiokafka.AIOKafkaConsumer
-    if getattr(original, "_sessionrec_short_wait", False):
-        return
-
-    class ShortWaitConsumer(original):  # type: ignore[misc,valid-type]
-        _sessionrec_short_wait = True
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["fetch_max_wait_ms"] = min(
-                kwargs.get("fetch_max_wait_ms", 500), FETCH_MAX_WAIT_MS
-            )
-            super().__init__(*args, **kwargs)
-
-    aiokafka.AIOKafkaConsumer = ShortWaitConsumer
 
 
 def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
@@ -122,6 +99,7 @@ class Runtime:
         self.processor = Processor(settings, serving)
         self.stats = BatchStats()
         self.watcher = Watcher(settings, model_dir, serving.version if serving else None)
+        self.outbox: Outbox | None = None
         self._publish_model()
 
     def _publish_model(self) -> None:
@@ -144,7 +122,8 @@ class Runtime:
 
 
 def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
-    _short_fetch_wait()
+    faust_patches.short_fetch_wait()
+    faust_patches.true_changelog_ends(settings.bootstrap)
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
     app = faust.App(
         settings.worker_group,
@@ -164,11 +143,6 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         stream_wait_empty=False,
         broker_commit_interval=1.0,
         producer_linger_ms=1,
-        # One changelog record per record batch. The embedded broker (Tansu) reports a
-        # partition's high watermark as the last batch's base offset + 1, and faust restores a
-        # table only up to the high watermark: with several records per batch, a restarted
-        # worker would restore part of the sessions (seen: "a session restarted after kill -9").
-        producer_max_batch_size=1,
     )
     runtime = Runtime(settings, model_dir)
     t = settings.topics
@@ -178,53 +152,37 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
 
     # Outputs go through librdkafka (far cheaper per message than the pure-Python producer);
     # the session table's changelog stays with faust, which restores it.
-    refused = Refused()
-    producer = Producer(
-        producer_config(settings.bootstrap, **{"linger.ms": 1}, **refused.producer_settings())
-    )
+    outbox = Outbox(producer_config(settings.bootstrap, **{"linger.ms": 1}), DELIVERY_ATTEMPTS)
+    runtime.outbox = outbox
 
-    async def deliver() -> None:
-        """Flush, producing again what the broker refused, until all is delivered."""
-        for attempt in range(1, DELIVERY_ATTEMPTS + 1):
-            left = await asyncio.to_thread(producer.flush, FLUSH_TIMEOUT_S)
-            if left:
-                raise RuntimeError(f"{left} messages not delivered in {FLUSH_TIMEOUT_S}s")
-            failed = refused.take()
-            if not failed:
-                return
-            log.warning(
-                "%d output messages refused by the broker (%s), attempt %d of %d: producing "
-                "them again",
-                len(failed),
-                failed[0][3],
-                attempt,
-                DELIVERY_ATTEMPTS,
-            )
-            metrics.REDELIVERED.inc(len(failed))
-            for topic, key, value, _ in failed:
-                produce(producer, topic, key, value)
-        raise RuntimeError(f"output messages still refused after {DELIVERY_ATTEMPTS} attempts")
-
-    async def publish(out: Output) -> None:
+    def publish(out: Output) -> asyncio.Future[None]:
+        """Write the states, send the outputs; the future resolves once they are delivered."""
         # States first and with no await before: the agent and the idle timer each read and
         # write a user's state without yielding in between, so neither overwrites the other.
         for user, (partition, state) in out.states.items():
             state["partition"] = partition
             table.data[user] = state
             table.send_changelog(partition, user, state)
-        for k, v, _ in out.recommendations:
-            produce(producer, t.recommendations, k.encode(), v)
-        for dk, dv in out.dlq:
-            produce(producer, t.dlq, dk, dv)
-        for sk, sv in out.sessions:
-            produce(producer, t.sessions, sk.encode(), sv)
-        # Delivered before the batch's offsets are acked (at-least-once).
-        await deliver()
+        messages: list[tuple[str, bytes | None, bytes]] = [
+            (t.recommendations, k.encode(), v) for k, v, _ in out.recommendations
+        ]
+        messages.extend((t.dlq, dk, dv) for dk, dv in out.dlq)
+        messages.extend((t.sessions, sk.encode(), sv) for sk, sv in out.sessions)
+        return outbox.send(messages)
 
     @app.agent(events)
     async def handle(stream: Any) -> None:
-        proc = runtime.processor
         dedup = Deduplicator()
+        # A batch's events are acked once its outputs are delivered (at-least-once), while
+        # the next batches are already being handled.
+        acks = InOrderAcks(stream, MAX_UNDELIVERED_BATCHES)
+        try:
+            await _handle_batches(stream, dedup, acks)
+        finally:
+            acks.close()
+
+    async def _handle_batches(stream: Any, dedup: Deduplicator, acks: InOrderAcks) -> None:
+        proc = runtime.processor
         async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
             runtime.between_batches()
             incoming = [
@@ -239,6 +197,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 if dedup.fresh(e.message.partition, e.message.offset)
             ]
             metrics.DUPLICATES.inc(dedup.take_dropped())
+            metrics.REDELIVERED.inc(outbox.take_retried())
             for partition, offset, highest in dedup.take_out_of_order():
                 log.warning(
                     "events partition %d handed out offset %d after offset %d: processed "
@@ -248,13 +207,14 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                     highest,
                 )
             if not incoming:
+                await acks.add(outbox.send([]), batch)
                 continue
             before = proc.counters.copy()
             runtime.stats.ingest(incoming)
             t0 = time.perf_counter()
             out = proc.process(incoming, table.data.get)
             t1 = time.perf_counter()
-            await publish(out)
+            await acks.add(publish(out), batch)
             runtime.stats.add(len(batch), t1 - t0, time.perf_counter() - t1)
             _observe(incoming, before, proc.counters)
             _observe_lag(app, t.events, incoming)
@@ -335,3 +295,9 @@ def run_worker(
         worker.execute_from_commandline()
     finally:
         runtime.watcher.stop()
+        if runtime.outbox is not None:
+            left = runtime.outbox.close(CLOSE_TIMEOUT_S)
+            if left:
+                log.warning(
+                    "%d output messages undelivered at shutdown (their events are read again)", left
+                )

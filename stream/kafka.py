@@ -1,9 +1,13 @@
-"""confluent-kafka client settings shared by the replay, tail, demo and benchmark tools."""
+"""confluent-kafka clients: settings shared by the tools, and the worker's output `Outbox`."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
@@ -54,24 +58,112 @@ def produce(producer: Any, topic: str, key: bytes | None, value: bytes) -> None:
             producer.poll(0.05)
 
 
-class Refused:
-    """Collects the messages the broker did not take, from librdkafka's delivery reports, so
-    they can be produced again before a batch is acknowledged (at-least-once). Give
-    `producer_config(..., **refused.producer_settings())` so only failures are reported."""
+class Outbox:
+    """Output messages sent in batches and acknowledged per batch, in the background.
 
-    def __init__(self) -> None:
+    `send(messages)` produces a batch's messages and returns an asyncio future that resolves
+    once the broker has acknowledged every one of them, so a caller can ack the events behind
+    them then (at-least-once) while it already works on the next batch. A message the broker
+    refuses is produced again, up to `attempts` times in all; after that the future fails with
+    the broker's reason. A thread serves librdkafka's delivery reports."""
+
+    def __init__(self, config: dict[str, Any], attempts: int = 5, poll_s: float = 0.05):
+        from confluent_kafka import Producer
+
+        self.attempts = attempts
+        self._producer = Producer(config)
         self._lock = threading.Lock()
-        self._failed: list[tuple[str, bytes | None, bytes, str]] = []
+        self._left: dict[int, int] = {}
+        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        self._next = 0
+        self._retried = 0
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="outbox-reports", daemon=True)
+        self._thread.start()
 
-    def producer_settings(self) -> dict[str, Any]:
-        return {"on_delivery": self.report, "delivery.report.only.error": True}
-
-    def report(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            with self._lock:
-                self._failed.append((msg.topic(), msg.key(), msg.value(), err.str()))
-
-    def take(self) -> list[tuple[str, bytes | None, bytes, str]]:
+    def send(self, messages: list[tuple[str, bytes | None, bytes]]) -> asyncio.Future[None]:
+        """Produce `messages` (topic, key, value); the future resolves once all are delivered.
+        Call from the event loop's thread."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if not messages:
+            done.set_result(None)
+            return done
         with self._lock:
-            failed, self._failed = self._failed, []
-        return failed
+            batch = self._next
+            self._next += 1
+            self._left[batch] = len(messages)
+            self._waiting[batch] = (loop, done)
+        for topic, key, value in messages:
+            self._produce(batch, 1, topic, key, value)
+        self._producer.poll(0)
+        return done
+
+    def take_retried(self) -> int:
+        """Messages produced again since the last call."""
+        with self._lock:
+            retried, self._retried = self._retried, 0
+        return retried
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """Stop serving reports after delivering what is queued; returns messages left."""
+        left = int(self._producer.flush(timeout_s))
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return left
+
+    def _produce(
+        self, batch: int, attempt: int, topic: str, key: bytes | None, value: bytes
+    ) -> None:
+        def report(err: Any, msg: Any) -> None:
+            self._report(batch, attempt, err, msg)
+
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, on_delivery=report)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(self._poll_s)
+
+    def _report(self, batch: int, attempt: int, err: Any, msg: Any) -> None:
+        if err is not None and attempt < self.attempts:
+            with self._lock:
+                self._retried += 1
+            log.warning(
+                "output to %s refused (%s): producing it again, attempt %d of %d",
+                msg.topic(),
+                err.str(),
+                attempt + 1,
+                self.attempts,
+            )
+            self._produce(batch, attempt + 1, msg.topic(), msg.key(), msg.value())
+            return
+        with self._lock:
+            if batch not in self._left:  # already failed
+                return
+            if err is None:
+                self._left[batch] -= 1
+                if self._left[batch]:
+                    return
+            del self._left[batch]
+            loop, done = self._waiting.pop(batch)
+        failure = None
+        if err is not None:
+            failure = RuntimeError(
+                f"output message to {msg.topic()} refused {attempt} times: {err.str()}"
+            )
+        loop.call_soon_threadsafe(_settle, done, failure)
+
+
+def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:
+    if done.done():
+        return
+    if failure is None:
+        done.set_result(None)
+    else:
+        done.set_exception(failure)

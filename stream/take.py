@@ -1,12 +1,12 @@
-"""Batches of events from a faust stream, acknowledged only once they have been handled.
+"""Batches of events from a faust stream, and their acknowledgement once handled.
 
 faust's own `Stream.take_events` can lose events: while the agent handles a batch, the reader
 that fills the buffer waits on a future and, on waking, clears the *current* one, which may
 already belong to the next batch. Events it then adds during that batch are acknowledged when
 the batch ends without ever having been handed out (seen here: 18 of 400 events after a restart
 with a backlog, committed but never answered). Here the batch is swapped out of the buffer
-before it is handed out and exactly its events are acknowledged, so an event added at any moment
-lands in the next batch.
+before it is handed out, so an event added at any moment lands in the next batch, and
+`InOrderAcks` acknowledges exactly a batch's events once its outputs are delivered.
 
 A partition can also hand the same message out twice (the broker returns its last record again
 at the end of the log): `Deduplicator` drops messages already delivered, and only those.
@@ -20,9 +20,9 @@ from typing import Any
 
 
 async def take_batches(stream: Any, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
-    """Yield lists of up to about `max_events` faust events: as soon as that many are buffered,
-    or `within_s` after the last batch. Each batch's events are acked after the consumer of
-    this generator is done with it (at-least-once)."""
+    """Yield lists of up to `max_events` faust events: as soon as that many are buffered, or
+    `within_s` after the last batch. Nothing is acked here: hand each batch to `InOrderAcks`
+    once it is handled."""
     pending: list[Any] = []
     full = asyncio.Event()
     room = asyncio.Event()
@@ -52,14 +52,63 @@ async def take_batches(stream: Any, max_events: int, within_s: float) -> AsyncIt
             batch = pending[:]
             pending.clear()
             room.set()
-            try:
-                yield batch
-            finally:
-                for event in batch:
-                    await stream.ack(event)
+            yield batch
     finally:
         stream.enable_acks = acks_were
         stream._processors.remove(add)
+
+
+class InOrderAcks:
+    """Acknowledges handled batches in the order they were taken, each once its outputs are
+    delivered, while the agent goes on with later batches. At most `limit` batches wait for
+    delivery (`add` then waits). A failed delivery fails the agent's next `add` or `check`, and
+    nothing after it is acked: the worker stops and a restart reads those events again."""
+
+    def __init__(self, stream: Any, limit: int = 8):
+        self.stream = stream
+        self.queue: asyncio.Queue[tuple[asyncio.Future[None], list[Any]]] = asyncio.Queue(limit)
+        self.task: asyncio.Task[None] | None = None
+
+    async def add(self, delivered: asyncio.Future[None], events: list[Any]) -> None:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._run())
+        await self._unless_failed(self.queue.put((delivered, events)))
+
+    def check(self) -> None:
+        """Raise the delivery failure that stopped acknowledging, if any."""
+        if self.task is not None and self.task.done() and not self.task.cancelled():
+            error = self.task.exception()
+            if error is not None:
+                raise error
+
+    async def drain(self) -> None:
+        """Wait until every batch added so far is acknowledged."""
+        await self._unless_failed(self.queue.join())
+
+    async def _unless_failed(self, step: Any) -> None:
+        """Await `step` unless acknowledging stops first; raise its failure if it did."""
+        self.check()
+        waiting = asyncio.ensure_future(step)
+        if self.task is not None:
+            await asyncio.wait({waiting, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+        self.check()
+        await waiting
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            delivered, events = await self.queue.get()
+            try:
+                await delivered
+                for event in events:
+                    await self.stream.ack(event)
+            finally:
+                self.queue.task_done()
 
 
 class Deduplicator:

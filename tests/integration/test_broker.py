@@ -1,18 +1,21 @@
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from faust.types import TP
 
 from models.codec import DecodeError, decode_event, encode
 from models.records import Event
 from stream.broker import EmbeddedBroker, free_port
-from stream.kafka import consumer_config
+from stream.faust_patches import log_ends
+from stream.kafka import Outbox, consumer_config, producer_config
 from stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import unique_settings
 
@@ -94,3 +97,54 @@ def test_context_manager_starts_and_stops() -> None:
         assert AdminClient({"bootstrap.servers": extra.bootstrap}).list_topics(timeout=10).brokers
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def test_outbox_resolves_each_batch_once_the_broker_has_it(
+    broker: EmbeddedBroker, unique: str
+) -> None:
+    settings = unique_settings(broker.bootstrap, unique, "unused")
+    topic = settings.topics.recommendations
+    create_topics(broker.bootstrap, topic_specs(settings))
+    outbox = Outbox(producer_config(broker.bootstrap))
+
+    async def send_all() -> list[bool]:
+        batches = [
+            outbox.send([(topic, f"u{b}".encode(), f"{b}-{i}".encode()) for i in range(50)])
+            for b in range(5)
+        ]
+        batches.append(outbox.send([]))  # nothing to deliver: resolves at once
+        await asyncio.wait_for(asyncio.gather(*batches), READ_TIMEOUT_S)
+        return [b.done() and b.exception() is None for b in batches]
+
+    try:
+        assert asyncio.run(send_all()) == [True] * 6
+        assert outbox.take_retried() == 0
+    finally:
+        assert outbox.close() == 0
+    consumer = Consumer(consumer_config(broker.bootstrap, f"g-{unique}"))
+    consumer.subscribe([topic])
+    got: set[bytes] = set()
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    while len(got) < 250 and time.monotonic() < deadline:
+        got.update(m.value() for m in consumer.consume(500, 0.5) if not m.error())
+    consumer.close()
+    assert got == {f"{b}-{i}".encode() for b in range(5) for i in range(50)}
+
+
+def test_log_ends_reads_past_a_short_high_watermark(broker: EmbeddedBroker, unique: str) -> None:
+    """The embedded broker reports a partition's high watermark as its last record batch's
+    base offset + 1: restoring a table up to it would miss the rest of that batch."""
+    settings = unique_settings(broker.bootstrap, unique, "unused", partitions=1)
+    topic = settings.topics.sessions
+    create_topics(broker.bootstrap, topic_specs(settings))
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
+    for i in range(10):  # one record batch
+        producer.produce(topic, key=b"u", value=str(i).encode(), partition=0)
+    assert producer.flush(10) == 0
+    consumer = Consumer(consumer_config(broker.bootstrap, f"g-{unique}"))
+    _, reported = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    consumer.close()
+    assert reported < 10  # the broker's view, short of the end
+    tp = TP(topic, 0)
+    assert log_ends(broker.bootstrap, {tp: reported}) == {tp: 10}
+    assert log_ends(broker.bootstrap, {tp: 0}) == {tp: 0}  # empty: nothing to read
