@@ -72,7 +72,11 @@ class InOrderAcks:
     async def add(self, delivered: asyncio.Future[None], events: list[Any]) -> None:
         if self.task is None:
             self.task = asyncio.ensure_future(self._run())
-        await self._unless_failed(self.queue.put((delivered, events)))
+        self.check()
+        try:
+            self.queue.put_nowait((delivered, events))
+        except asyncio.QueueFull:  # `limit` batches undelivered: wait for room
+            await self._unless_failed(self.queue.put((delivered, events)))
 
     def check(self) -> None:
         """Raise the delivery failure that stopped acknowledging, if any."""
