@@ -25,13 +25,11 @@ _applied: set[str] = set()
 def short_fetch_wait() -> None:
     import aiokafka
 
-    original = aiokafka.AIOKafkaConsumer
-    if getattr(original, "_sessionrec_short_wait", False):
+    if "short_fetch_wait" in _applied:
         return
+    original = aiokafka.AIOKafkaConsumer
 
     class ShortWaitConsumer(original):  # type: ignore[misc,valid-type]
-        _sessionrec_short_wait = True
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["fetch_max_wait_ms"] = min(
                 kwargs.get("fetch_max_wait_ms", 500), FETCH_MAX_WAIT_MS
@@ -39,6 +37,7 @@ def short_fetch_wait() -> None:
             super().__init__(*args, **kwargs)
 
     aiokafka.AIOKafkaConsumer = ShortWaitConsumer
+    _applied.add("short_fetch_wait")
 
 
 def true_changelog_ends(bootstrap: str) -> None:
@@ -84,17 +83,17 @@ def log_ends(
     `reported` maps faust TPs (topic, partition) to the broker's high watermarks."""
     from confluent_kafka import Consumer, TopicPartition
 
+    from stream.kafka import consumer_config
+
     probe = {tp: high for tp, high in reported.items() if high}
     if not probe:
         return reported
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "sessionrec-log-ends",
-            "enable.auto.commit": False,
-            "fetch.wait.max.ms": 10,
-            "log_level": 3,
-        }
+        consumer_config(
+            bootstrap,
+            "sessionrec-log-ends",
+            **{"enable.auto.commit": False, "fetch.wait.max.ms": 10},
+        )
     )
     ends = dict(reported)
     found: dict[tuple[str, int], int] = {}

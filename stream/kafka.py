@@ -48,11 +48,14 @@ def ready_messages(consumer: Any, wait_s: float, most: int = 1000) -> list[Any]:
     return [first, *consumer.consume(most - 1, 0)]
 
 
-def produce(producer: Any, topic: str, key: bytes | None, value: bytes) -> None:
+def produce(
+    producer: Any, topic: str, key: bytes | None, value: bytes, on_delivery: Any = None
+) -> None:
     """Produce, waiting for deliveries to drain while librdkafka's local queue is full."""
+    extra = {} if on_delivery is None else {"on_delivery": on_delivery}
     while True:
         try:
-            producer.produce(topic, key=key, value=value)
+            producer.produce(topic, key=key, value=value, **extra)
             return
         except BufferError:
             producer.poll(0.05)
@@ -119,12 +122,7 @@ class Outbox:
         def report(err: Any, msg: Any) -> None:
             self._report(batch, attempt, err, msg)
 
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=report)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
+        produce(self._producer, topic, key, value, report)
 
     def _serve(self) -> None:
         while not self._stop.is_set():
