@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,11 @@ from stream.watch import Watcher
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 500
-BATCH_WITHIN_S = 0.005
+# A batch waits up to this long for more events. Fewer, larger batches mean fewer produce
+# requests for the outputs and the changelog; the embedded broker's cost per produce request
+# grows with the number of record batches already in the partition (docs/operating.md).
+BATCH_WITHIN_S = 0.02
+LINGER_MS = 5  # librdkafka's default: outputs of one batch go out as one request per partition
 MAX_UNDELIVERED_BATCHES = 8
 IDLE_CHECK_S = 10.0
 CLOSE_TIMEOUT_S = 30.0
@@ -129,6 +134,9 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         settings.worker_group,
         broker=brokers,
         store="memory://",
+        # The tables live in memory (their changelog is the durable copy); faust still wants a
+        # data directory, which would otherwise appear as `<group>-data` wherever it started.
+        datadir=_faust_datadir(settings.worker_group),
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
@@ -142,7 +150,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         broker_commit_interval=1.0,
-        producer_linger_ms=1,
+        producer_linger_ms=LINGER_MS,
     )
     runtime = Runtime(settings, model_dir)
     t = settings.topics
@@ -152,7 +160,9 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
 
     # Outputs go through librdkafka (far cheaper per message than the pure-Python producer);
     # the session table's changelog stays with faust, which restores it.
-    outbox = Outbox(producer_config(settings.bootstrap, **{"linger.ms": 1}), DELIVERY_ATTEMPTS)
+    outbox = Outbox(
+        producer_config(settings.bootstrap, **{"linger.ms": LINGER_MS}), DELIVERY_ATTEMPTS
+    )
     runtime.outbox = outbox
 
     def publish(out: Output) -> asyncio.Future[None]:
@@ -251,6 +261,12 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         runtime.watcher.start()
 
     return app, runtime
+
+
+def _faust_datadir(group: str) -> Path:
+    path = Path(tempfile.gettempdir()) / "sessionrec-faust" / group
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _observe_lag(app: faust.App, topic: str, batch: list[Incoming]) -> None:

@@ -27,6 +27,7 @@ from stream.launch import WorkerProcess, on_local_broker
 JOIN_TIMEOUT_S = 60.0
 DRAIN_S = 90.0
 DRAIN_IDLE_S = 10.0
+LOADGEN_LINGER_MS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,9 @@ def _generate(
     """Load generator (own process): users walk through real sessions; ts = produce time."""
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 1}))
+    # A shop's producer as librdkafka configures it by default (linger 5 ms): events of a few
+    # milliseconds go out together, not one request each.
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": LOADGEN_LINGER_MS}))
     rng = np.random.default_rng(seed)
     cursors = [(int(rng.integers(len(sessions))), 0) for _ in range(users)]
     start = time.perf_counter()
@@ -94,7 +97,7 @@ def _generate(
             n += 1
         producer.poll(0)
         if rate > 0:
-            time.sleep(0.002)
+            time.sleep(LOADGEN_LINGER_MS / 1000)
     producer.flush(30)
     sent.value = n
 
