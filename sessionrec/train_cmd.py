@@ -103,6 +103,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         "recall_at_20_exact": exact_result["recall_at_20"],
         "mrr_at_20_exact": exact_result["mrr_at_20"],
         "train_seconds": round(trained.stats["train_seconds"], 2),
+        "setup_seconds": round(trained.stats["setup_seconds"], 2),
         "pairs_per_second": round(trained.stats["pairs_per_second"]),
         "epochs": config.epochs,
         "rejected_test_lines": sum(rejected.values()),
