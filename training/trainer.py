@@ -47,11 +47,11 @@ class TrainConfig:
     """Hyperparameters; the defaults are the ones measured on Diginetica (see the README)."""
 
     epochs: int = 3
-    batch_size: int = 2048
-    negatives: int = 256
-    batch_negatives: int = 256
+    batch_size: int = 4096
+    negatives: int = 512
+    batch_negatives: int = 512
     bf16: bool = True
-    lr: float = 0.004
+    lr: float = 0.008
     temperature: float = 0.07
     max_len: int = 20
     seed: int = 0
