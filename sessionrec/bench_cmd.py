@@ -130,17 +130,28 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     }
 
 
+def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from stream.bench import broker_produce_cost
+
+    print(
+        "embedded broker: CPU for a trickle of produce requests, read at the head of the log, "
+        "as the log fills with one-record batches"
+    )
+    return {"broker": [dataclasses.asdict(r) for r in broker_produce_cost()]}
+
+
 PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {
     "quality": part_quality,
     "index": part_index,
     "stream": part_stream,
+    "broker": part_broker,
 }
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from sessionrec.report import write_report
 
-    parts = ["quality", "index", "stream"] if args.part == "all" else [args.part]
+    parts = ["quality", "index", "stream", "broker"] if args.part == "all" else [args.part]
     if args.part == "training":
         parts = ["quality"]  # training is measured with the quality run: same sessions/epochs
     out = Path(args.out)
@@ -184,10 +195,11 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "of popularity, V-SkNN, gensim skip-gram and sessionrec (exact, HNSW, "
         "served by the pipeline); training: our trainer vs gensim, same "
         "sessions and epochs; index: build time, memory, recall and queries/s; "
-        "stream: throughput and latency per rate through broker and worker. "
+        "stream: throughput and latency per rate through broker and worker; "
+        "broker: the embedded broker's cost as its log fills with small batches. "
         "Writes DIR/report.md, DIR/results.json and plots.",
     )
-    p.add_argument("part", choices=["quality", "training", "index", "stream", "all"])
+    p.add_argument("part", choices=["quality", "training", "index", "stream", "broker", "all"])
     p.add_argument("--data", default=DEFAULT_DATA, help=f"SR-GNN directory ({DEFAULT_DATA})")
     p.add_argument("--out", default="bench-out", help="report directory (default bench-out)")
     p.add_argument(

@@ -143,6 +143,15 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         )
         if not summary:
             summary = _table(rows, list(rows[0]))
+    if "broker" in results:
+        rows = results["broker"]
+        parts.append(
+            "## Embedded broker: cost as the log fills with small batches\n\n"
+            + _table(rows, list(rows[0]))
+            + "\nOne-record produce requests over 4 partitions, read by a consumer at the head "
+            "of the log. The worker keeps its own batches few and large for this reason "
+            "(docs/operating.md).\n"
+        )
     parts.append("## Scale on paper\n\n" + _scale(results))
     shown = sorted(set(plots) | {p.name for p in out.glob("*.png")})
     parts.extend(f"\n![{p}]({p})\n" for p in shown)

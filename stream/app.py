@@ -28,9 +28,9 @@ from stream.watch import Watcher
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 500
-# A batch waits up to this long for more events. Fewer, larger batches mean fewer produce
-# requests for the outputs and the changelog; the embedded broker's cost per produce request
-# grows with the number of record batches already in the partition (docs/operating.md).
+# A batch waits up to this long for more events. Fewer, larger batches mean fewer, larger record
+# batches for the outputs and the changelog: the embedded broker's cost of serving a reader grows
+# with the number of record batches already in the partition (docs/operating.md).
 BATCH_WITHIN_S = 0.02
 LINGER_MS = 5  # librdkafka's default: outputs of one batch go out as one request per partition
 MAX_UNDELIVERED_BATCHES = 8

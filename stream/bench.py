@@ -282,3 +282,72 @@ def serve_prefixes(
         finally:
             worker.stop()
     return [answers.get(f"case-{i}", []) for i in range(len(prefixes))]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCost:
+    batches_in_log: int
+    produce_requests_per_s: float
+    broker_cpu_percent: float
+
+
+def broker_produce_cost(
+    fills: Sequence[int] = (0, 4000, 12000), partitions: int = 4, seconds: float = 5.0
+) -> list[BrokerCost]:
+    """The embedded broker's CPU for a steady trickle of one-record produce requests (under 100
+    a second) that a reader follows at the head of the log, as the log fills with one-record
+    batches: the broker's cost grows with the batches already in the partition."""
+    from confluent_kafka import Consumer, Producer
+
+    from stream.topics import TopicSpec, create_topics
+
+    rows = []
+    with EmbeddedBroker(port=0) as broker:
+        cpu = broker.cpu_seconds
+        create_topics(broker.bootstrap, [TopicSpec("cost", partitions)])
+        producer = Producer(producer_config(broker.bootstrap, **{"linger.ms": 0}))
+        # A reader following the head of the log, as the worker follows `events`.
+        consumer = Consumer(
+            consumer_config(
+                broker.bootstrap,
+                "cost-reader",
+                **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10},
+            )
+        )
+        consumer.subscribe(["cost"])
+        stop = threading.Event()
+
+        def follow() -> None:
+            while not stop.is_set():
+                consumer.consume(1000, 0.05)
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        filled = 0
+        for fill in fills:
+            for i in range(fill - filled):  # one record per batch: a flush after each round
+                producer.produce("cost", value=b"x" * 200, partition=i % partitions)
+                if i % partitions == partitions - 1:
+                    producer.flush(30)
+            producer.flush(30)
+            filled = max(filled, fill)
+            time.sleep(1.0)
+            before, started, n = cpu(), time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                producer.produce("cost", value=b"y" * 200, partition=n % partitions)
+                producer.flush(30)
+                n += 1
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            rows.append(
+                BrokerCost(filled, round(n / elapsed, 1), round(100 * (cpu() - before) / elapsed))
+            )
+            print(
+                f"{filled:>8} one-record batches in the log: {rows[-1].produce_requests_per_s:.0f} "
+                f"produce requests/s took {rows[-1].broker_cpu_percent:.0f} % of a core",
+                flush=True,
+            )
+        stop.set()
+        reader.join()
+        consumer.close()
+    return rows

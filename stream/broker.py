@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import subprocess
 import time
@@ -86,6 +87,13 @@ class EmbeddedBroker:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the broker process has used so far (Linux /proc)."""
+        if self._proc is None:
+            raise BrokerError("broker is not running")
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def start(self) -> EmbeddedBroker:
         _check_port_free(self.host, self.port)
