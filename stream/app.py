@@ -32,6 +32,7 @@ BATCH_MAX = 500
 # batches for the outputs and the changelog: the embedded broker's cost of serving a reader grows
 # with the number of record batches already in the partition (docs/operating.md).
 BATCH_WITHIN_S = 0.02
+QUIET_WITHIN_S = 0.005  # after a batch of a few events: light load, answer sooner
 LINGER_MS = 5  # librdkafka's default: outputs of one batch go out as one request per partition
 MAX_UNDELIVERED_BATCHES = 8
 IDLE_CHECK_S = 10.0
@@ -193,7 +194,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
 
     async def _handle_batches(stream: Any, dedup: Deduplicator, acks: InOrderAcks) -> None:
         proc = runtime.processor
-        async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S):
+        async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S, QUIET_WITHIN_S):
             runtime.between_batches()
             incoming = [
                 Incoming(

@@ -18,11 +18,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+QUIET_BATCH = 4  # a batch smaller than this means light load (see take_batches)
 
-async def take_batches(stream: Any, max_events: int, within_s: float) -> AsyncIterator[list[Any]]:
+
+async def take_batches(
+    stream: Any, max_events: int, within_s: float, quiet_within_s: float | None = None
+) -> AsyncIterator[list[Any]]:
     """Yield lists of up to `max_events` faust events: as soon as that many are buffered, or
-    `within_s` after the last batch. Nothing is acked here: hand each batch to `InOrderAcks`
-    once it is handled."""
+    `within_s` after the last batch. With `quiet_within_s`, a batch after one of fewer than
+    QUIET_BATCH events waits only that long: under light load an event is not held back for a
+    batch that will not come. Nothing is acked here: hand each batch to `InOrderAcks` once it
+    is handled."""
     pending: list[Any] = []
     full = asyncio.Event()
     room = asyncio.Event()
@@ -43,12 +49,15 @@ async def take_batches(stream: Any, max_events: int, within_s: float) -> AsyncIt
     stream.enable_acks = False
     stream.add_processor(add)
     stream._enable_passive(aiter(stream.channel))
+    wait_s = within_s if quiet_within_s is None else quiet_within_s
     try:
         while not stream.should_stop:
-            await stream.wait_for_stopped(full, timeout=within_s)
+            await stream.wait_for_stopped(full, timeout=wait_s)
             full.clear()
             if not pending:
                 continue
+            if quiet_within_s is not None:
+                wait_s = within_s if len(pending) >= QUIET_BATCH else quiet_within_s
             batch = pending[:]
             pending.clear()
             room.set()
