@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
@@ -162,7 +163,12 @@ def index_bench(
     started = time.perf_counter()
     index = ItemIndex.build(ids, vectors, config)
     build_s = time.perf_counter() - started
+    # Growth of the process's resident memory; it can read low (down to 0) when the build reuses
+    # memory freed earlier in the process, so the size of the saved graph is given beside it.
     memory = rss_mb() - before
+    with tempfile.TemporaryDirectory() as tmp:
+        index.save(Path(tmp) / "index.bin")
+        file_mb = (Path(tmp) / "index.bin").stat().st_size / 2**20
     q = vectors[rng.integers(len(vectors), size=queries)] + 0.1 * rng.normal(
         size=(queries, vectors.shape[1])
     ).astype(np.float32)
@@ -174,6 +180,7 @@ def index_bench(
         "ef_construction": config.ef_construction,
         "build_seconds": round(build_s, 1),
         "memory_mb": round(memory),
+        "index_file_mb": round(file_mb),
     }
     for ef in (config.ef, 4 * config.ef):
         for threads in (1, 2):
