@@ -131,13 +131,13 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from stream.bench import broker_produce_cost
+    from stream.bench import broker_cost_as_log_fills
 
     print(
         "embedded broker: CPU for a trickle of produce requests, read at the head of the log, "
         "as the log fills with one-record batches"
     )
-    return {"broker": [dataclasses.asdict(r) for r in broker_produce_cost()]}
+    return {"broker": [dataclasses.asdict(r) for r in broker_cost_as_log_fills()]}
 
 
 PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {

@@ -28,6 +28,7 @@ JOIN_TIMEOUT_S = 60.0
 DRAIN_S = 90.0
 DRAIN_IDLE_S = 10.0
 LOADGEN_LINGER_MS = 5
+LOADGEN_ROUND_S = LOADGEN_LINGER_MS / 1000  # the generator produces what is due once per linger
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ def _generate(
             n += 1
         producer.poll(0)
         if rate > 0:
-            time.sleep(LOADGEN_LINGER_MS / 1000)
+            time.sleep(LOADGEN_ROUND_S)
     producer.flush(30)
     sent.value = n
 
@@ -291,7 +292,7 @@ class BrokerCost:
     broker_cpu_percent: float
 
 
-def broker_produce_cost(
+def broker_cost_as_log_fills(
     fills: Sequence[int] = (0, 4000, 12000), partitions: int = 4, seconds: float = 5.0
 ) -> list[BrokerCost]:
     """The embedded broker's CPU for a steady trickle of one-record produce requests (under 100
