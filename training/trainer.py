@@ -35,6 +35,7 @@ from training.model import (
     Prefixes,
     SessionEncoder,
     gather,
+    normalize,
     unique_rows,
 )
 
@@ -125,6 +126,32 @@ def build_cases(corpus: Corpus, rows: dict[str, int], config: TrainConfig) -> Ca
     return Cases(prefix, prefix_w, flat[pos], target_w)
 
 
+def shared_columns(
+    features: ItemFeatures, dims: Dims
+) -> tuple[slice | torch.Tensor, slice | torch.Tensor | None]:
+    """The columns of the item vector whose space has one feature value for every item
+    (category, brand or price absent from the whole catalog, or all equal), and the others,
+    as slices when they are contiguous. Returns (varying, shared); shared is None when no
+    space is constant."""
+    slices = dims.slices()
+    constant = {
+        "category": len(np.unique(features.category)) <= 1,
+        "brand": len(np.unique(features.brand)) <= 1,
+        "price": len(np.unique(features.price)) <= 1,
+    }
+    shared = [c for space, on in constant.items() if on for c in range(dims.total)[slices[space]]]
+    if not shared or len(shared) == dims.total:
+        return slice(0, dims.total), None
+    varying = sorted(set(range(dims.total)) - set(shared))
+    return _columns(varying), _columns(shared)
+
+
+def _columns(columns: list[int]) -> slice | torch.Tensor:
+    if columns == list(range(columns[0], columns[-1] + 1)):
+        return slice(columns[0], columns[-1] + 1)
+    return torch.tensor(columns)
+
+
 def _collisions(target: I64, n_in_batch: int, column0: int) -> torch.Tensor:
     """(2, K) (case, column) pairs where a case's target is one of the in-batch negatives
     (the first `n_in_batch` targets, in columns column0...). Sorting the few negatives and
@@ -158,6 +185,7 @@ class Trainer:
         counts = np.bincount(self.cases.target, minlength=len(self.items)).astype(np.float64)
         self.q = torch.as_tensor(counts / counts.sum(), dtype=torch.float32)
         self.gen = torch.Generator().manual_seed(config.seed)
+        self.varying, self.shared = shared_columns(self.features, config.dims)
 
     def _step(self, batch: I64, optimiser: torch.optim.Optimizer) -> float:
         """One update: positives row-wise, negatives shared by the whole batch.
@@ -195,9 +223,10 @@ class Trainer:
         )
         # A case's own target among the in-batch negatives is no negative.
         excluded = _collisions(self.cases.target[batch], c.batch_negatives, c.negatives)
+        fold_q, fold_n = self._folded(table, queries, gather(table, local_negatives))
         lse = shared_negatives_lse(
-            queries,
-            gather(table, local_negatives),
+            fold_q,
+            fold_n,
             pos,
             torch.log(expected),
             excluded,
@@ -212,6 +241,26 @@ class Trainer:
                 t.weight.grad = torch.zeros_like(t.weight).index_copy_(0, t.rows, t.leaf.grad)
         optimiser.step()
         return float(loss.detach())
+
+    def _folded(
+        self, table: torch.Tensor, queries: torch.Tensor, negatives: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and negatives with the columns every item shares folded into one column.
+
+        A space whose feature is the same for every item (no brand anywhere in the catalog, say)
+        adds the same vector c to every item before normalisation, so each item's part of those
+        columns is a multiple of c, and so is each query's (a weighted sum of item vectors). The
+        product over those columns is then exactly (q . u)(n . u) with u = c / |c|, and so are
+        its gradients: one column instead of many in the (batch x negatives) products."""
+        if self.shared is None:
+            return queries, negatives
+        u = normalize(table[:1, self.shared].detach())[0]
+        return (
+            torch.cat([queries[:, self.varying], (queries[:, self.shared] @ u)[:, None]], dim=1),
+            torch.cat(
+                [negatives[:, self.varying], (negatives[:, self.shared] @ u)[:, None]], dim=1
+            ),
+        )
 
     def train(self) -> TrainedModel:
         c = self.config

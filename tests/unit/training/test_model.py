@@ -131,3 +131,26 @@ def test_training_composition_equals_the_exported_one(shop_corpus: Corpus) -> No
     assert {id(t.weight) for t in touched} <= {id(tower.identity.weight), id(tower.tokens.weight)}
     assert all(t.leaf.grad is not None and t.leaf.grad.shape == t.leaf.shape for t in touched)
     assert trainer.tower.category.weight.grad is not None
+
+
+def test_folding_shared_columns_keeps_the_loss_and_gradients(shop_corpus: Corpus) -> None:
+    from dataclasses import replace as dc_replace
+
+    # The shop's items stripped of brand and price: those spaces are the same for every item.
+    items = [dc_replace(i, brand=None, price=None) for i in shop_corpus.items]
+    corpus = Corpus(shop_corpus.sessions, items)
+    config = dc_replace(FAST, bf16=False)
+    folded, plain = Trainer(corpus, config), Trainer(corpus, config)
+    assert folded.shared == slice(64, 100) and folded.varying == slice(0, 64)
+    plain.shared = None
+    batch = np.arange(min(128, len(folded.cases.target)))
+    grads = []
+    for trainer in (folded, plain):
+        params = list(trainer.tower.parameters()) + list(trainer.encoder.parameters())
+        loss = trainer._step(batch, torch.optim.SGD(params, lr=0.0))
+        grads.append((loss, [p.grad.clone() for p in params if p.grad is not None]))
+    (loss_f, grad_f), (loss_p, grad_p) = grads
+    assert abs(loss_f - loss_p) < 1e-5
+    assert len(grad_f) == len(grad_p) > 0
+    for a, b in zip(grad_f, grad_p, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
