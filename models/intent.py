@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from models.features import F32
 
@@ -38,27 +39,31 @@ def cluster(
     n = len(weights)
     if n == 0:
         return []
-    sims = vectors @ vectors.T
+    w = weights.tolist()
+    if n == 1:  # most sessions in a stream are one click old: no similarities to compute
+        return [] if w[0] < 0 else [_intent(vectors, weights, np.zeros(1, np.int64))]
+    sims = (vectors @ vectors.T).tolist()
     order = np.argsort(-np.abs(weights), kind="stable").tolist()
     seeds: list[int] = []
     assign = np.full(n, -1, dtype=np.int64)
     for i in order:
         if seeds:
-            row = sims[i, seeds]
-            best = int(row.argmax())
-            if row[best] >= threshold or len(seeds) >= max_intents or weights[i] < 0:
+            row = [sims[i][s] for s in seeds]
+            best = max(range(len(row)), key=row.__getitem__)  # the first best, as argmax
+            if row[best] >= threshold or len(seeds) >= max_intents or w[i] < 0:
                 assign[i] = best
                 continue
-        if weights[i] < 0:
+        if w[i] < 0:
             continue  # a removal with nothing to push away from
         assign[i] = len(seeds)
         seeds.append(i)
-    out: list[IntentCluster] = []
-    for c in range(len(seeds)):
-        members = np.flatnonzero(assign == c)
-        centroid = (weights[members, None] * vectors[members]).sum(axis=0)
-        norm = float(np.linalg.norm(centroid))
-        unit = (centroid / norm).astype(np.float32) if norm > 1e-9 else np.zeros_like(centroid)
-        positive = float(np.clip(weights[members], 0.0, None).sum())
-        out.append(IntentCluster(tuple(members.tolist()), unit, positive))
+    out = [_intent(vectors, weights, np.flatnonzero(assign == c)) for c in range(len(seeds))]
     return sorted(out, key=lambda c: -c.weight)
+
+
+def _intent(vectors: F32, weights: F32, members: npt.NDArray[np.int64]) -> IntentCluster:
+    centroid = (weights[members, None] * vectors[members]).sum(axis=0)
+    norm = float(np.linalg.norm(centroid))
+    unit = (centroid / norm).astype(np.float32) if norm > 1e-9 else np.zeros_like(centroid)
+    positive = float(np.clip(weights[members], 0.0, None).sum())
+    return IntentCluster(tuple(members.tolist()), unit, positive)

@@ -183,9 +183,11 @@ class Recommender:
             labels = np.zeros((0, 0), np.int64)
             scores = np.zeros((0, 0), np.float32)
         candidates: list[dict[int, tuple[float, int]]] = [{} for _ in requests]
-        for q, row_labels, row_scores in zip(all_queries, labels, scores, strict=True):
+        for q, row_labels, row_scores in zip(
+            all_queries, labels.tolist(), scores.tolist(), strict=True
+        ):
             best = candidates[q.request]
-            for label, score in zip(row_labels.tolist(), row_scores.tolist(), strict=True):
+            for label, score in zip(row_labels, row_scores, strict=True):
                 if label < 0:
                     continue
                 weighted = score * q.weight
@@ -214,7 +216,11 @@ class Recommender:
         if req.params.exclude_seen:
             excluded.update(item for item, _ in req.clicks)
         ranked = sorted(
-            ((s, label, i) for label, (s, i) in cands.items() if ids[label] not in excluded),
+            (
+                (s, label, i)
+                for label, (s, i) in cands.items()
+                if not excluded or ids[label] not in excluded
+            ),
             reverse=True,
         )
         if req.params.diversity > 0 and len(ranked) > req.params.k:
@@ -226,7 +232,7 @@ class Recommender:
         out = []
         for (score, label, intent), near in zip(ranked, closest, strict=True):
             # Found by the whole-session query: explain it by the closest intent.
-            out.append((ids[label], round(float(score), 5), near if intent == -2 else intent))
+            out.append((ids[label], round(score, 5), near if intent == -2 else intent))
         return Result(out, intents, unknown)
 
     def _closest(self, labels: list[int], intents: list[IntentOut]) -> list[int]:

@@ -87,6 +87,14 @@ def test_removal_pushes_the_intent_away() -> None:
     assert len(clusters) == 1 and clusters[0].vector[1] < 0
 
 
+def test_a_single_click_is_one_intent_and_a_single_removal_none() -> None:
+    v = np.array([[0.6, 0.8, 0.0]], np.float32)
+    (only,) = cluster(v, np.array([0.5], np.float32), 3)
+    assert only.members == (0,) and only.weight == 0.5
+    assert np.allclose(only.vector, v[0])
+    assert cluster(v, np.array([-0.5], np.float32), 3) == []
+
+
 def test_unknown_items_are_counted_not_errors() -> None:
     out = _world().recommend([Request([("nope", "view")])])[0]
     assert out.unknown == 1 and out.items == []
