@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TP
 
 from models.artifact import ArtifactError
+from models.codec import encode
 from models.config import Settings
 from stream import faust_patches, metrics
-from stream.kafka import Outbox, producer_config
+from stream.kafka import Outbox, OutMessage, producer_config
 from stream.processor import Incoming, Output, Processor
 from stream.serving import ServingModel, load_current
 from stream.take import Deduplicator, InOrderAcks, take_batches
@@ -159,26 +161,28 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
     table = app.Table("user-sessions", partitions=settings.partitions, schema=schema)
 
-    # Outputs go through librdkafka (far cheaper per message than the pure-Python producer);
-    # the session table's changelog stays with faust, which restores it.
+    # Outputs and the session table's changelog go through librdkafka, far cheaper per message
+    # than faust's pure-Python producer; faust restores the table from that changelog (JSON
+    # keys and values, as the table's schema reads them).
     outbox = Outbox(
         producer_config(settings.bootstrap, **{"linger.ms": LINGER_MS}), DELIVERY_ATTEMPTS
     )
     runtime.outbox = outbox
+    changelog = table.changelog_topic.get_topic_name()
 
     def publish(out: Output) -> asyncio.Future[None]:
-        """Write the states, send the outputs; the future resolves once they are delivered."""
+        """Write the states, send them and the outputs; the future resolves once all are
+        delivered."""
         # States first and with no await before: the agent and the idle timer each read and
         # write a user's state without yielding in between, so neither overwrites the other.
+        messages: list[OutMessage] = []
         for user, (partition, state) in out.states.items():
             state["partition"] = partition
             table.data[user] = state
-            table.send_changelog(partition, user, state)
-        messages: list[tuple[str, bytes | None, bytes]] = [
-            (t.recommendations, k.encode(), v) for k, v, _ in out.recommendations
-        ]
-        messages.extend((t.dlq, dk, dv) for dk, dv in out.dlq)
-        messages.extend((t.sessions, sk.encode(), sv) for sk, sv in out.sessions)
+            messages.append((changelog, orjson.dumps(user), encode(state), partition))
+        messages.extend((t.recommendations, k.encode(), v, None) for k, v, _ in out.recommendations)
+        messages.extend((t.dlq, dk, dv, None) for dk, dv in out.dlq)
+        messages.extend((t.sessions, sk.encode(), sv, None) for sk, sv in out.sessions)
         return outbox.send(messages)
 
     @app.agent(events)

@@ -8,6 +8,8 @@ import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
+# An output message: topic, key, value, and its partition (None: the key's partition).
+OutMessage = tuple[str, bytes | None, bytes, int | None]
 
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
@@ -49,10 +51,18 @@ def ready_messages(consumer: Any, wait_s: float, most: int = 1000) -> list[Any]:
 
 
 def produce(
-    producer: Any, topic: str, key: bytes | None, value: bytes, on_delivery: Any = None
+    producer: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    on_delivery: Any = None,
+    partition: int | None = None,
 ) -> None:
-    """Produce, waiting for deliveries to drain while librdkafka's local queue is full."""
-    extra = {} if on_delivery is None else {"on_delivery": on_delivery}
+    """Produce, waiting for deliveries to drain while librdkafka's local queue is full.
+    Without `partition`, the producer's partitioner picks one from the key."""
+    extra: dict[str, Any] = {} if on_delivery is None else {"on_delivery": on_delivery}
+    if partition is not None:
+        extra["partition"] = partition
     while True:
         try:
             producer.produce(topic, key=key, value=value, **extra)
@@ -64,7 +74,8 @@ def produce(
 class Outbox:
     """Output messages sent in batches and acknowledged per batch, in the background.
 
-    `send(messages)` produces a batch's messages and returns an asyncio future that resolves
+    `send(messages)` produces a batch's messages (topic, key, value, partition or None for the
+    key's partition) and returns an asyncio future that resolves
     once the broker has acknowledged every one of them, so a caller can ack the events behind
     them then (at-least-once) while it already works on the next batch. A message the broker
     refuses is produced again, up to `attempts` times in all; after that the future fails with
@@ -85,9 +96,9 @@ class Outbox:
         self._thread = threading.Thread(target=self._serve, name="outbox-reports", daemon=True)
         self._thread.start()
 
-    def send(self, messages: list[tuple[str, bytes | None, bytes]]) -> asyncio.Future[None]:
-        """Produce `messages` (topic, key, value); the future resolves once all are delivered.
-        Call from the event loop's thread."""
+    def send(self, messages: list[OutMessage]) -> asyncio.Future[None]:
+        """Produce `messages`; the future resolves once all are delivered. Call from the event
+        loop's thread."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         if not messages:
@@ -98,8 +109,8 @@ class Outbox:
             self._next += 1
             self._left[batch] = len(messages)
             self._waiting[batch] = (loop, done)
-        for topic, key, value in messages:
-            self._produce(batch, 1, topic, key, value)
+        for topic, key, value, partition in messages:
+            self._produce(batch, 1, topic, key, value, partition)
         self._producer.poll(0)
         return done
 
@@ -117,18 +128,24 @@ class Outbox:
         return left
 
     def _produce(
-        self, batch: int, attempt: int, topic: str, key: bytes | None, value: bytes
+        self,
+        batch: int,
+        attempt: int,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
     ) -> None:
         def report(err: Any, msg: Any) -> None:
-            self._report(batch, attempt, err, msg)
+            self._report(batch, attempt, err, msg, partition)
 
-        produce(self._producer, topic, key, value, report)
+        produce(self._producer, topic, key, value, report, partition)
 
     def _serve(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(self._poll_s)
 
-    def _report(self, batch: int, attempt: int, err: Any, msg: Any) -> None:
+    def _report(self, batch: int, attempt: int, err: Any, msg: Any, partition: int | None) -> None:
         if err is not None and attempt < self.attempts:
             with self._lock:
                 self._retried += 1
@@ -139,7 +156,7 @@ class Outbox:
                 attempt + 1,
                 self.attempts,
             )
-            self._produce(batch, attempt + 1, msg.topic(), msg.key(), msg.value())
+            self._produce(batch, attempt + 1, msg.topic(), msg.key(), msg.value(), partition)
             return
         with self._lock:
             if batch not in self._left:  # already failed

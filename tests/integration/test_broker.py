@@ -109,7 +109,7 @@ def test_outbox_resolves_each_batch_once_the_broker_has_it(
 
     async def send_all() -> list[bool]:
         batches = [
-            outbox.send([(topic, f"u{b}".encode(), f"{b}-{i}".encode()) for i in range(50)])
+            outbox.send([(topic, f"u{b}".encode(), f"{b}-{i}".encode(), None) for i in range(50)])
             for b in range(5)
         ]
         batches.append(outbox.send([]))  # nothing to deliver: resolves at once
