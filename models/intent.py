@@ -62,8 +62,9 @@ def cluster(
 
 
 def _intent(vectors: F32, weights: F32, members: npt.NDArray[np.int64]) -> IntentCluster:
-    centroid = (weights[members, None] * vectors[members]).sum(axis=0)
-    norm = float(np.linalg.norm(centroid))
+    w = weights[members]
+    centroid = (w[:, None] * vectors[members]).sum(axis=0)
+    norm = float(np.sqrt(centroid.dot(centroid)))  # np.linalg.norm's sum, without its checks
     unit = (centroid / norm).astype(np.float32) if norm > 1e-9 else np.zeros_like(centroid)
-    positive = float(np.clip(weights[members], 0.0, None).sum())
+    positive = float(np.maximum(w, 0.0).sum())
     return IntentCluster(tuple(members.tolist()), unit, positive)

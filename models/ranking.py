@@ -215,14 +215,11 @@ class Recommender:
         excluded = set(req.bought)
         if req.params.exclude_seen:
             excluded.update(item for item, _ in req.clicks)
-        ranked = sorted(
-            (
-                (s, label, i)
-                for label, (s, i) in cands.items()
-                if not excluded or ids[label] not in excluded
-            ),
-            reverse=True,
-        )
+        if excluded:
+            ranked = [(s, lab, i) for lab, (s, i) in cands.items() if ids[lab] not in excluded]
+        else:
+            ranked = [(s, lab, i) for lab, (s, i) in cands.items()]
+        ranked.sort(reverse=True)
         if req.params.diversity > 0 and len(ranked) > req.params.k:
             ranked = self._mmr(ranked, req.params.k, req.params.diversity)
         ranked = ranked[: req.params.k]

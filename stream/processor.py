@@ -9,7 +9,7 @@ import base64
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,16 +263,22 @@ class Processor:
 
     def _intent(self, it: IntentOut) -> Intent:
         assert self.serving is not None
-        labels = [
-            self.serving.index.labels[m] for m in it.members if m in self.serving.index.labels
-        ]
-        cats = Counter(c for c in map(self.serving.category_of, labels) if c)
-        brands = Counter(b for b in map(self.serving.brand_of, labels) if b)
+        known = self.serving.index.labels
+        labels = [known[m] for m in it.members if m in known]
         return Intent(
             id=it.id,
             members=list(it.members),
             weight=round(it.weight, 4),
-            category=cats.most_common(1)[0][0] if cats else None,
-            brand=brands.most_common(1)[0][0] if brands else None,
+            category=_dominant(map(self.serving.category_of, labels)),
+            brand=_dominant(map(self.serving.brand_of, labels)),
             past=it.past,
         )
+
+
+def _dominant(values: Iterable[str | None]) -> str | None:
+    """The most frequent value that is set; the first seen of equally frequent ones."""
+    counts: dict[str, int] = {}
+    for value in values:
+        if value:
+            counts[value] = counts.get(value, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
