@@ -20,7 +20,7 @@ import numpy as np
 
 from models.config import EventWeights, QueryDefaults
 from models.features import F32, Dims
-from models.index import ItemIndex
+from models.index import I64, ItemIndex
 from models.intent import cluster
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
@@ -67,6 +67,17 @@ class _Query:
     vector: F32
     weight: float
     intent: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The queries of a batch of requests: `matrix` stacks them for one search (None: none)."""
+
+    requests: list[Request]
+    queries: list[_Query]
+    per_request: list[tuple[list[IntentOut], int]]
+    matrix: F32 | None
+    k_search: int
 
 
 def _unit(vector: F32) -> F32 | None:
@@ -167,6 +178,11 @@ class Recommender:
 
     def recommend(self, requests: list[Request]) -> list[Result]:
         """Answer many requests with one batched index search."""
+        plan = self.plan(requests)
+        return self.finish(plan, *self.search(plan))
+
+    def plan(self, requests: list[Request]) -> Plan:
+        """Every request's queries, stacked for one index search."""
         all_queries: list[_Query] = []
         per_request: list[tuple[list[IntentOut], int]] = []
         for r, req in enumerate(requests):
@@ -174,17 +190,26 @@ class Recommender:
             all_queries.extend(queries)
             per_request.append((intents, unknown))
         k_search = max((self._fetch(req) for req in requests), default=0)
+        matrix = None
         if all_queries and k_search:
             matrix = np.stack(
                 [self._space_weighted(q.vector, requests[q.request].params) for q in all_queries]
             ).astype(np.float32)
-            labels, scores = self.index.search(matrix, k_search)
-        else:
-            labels = np.zeros((0, 0), np.int64)
-            scores = np.zeros((0, 0), np.float32)
+        return Plan(requests, all_queries, per_request, matrix, k_search)
+
+    def search(self, plan: Plan) -> tuple[I64, F32]:
+        """The plan's index search: numpy and hnswlib only, so it may run in another thread
+        (hnswlib releases the GIL) while nothing changes the index."""
+        if plan.matrix is None:
+            return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
+        return self.index.search(plan.matrix, plan.k_search)
+
+    def finish(self, plan: Plan, labels: I64, scores: F32) -> list[Result]:
+        """Merge each request's search results into its ranked, explained answer."""
+        requests = plan.requests
         candidates: list[dict[int, tuple[float, int]]] = [{} for _ in requests]
         for q, row_labels, row_scores in zip(
-            all_queries, labels.tolist(), scores.tolist(), strict=True
+            plan.queries, labels.tolist(), scores.tolist(), strict=True
         ):
             best = candidates[q.request]
             for label, score in zip(row_labels, row_scores, strict=True):
@@ -196,7 +221,7 @@ class Recommender:
         return [
             self._finish(req, cands, intents, unknown)
             for req, cands, (intents, unknown) in zip(
-                requests, candidates, per_request, strict=True
+                requests, candidates, plan.per_request, strict=True
             )
         ]
 

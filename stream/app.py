@@ -11,6 +11,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ class Runtime:
         self.stats = BatchStats()
         self.watcher = Watcher(settings, model_dir, serving.version if serving else None)
         self.outbox: Outbox | None = None
+        self.searching = False  # a batch's index search is running in its thread
         self._publish_model()
 
     def _publish_model(self) -> None:
@@ -171,6 +173,8 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     runtime.outbox = outbox
     changelog = table.changelog_topic.get_topic_name()
 
+    searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
+
     def publish(out: Output) -> asyncio.Future[None]:
         """Write the states, send them and the outputs; the future resolves once all are
         delivered."""
@@ -199,6 +203,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
 
     async def _handle_batches(stream: Any, dedup: Deduplicator, acks: InOrderAcks) -> None:
         proc = runtime.processor
+        loop = asyncio.get_running_loop()
         lag_due = 0.0
         async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S, QUIET_WITHIN_S):
             runtime.between_batches()
@@ -229,9 +234,23 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
             before = proc.counters.copy()
             runtime.stats.ingest(incoming)
             t0 = time.perf_counter()
-            out = proc.process(incoming, table.data.get)
+            pending = proc.prepare(incoming, table.data.get)
+            # The batch's new states (and closed sessions, rejects) are written and sent before
+            # the search is awaited: the idle timer, which may run meanwhile, finds them.
+            sent = publish(pending.out)
+            # The search runs in a thread (hnswlib releases the GIL) while the event loop reads
+            # the next events; nothing changes the index meanwhile (see `follow_updates`).
+            runtime.searching = True
+            try:
+                found = await loop.run_in_executor(searcher, pending.search)
+            finally:
+                runtime.searching = False
+            out = proc.complete(pending, found)
             t1 = time.perf_counter()
-            await acks.add(publish(out), batch)
+            recommendations = outbox.send(
+                [(t.recommendations, k.encode(), v, None) for k, v, _ in out.recommendations]
+            )
+            await acks.add(asyncio.gather(sent, recommendations), batch)
             runtime.stats.add(len(batch), t1 - t0, time.perf_counter() - t1)
             _observe(incoming, before, proc.counters)
             if time.monotonic() >= lag_due:  # the gauge asks faust per partition: 1/s
@@ -257,7 +276,8 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
 
     @app.timer(interval=1.0)
     async def follow_updates() -> None:
-        runtime.between_batches()
+        if not runtime.searching:  # a batch's search may be reading the index in its thread
+            runtime.between_batches()
 
     @app.timer(interval=STATS_LOG_S)
     async def log_stats() -> None:

@@ -17,8 +17,10 @@ import numpy as np
 
 from models.codec import DecodeError, decode_event, encode, encode_session
 from models.config import Settings
+from models.features import F32
+from models.index import I64
 from models.intent import cluster
-from models.ranking import IntentOut, PastIntent, Request, Result, params_from
+from models.ranking import IntentOut, PastIntent, Plan, Request, Result, params_from
 from models.records import SCHEMA_VERSION, Event, Intent
 from models.session import Session, SessionConfig, advance, close_idle
 from stream.serving import ServingModel
@@ -55,6 +57,24 @@ class _UserWork:
     state: UserState
     events: list[tuple[Event, Incoming]] = field(default_factory=list)
     params: dict[str, Any] | None = None
+
+
+@dataclass
+class Pending:
+    """A prepared batch: its users' new states are in `out`; its recommendations wait for the
+    index search. `serving` is the model it was planned with, kept until it completes."""
+
+    out: Output
+    work: dict[str, _UserWork]
+    requests: list[Request]
+    serving: ServingModel | None
+    plan: Plan | None
+
+    def search(self) -> tuple[I64, F32] | None:
+        """The batch's index search (numpy and hnswlib only: may run in another thread)."""
+        if self.serving is None or self.plan is None:
+            return None
+        return self.serving.recommender.search(self.plan)
 
 
 def dlq_record(raw: bytes | None, reason: str, msg: Incoming) -> bytes:
@@ -125,6 +145,15 @@ class Processor:
     def process(
         self, batch: list[Incoming], load: Callable[[str], dict[str, Any] | None]
     ) -> Output:
+        """Handle a batch at once: `prepare`, search, `complete`."""
+        pending = self.prepare(batch, load)
+        return self.complete(pending, pending.search())
+
+    def prepare(
+        self, batch: list[Incoming], load: Callable[[str], dict[str, Any] | None]
+    ) -> Pending:
+        """Decode the batch, advance its users' sessions (their new states, closed sessions
+        and rejected events are in `.out` at once) and plan its index search."""
         out = Output()
         work: dict[str, _UserWork] = {}
         for msg in batch:
@@ -145,7 +174,47 @@ class Processor:
             self._advance(user_id, w, out)
             last = max(e.ts for e, _ in w.events)
             self.watermarks[w.partition] = max(self.watermarks.get(w.partition, 0), last)
-        self._answer(work, out)
+        requests = [self._request(w) for w in work.values()]
+        plan = None
+        if self.serving is not None and requests:
+            plan = self.serving.recommender.plan(requests)
+        return Pending(out, work, requests, self.serving, plan)
+
+    def complete(self, pending: Pending, found: tuple[I64, F32] | None) -> Output:
+        """The batch's recommendations, from `pending.search()`'s result."""
+        out, work, serving = pending.out, pending.work, pending.serving
+        results: list[Result | None] = [None] * len(work)
+        if serving is not None and pending.plan is not None and found is not None:
+            results = list(serving.recommender.finish(pending.plan, *found))
+        version = serving.version if serving is not None else "none"
+        emitted = self.clock()
+        for (user_id, w), req, result in zip(work.items(), pending.requests, results, strict=True):
+            items, intents, reason = self._explain(serving, req, result)
+            current = w.state.session.current
+            session_id = current.session_id if current is not None else "none"
+            # One computation per user per batch; each of its events still gets its message.
+            shared = encode(
+                {
+                    "items": items,
+                    "intents": intents,
+                    "reason": reason,
+                    "model_version": version,
+                    "session_id": session_id,
+                    "schema_version": SCHEMA_VERSION,
+                }
+            )[1:-1]
+            for event, _ in w.events:
+                head = encode(
+                    {
+                        "user_id": user_id,
+                        "item_id": event.item_id,
+                        "type": event.type,
+                        "event_ts": event.ts,
+                        "emitted_ts": emitted,
+                    }
+                )[:-1]
+                out.recommendations.append((user_id, head + b"," + shared + b"}", w.partition))
+                self.counters["emitted"] += 1
         return out
 
     def _advance(self, user_id: str, w: _UserWork, out: Output) -> None:
@@ -200,43 +269,6 @@ class Processor:
             state = self._retire(user_id, closed, state, out)
         out.states[user_id] = (partition, state.to_json())
 
-    def _answer(self, work: dict[str, _UserWork], out: Output) -> None:
-        users = list(work)
-        requests = [self._request(work[u]) for u in users]
-        results: list[Result | None] = [None] * len(users)
-        if self.serving is not None and requests:
-            results = list(self.serving.recommender.recommend(requests))
-        version = self.serving.version if self.serving is not None else "none"
-        emitted = self.clock()
-        for user_id, req, result in zip(users, requests, results, strict=True):
-            w = work[user_id]
-            items, intents, reason = self._explain(req, result)
-            current = w.state.session.current
-            session_id = current.session_id if current is not None else "none"
-            # One computation per user per batch; each of its events still gets its message.
-            shared = encode(
-                {
-                    "items": items,
-                    "intents": intents,
-                    "reason": reason,
-                    "model_version": version,
-                    "session_id": session_id,
-                    "schema_version": SCHEMA_VERSION,
-                }
-            )[1:-1]
-            for event, _ in w.events:
-                head = encode(
-                    {
-                        "user_id": user_id,
-                        "item_id": event.item_id,
-                        "type": event.type,
-                        "event_ts": event.ts,
-                        "emitted_ts": emitted,
-                    }
-                )[:-1]
-                out.recommendations.append((user_id, head + b"," + shared + b"}", w.partition))
-                self.counters["emitted"] += 1
-
     def _request(self, w: _UserWork) -> Request:
         current = w.state.session.current
         clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
@@ -249,7 +281,7 @@ class Processor:
         )
 
     def _explain(
-        self, req: Request, result: Result | None
+        self, serving: ServingModel | None, req: Request, result: Result | None
     ) -> tuple[list[dict[str, Any]], list[Intent], str]:
         if result is None or not result.items:
             top = self.trending.top(req.params.k, set(req.bought))
@@ -259,20 +291,21 @@ class Processor:
                 "trending",
             )
         items = [{"item_id": i, "score": s, "intent": n} for i, s, n in result.items]
-        return items, [self._intent(it) for it in result.intents], "session"
+        assert serving is not None  # a result comes from a model
+        return items, [_intent(serving, it) for it in result.intents], "session"
 
-    def _intent(self, it: IntentOut) -> Intent:
-        assert self.serving is not None
-        known = self.serving.index.labels
-        labels = [known[m] for m in it.members if m in known]
-        return Intent(
-            id=it.id,
-            members=list(it.members),
-            weight=round(it.weight, 4),
-            category=_dominant(map(self.serving.category_of, labels)),
-            brand=_dominant(map(self.serving.brand_of, labels)),
-            past=it.past,
-        )
+
+def _intent(serving: ServingModel, it: IntentOut) -> Intent:
+    known = serving.index.labels
+    labels = [known[m] for m in it.members if m in known]
+    return Intent(
+        id=it.id,
+        members=list(it.members),
+        weight=round(it.weight, 4),
+        category=_dominant(map(serving.category_of, labels)),
+        brand=_dominant(map(serving.brand_of, labels)),
+        past=it.past,
+    )
 
 
 def _dominant(values: Iterable[str | None]) -> str | None:

@@ -15,7 +15,7 @@ at the end of the log): `Deduplicator` drops messages already delivered, and onl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 QUIET_BATCH = 4  # a batch smaller than this means light load (see take_batches)
@@ -75,10 +75,10 @@ class InOrderAcks:
 
     def __init__(self, stream: Any, limit: int = 8):
         self.stream = stream
-        self.queue: asyncio.Queue[tuple[asyncio.Future[None], list[Any]]] = asyncio.Queue(limit)
+        self.queue: asyncio.Queue[tuple[Awaitable[Any], list[Any]]] = asyncio.Queue(limit)
         self.task: asyncio.Task[None] | None = None
 
-    async def add(self, delivered: asyncio.Future[None], events: list[Any]) -> None:
+    async def add(self, delivered: Awaitable[Any], events: list[Any]) -> None:
         if self.task is None:
             self.task = asyncio.ensure_future(self._run())
         self.check()

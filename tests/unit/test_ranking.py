@@ -106,3 +106,24 @@ def test_params_override_and_bad_params() -> None:
         params_from(QueryDefaults(), {"kk": 5})
     with pytest.raises(ValueError, match="k must be"):
         params_from(QueryDefaults(), {"k": 0})
+
+
+def test_a_search_run_in_another_thread_gives_the_same_answers() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rec = _world()
+    requests = [
+        Request([("c0-1", "view"), ("c1-2", "cart"), ("c3-4", "view")]),
+        Request([("c2-1", "view")], bought=frozenset({"c2-2"})),
+        Request([]),
+    ]
+    plan = rec.plan(requests)
+    with ThreadPoolExecutor(1) as pool:
+        labels, scores = pool.submit(rec.search, plan).result()
+    threaded, direct = rec.finish(plan, labels, scores), rec.recommend(requests)
+    assert [r.items for r in threaded] == [r.items for r in direct]
+    assert [[i.members for i in r.intents] for r in threaded] == [
+        [i.members for i in r.intents] for r in direct
+    ]
+    assert threaded[0].items and threaded[2].items == []
+    assert len(plan.queries) == len(labels) and plan.k_search == 20 + 1
