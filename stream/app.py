@@ -135,7 +135,6 @@ class Runtime:
 def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     faust_patches.short_fetch_wait()
     faust_patches.true_changelog_ends(settings.bootstrap)
-    faust_patches.eager_delivery()
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
     app = faust.App(
         settings.worker_group,
