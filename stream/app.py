@@ -175,6 +175,9 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
 
     searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
 
+    def recommendation_messages(out: Output) -> list[OutMessage]:
+        return [(t.recommendations, k.encode(), v, None) for k, v, _ in out.recommendations]
+
     def publish(out: Output) -> asyncio.Future[None]:
         """Write the states, send them and the outputs; the future resolves once all are
         delivered."""
@@ -185,7 +188,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
             state["partition"] = partition
             table.data[user] = state
             messages.append((changelog, orjson.dumps(user), encode(state), partition))
-        messages.extend((t.recommendations, k.encode(), v, None) for k, v, _ in out.recommendations)
+        messages.extend(recommendation_messages(out))
         messages.extend((t.dlq, dk, dv, None) for dk, dv in out.dlq)
         messages.extend((t.sessions, sk.encode(), sv, None) for sk, sv in out.sessions)
         return outbox.send(messages)
@@ -247,9 +250,9 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 runtime.searching = False
             out = proc.complete(pending, found)
             t1 = time.perf_counter()
-            recommendations = outbox.send(
-                [(t.recommendations, k.encode(), v, None) for k, v, _ in out.recommendations]
-            )
+            # `out` is the batch's published Output, now with its recommendations: only those
+            # are left to send.
+            recommendations = outbox.send(recommendation_messages(out))
             await acks.add(asyncio.gather(sent, recommendations), batch)
             runtime.stats.add(len(batch), t1 - t0, time.perf_counter() - t1)
             _observe(incoming, before, proc.counters)
