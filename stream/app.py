@@ -11,7 +11,9 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from models.codec import encode
 from models.config import Settings
 from stream import faust_patches, metrics
 from stream.kafka import Outbox, OutMessage, producer_config
-from stream.processor import Incoming, Output, Processor
+from stream.processor import Incoming, Output, Pending, Processor
 from stream.serving import ServingModel, load_current
 from stream.take import Deduplicator, InOrderAcks, take_batches
 from stream.watch import Watcher
@@ -38,6 +40,8 @@ BATCH_WITHIN_S = 0.02
 QUIET_WITHIN_S = 0.005  # after a batch of a few events: light load, answer sooner
 LINGER_MS = 5  # librdkafka's default: outputs of one batch go out as one request per partition
 MAX_UNDELIVERED_BATCHES = 8
+# Batches whose index search runs (in its thread) while the agent prepares the next ones.
+SEARCHES_AHEAD = 2
 IDLE_CHECK_S = 10.0
 CLOSE_TIMEOUT_S = 30.0
 DELIVERY_ATTEMPTS = 5
@@ -110,7 +114,8 @@ class Runtime:
         self.stats = BatchStats()
         self.watcher = Watcher(settings, model_dir, serving.version if serving else None)
         self.outbox: Outbox | None = None
-        self.searching = False  # a batch's index search is running in its thread
+        self.searches: set[asyncio.Future[Any]] = set()  # index searches running in their thread
+        self.counted = self.processor.counters.copy()  # counters as the metrics last saw them
         self._publish_model()
 
     def _publish_model(self) -> None:
@@ -119,7 +124,10 @@ class Runtime:
         metrics.INDEX_SIZE.set(len(serving.index) if serving else 0)
 
     def between_batches(self) -> None:
-        """Swap in a loaded model and apply catalog upserts; never during a batch."""
+        """Swap in a loaded model and apply catalog upserts, unless a batch's search is reading
+        the index (then they wait for a later call)."""
+        if self.searches:
+            return
         model, items = self.watcher.take()
         if model is not None:
             old = self.processor.serving.version if self.processor.serving else "none"
@@ -130,6 +138,41 @@ class Runtime:
             metrics.ITEMS.inc(self.processor.serving.apply_items(items))
         if model is not None or items:
             self._publish_model()
+
+    async def searches_done(self) -> None:
+        """Wait until no batch's search is running."""
+        if self.searches:
+            await asyncio.wait(set(self.searches))
+
+    def search(self, searcher: ThreadPoolExecutor, pending: Pending) -> asyncio.Future[Any]:
+        """Start the batch's index search in the `searcher` thread."""
+        found = asyncio.get_running_loop().run_in_executor(searcher, pending.search)
+        self.searches.add(found)
+        found.add_done_callback(self.searches.discard)
+        return found
+
+    def count(self) -> None:
+        """Add what the processor's counters gained since the last call to the metrics."""
+        now, last = self.processor.counters, self.counted
+        for outcome in ("accepted", "rejected"):
+            metrics.EVENTS.labels(outcome).inc(now[outcome] - last[outcome])
+        metrics.EMITTED.inc(now["emitted"] - last["emitted"])
+        metrics.UNKNOWN.inc(now["unknown_item"] - last["unknown_item"])
+        metrics.SESSIONS.inc(now["sessions_closed"] - last["sessions_closed"])
+        self.counted = now.copy()
+
+
+@dataclass
+class _Searching:
+    """A prepared batch whose index search runs; `sent` resolves once its states are
+    delivered. A batch with no fresh events has no `pending`."""
+
+    batch: list[Any]
+    sent: asyncio.Future[Any]
+    pending: Pending | None = None
+    found: asyncio.Future[Any] | None = None
+    incoming: list[Incoming] = field(default_factory=list)
+    prepare_s: float = 0.0
 
 
 def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
@@ -205,60 +248,79 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
             acks.close()
 
     async def _handle_batches(stream: Any, dedup: Deduplicator, acks: InOrderAcks) -> None:
+        """Prepare each batch and start its index search; `_finish_batches` completes the
+        batches in order while the next ones are prepared."""
         proc = runtime.processor
-        loop = asyncio.get_running_loop()
+        searching: asyncio.Queue[_Searching] = asyncio.Queue(SEARCHES_AHEAD)
+        finisher = asyncio.ensure_future(_finish_batches(searching, acks))
+        try:
+            async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S, QUIET_WITHIN_S):
+                if runtime.watcher.waiting():  # a new model or upserts: let the searches end
+                    await _unless_done(finisher, runtime.searches_done())
+                runtime.between_batches()
+                incoming = [
+                    Incoming(
+                        e.key,
+                        e.value,
+                        e.message.partition,
+                        e.message.offset,
+                        int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                    )
+                    for e in batch
+                    if dedup.fresh(e.message.partition, e.message.offset)
+                ]
+                metrics.DUPLICATES.inc(dedup.take_dropped())
+                metrics.REDELIVERED.inc(outbox.take_retried())
+                for partition, offset, highest in dedup.take_out_of_order():
+                    log.warning(
+                        "events partition %d handed out offset %d after offset %d: processed "
+                        "(a message delivered out of order is new, not a repeat)",
+                        partition,
+                        offset,
+                        highest,
+                    )
+                if not incoming:  # acked in turn, after the batches before it
+                    await _unless_done(finisher, searching.put(_Searching(batch, outbox.send([]))))
+                    continue
+                runtime.stats.ingest(incoming)
+                t0 = time.perf_counter()
+                pending = proc.prepare(incoming, table.data.get)
+                # The batch's new states (and closed sessions, rejects) are written and sent
+                # before its search starts: the idle timer, which may run meanwhile, finds them.
+                sent = publish(pending.out)
+                # The search runs in a thread (hnswlib releases the GIL) while the event loop
+                # reads and prepares the next batches; nothing changes the index meanwhile
+                # (see `Runtime.between_batches`).
+                found = runtime.search(searcher, pending)
+                prepared = _Searching(
+                    batch, sent, pending, found, incoming, time.perf_counter() - t0
+                )
+                await _unless_done(finisher, searching.put(prepared))
+        finally:
+            finisher.cancel()
+
+    async def _finish_batches(searching: asyncio.Queue[_Searching], acks: InOrderAcks) -> None:
+        proc = runtime.processor
         lag_due = 0.0
-        async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S, QUIET_WITHIN_S):
-            runtime.between_batches()
-            incoming = [
-                Incoming(
-                    e.key,
-                    e.value,
-                    e.message.partition,
-                    e.message.offset,
-                    int(e.message.timestamp * 1000) if e.message.timestamp else None,
-                )
-                for e in batch
-                if dedup.fresh(e.message.partition, e.message.offset)
-            ]
-            metrics.DUPLICATES.inc(dedup.take_dropped())
-            metrics.REDELIVERED.inc(outbox.take_retried())
-            for partition, offset, highest in dedup.take_out_of_order():
-                log.warning(
-                    "events partition %d handed out offset %d after offset %d: processed "
-                    "(a message delivered out of order is new, not a repeat)",
-                    partition,
-                    offset,
-                    highest,
-                )
-            if not incoming:
-                await acks.add(outbox.send([]), batch)
+        while True:
+            s = await searching.get()
+            if s.pending is None or s.found is None:
+                await acks.add(s.sent, s.batch)
                 continue
-            before = proc.counters.copy()
-            runtime.stats.ingest(incoming)
+            found = await s.found
             t0 = time.perf_counter()
-            pending = proc.prepare(incoming, table.data.get)
-            # The batch's new states (and closed sessions, rejects) are written and sent before
-            # the search is awaited: the idle timer, which may run meanwhile, finds them.
-            sent = publish(pending.out)
-            # The search runs in a thread (hnswlib releases the GIL) while the event loop reads
-            # the next events; nothing changes the index meanwhile (see `follow_updates`).
-            runtime.searching = True
-            try:
-                found = await loop.run_in_executor(searcher, pending.search)
-            finally:
-                runtime.searching = False
-            out = proc.complete(pending, found)
+            out = proc.complete(s.pending, found)
             t1 = time.perf_counter()
             # `out` is the batch's published Output, now with its recommendations: only those
             # are left to send.
             recommendations = outbox.send(recommendation_messages(out))
-            await acks.add(asyncio.gather(sent, recommendations), batch)
-            runtime.stats.add(len(batch), t1 - t0, time.perf_counter() - t1)
-            _observe(incoming, before, proc.counters)
+            await acks.add(asyncio.gather(s.sent, recommendations), s.batch)
+            runtime.stats.add(len(s.batch), s.prepare_s + t1 - t0, time.perf_counter() - t1)
+            runtime.count()
+            _observe(s.incoming)
             if time.monotonic() >= lag_due:  # the gauge asks faust per partition: 1/s
                 lag_due = time.monotonic() + LAG_EVERY_S
-                _observe_lag(app, t.events, incoming)
+                _observe_lag(app, t.events, s.incoming)
 
     @app.timer(interval=IDLE_CHECK_S)
     async def close_idle_sessions() -> None:
@@ -275,12 +337,11 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 proc.close_idle(user, data, out, partition)
         if out.states:
             await publish(out)
-            metrics.SESSIONS.inc(len(out.sessions))
+            runtime.count()
 
     @app.timer(interval=1.0)
     async def follow_updates() -> None:
-        if not runtime.searching:  # a batch's search may be reading the index in its thread
-            runtime.between_batches()
+        runtime.between_batches()
 
     @app.timer(interval=STATS_LOG_S)
     async def log_stats() -> None:
@@ -315,14 +376,22 @@ def _observe_lag(app: faust.App, topic: str, batch: list[Incoming]) -> None:
             metrics.LAG.labels(str(partition)).set(max(0, int(high) - offset - 1))
 
 
-def _observe(batch: list[Incoming], before: Any, after: Any) -> None:
+async def _unless_done(task: asyncio.Future[Any], step: Awaitable[Any]) -> None:
+    """Await `step` unless `task` ends first; raise `task`'s failure if it has one."""
+    waiting = asyncio.ensure_future(step)
+    if not waiting.done():
+        await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        if not waiting.done():
+            waiting.cancel()
+        task.result()  # its failure, or CancelledError
+        raise RuntimeError("the batch finisher stopped")
+    await waiting
+
+
+def _observe(batch: list[Incoming]) -> None:
     now = time.time()
     metrics.BATCH.observe(len(batch))
-    for outcome in ("accepted", "rejected"):
-        metrics.EVENTS.labels(outcome).inc(after[outcome] - before[outcome])
-    metrics.EMITTED.inc(after["emitted"] - before["emitted"])
-    metrics.UNKNOWN.inc(after["unknown_item"] - before["unknown_item"])
-    metrics.SESSIONS.inc(after["sessions_closed"] - before["sessions_closed"])
     for msg in batch:
         if msg.produced_ms:
             metrics.LATENCY.observe(max(0.0, now - msg.produced_ms / 1000.0))

@@ -49,6 +49,11 @@ class Watcher(threading.Thread):
             self._pending_model, self._pending_items = None, []
         return model, items
 
+    def waiting(self) -> bool:
+        """Whether a loaded model or item upserts wait to be taken."""
+        with self._lock:
+            return self._pending_model is not None or bool(self._pending_items)
+
     def run(self) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
