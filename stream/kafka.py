@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -72,29 +71,30 @@ def produce(
 
 
 class Outbox:
-    """Output messages sent in batches and acknowledged per batch, in the background.
+    """Output messages sent in batches and acknowledged per batch.
 
     `send(messages)` produces a batch's messages (topic, key, value, partition or None for the
-    key's partition) and returns an asyncio future that resolves
-    once the broker has acknowledged every one of them, so a caller can ack the events behind
-    them then (at-least-once) while it already works on the next batch. A message the broker
-    refuses is produced again, up to `attempts` times in all; after that the future fails with
-    the broker's reason. A thread serves librdkafka's delivery reports."""
+    key's partition) and returns an asyncio future that resolves once the broker has
+    acknowledged every one of them, so a caller can ack the events behind them then
+    (at-least-once) while it already works on the next batch. A message the broker refuses is
+    produced again, up to `attempts` times in all; after that the future fails with the broker's
+    reason.
 
-    def __init__(self, config: dict[str, Any], attempts: int = 5, poll_s: float = 0.05):
+    librdkafka's delivery reports are served on the event loop's own thread, every `poll_s`
+    while batches wait: a report served in another thread would take the GIL from the event
+    loop once per message."""
+
+    def __init__(self, config: dict[str, Any], attempts: int = 5, poll_s: float = 0.005):
         from confluent_kafka import Producer
 
         self.attempts = attempts
         self._producer = Producer(config)
-        self._lock = threading.Lock()
         self._left: dict[int, int] = {}
-        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        self._waiting: dict[int, asyncio.Future[None]] = {}
         self._next = 0
         self._retried = 0
         self._poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="outbox-reports", daemon=True)
-        self._thread.start()
+        self._serving: asyncio.Task[None] | None = None
 
     def send(self, messages: list[OutMessage]) -> asyncio.Future[None]:
         """Produce `messages`; the future resolves once all are delivered. Call from the event
@@ -104,28 +104,34 @@ class Outbox:
         if not messages:
             done.set_result(None)
             return done
-        with self._lock:
-            batch = self._next
-            self._next += 1
-            self._left[batch] = len(messages)
-            self._waiting[batch] = (loop, done)
+        batch = self._next
+        self._next += 1
+        self._left[batch] = len(messages)
+        self._waiting[batch] = done
         for topic, key, value, partition in messages:
             self._produce(batch, 1, topic, key, value, partition)
         self._producer.poll(0)
+        if self._serving is None or self._serving.done():
+            self._serving = loop.create_task(self._serve())
         return done
 
     def take_retried(self) -> int:
         """Messages produced again since the last call."""
-        with self._lock:
-            retried, self._retried = self._retried, 0
+        retried, self._retried = self._retried, 0
         return retried
 
     def close(self, timeout_s: float = 30.0) -> int:
-        """Stop serving reports after delivering what is queued; returns messages left."""
-        left = int(self._producer.flush(timeout_s))
-        self._stop.set()
-        self._thread.join(timeout_s)
-        return left
+        """Deliver what is queued (outside the event loop, which may be gone); returns
+        messages left."""
+        if self._serving is not None and not self._serving.done():
+            self._serving.cancel()
+        return int(self._producer.flush(timeout_s))
+
+    async def _serve(self) -> None:
+        """Serve delivery reports while batches wait for them."""
+        while self._waiting:
+            await asyncio.sleep(self._poll_s)
+            self._producer.poll(0)
 
     def _produce(
         self,
@@ -141,14 +147,9 @@ class Outbox:
 
         produce(self._producer, topic, key, value, report, partition)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(self._poll_s)
-
     def _report(self, batch: int, attempt: int, err: Any, msg: Any, partition: int | None) -> None:
         if err is not None and attempt < self.attempts:
-            with self._lock:
-                self._retried += 1
+            self._retried += 1
             log.warning(
                 "output to %s refused (%s): producing it again, attempt %d of %d",
                 msg.topic(),
@@ -158,27 +159,29 @@ class Outbox:
             )
             self._produce(batch, attempt + 1, msg.topic(), msg.key(), msg.value(), partition)
             return
-        with self._lock:
-            if batch not in self._left:  # already failed
+        if batch not in self._left:  # already failed
+            return
+        if err is None:
+            self._left[batch] -= 1
+            if self._left[batch]:
                 return
-            if err is None:
-                self._left[batch] -= 1
-                if self._left[batch]:
-                    return
-            del self._left[batch]
-            loop, done = self._waiting.pop(batch)
+        del self._left[batch]
+        done = self._waiting.pop(batch)
         failure = None
         if err is not None:
             failure = RuntimeError(
                 f"output message to {msg.topic()} refused {attempt} times: {err.str()}"
             )
-        loop.call_soon_threadsafe(_settle, done, failure)
+        _settle(done, failure)
 
 
 def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:
     if done.done():
         return
-    if failure is None:
-        done.set_result(None)
-    else:
-        done.set_exception(failure)
+    try:
+        if failure is None:
+            done.set_result(None)
+        else:
+            done.set_exception(failure)
+    except RuntimeError:  # its event loop is closed (reports served by `close`)
+        pass
