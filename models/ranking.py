@@ -214,8 +214,9 @@ class Recommender:
             )
         ]
 
-    def _merge(self, plan: Plan, labels: I64, scores: F32) -> list[tuple[Any, I64, I64]]:
-        """Per request, its candidates best first: (weighted scores, labels, intents).
+    def _merge(self, plan: Plan, labels: I64, scores: F32) -> list[tuple[Any, Any, I64, I64]]:
+        """Per request, its candidates best first: (weighted scores, the same rounded to 5
+        places as answers show them, labels, intents).
 
         A candidate found by several of a request's queries keeps its best weighted score and
         that query's intent (the earliest query's, among equal scores); candidates rank by
@@ -224,7 +225,7 @@ class Recommender:
         n_requests = len(plan.requests)
         empty = np.zeros(0, np.int64)
         if labels.size == 0:
-            return [(np.zeros(0), empty, empty)] * n_requests
+            return [(np.zeros(0), np.zeros(0), empty, empty)] * n_requests
         k = labels.shape[1]
         request = np.repeat(np.fromiter((q.request for q in plan.queries), np.int64), k)
         weight = np.fromiter((q.weight for q in plan.queries), np.float64)
@@ -251,8 +252,10 @@ class Recommender:
             score[ranked],
             label[ranked],
         )
+        # Rounded as one array: Python's round(x, 5) makes a decimal conversion per value.
+        shown = np.round(score, 5)
         bounds = np.searchsorted(request, np.arange(n_requests + 1)).tolist()
-        return [(score[a:b], label[a:b], intent[a:b]) for a, b in pairwise(bounds)]
+        return [(score[a:b], shown[a:b], label[a:b], intent[a:b]) for a, b in pairwise(bounds)]
 
     def _fetch(self, req: Request) -> int:
         excluded = len(req.bought) + (len(req.clicks) if req.params.exclude_seen else 0)
@@ -262,6 +265,7 @@ class Recommender:
         self,
         req: Request,
         scores: Any,
+        shown: Any,
         labels: I64,
         intents_of: I64,
         intents: list[IntentOut],
@@ -275,26 +279,29 @@ class Recommender:
         dropped = [known[item] for item in excluded if item in known]
         if dropped:
             keep = ~np.isin(labels, dropped)
-            scores, labels, intents_of = scores[keep], labels[keep], intents_of[keep]
+            scores, shown, labels = scores[keep], shown[keep], labels[keep]
+            intents_of = intents_of[keep]
         k = req.params.k
         if req.params.diversity > 0 and len(labels) > k:
-            ranked = self._mmr(
+            chosen = self._mmr(
                 list(zip(scores.tolist(), labels.tolist(), intents_of.tolist(), strict=True)),
                 k,
                 req.params.diversity,
             )
-        else:
-            ranked = list(
-                zip(scores[:k].tolist(), labels[:k].tolist(), intents_of[:k].tolist(), strict=True)
-            )
-        current = [it for it in intents if not it.past]
-        chosen = [label for _, label, _ in ranked]
-        closest = self._closest(chosen, current)
+            scores = np.array([s for s, _, _ in chosen], dtype=np.float64)
+            labels = np.array([label for _, label, _ in chosen], dtype=np.int64)
+            intents_of = np.array([i for _, _, i in chosen], dtype=np.int64)
+            shown = np.round(scores, 5)
+        top = labels[:k].tolist()
+        closest = self._closest(top, [it for it in intents if not it.past])
         ids = self.index.ids
-        out = []
-        for (score, label, intent), near in zip(ranked, closest, strict=True):
+        out = [
             # Found by the whole-session query: explain it by the closest intent.
-            out.append((ids[label], round(score, 5), near if intent == -2 else intent))
+            (ids[label], score, near if intent == -2 else intent)
+            for label, score, intent, near in zip(
+                top, shown[:k].tolist(), intents_of[:k].tolist(), closest, strict=True
+            )
+        ]
         return Result(out, intents, unknown)
 
     def _closest(self, labels: list[int], intents: list[IntentOut]) -> list[int]:
