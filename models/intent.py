@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from models.features import F32
 
@@ -33,38 +32,40 @@ def cluster(
     `max_intents`; after that it joins the most similar one anyway). Removals (negative
     weights) never open an intent; they join the closest one and push its centroid away.
 
-    vectors: (n, dim) float32 unit rows; weights: (n,) float32. One (n, n) product, then a
-    loop over integers: cheap enough to run per event.
+    vectors: (n, dim) float32 unit rows; weights: (n,) float32. One (n, n) product, a loop over
+    integers, then one product for all centroids: cheap enough to run per event.
     """
     n = len(weights)
     if n == 0:
         return []
     w = weights.tolist()
-    if n == 1:  # most sessions in a stream are one click old: no similarities to compute
-        return [] if w[0] < 0 else [_intent(vectors, weights, np.zeros(1, np.int64))]
+    if n == 1:  # most sessions in a stream are one click old: its item is its intent
+        return [] if w[0] < 0 else [IntentCluster((0,), vectors[0], w[0])]
     sims = (vectors @ vectors.T).tolist()
-    order = np.argsort(-np.abs(weights), kind="stable").tolist()
+    order = sorted(range(n), key=lambda i: -abs(w[i]))  # stable: ties keep click order
     seeds: list[int] = []
-    assign = np.full(n, -1, dtype=np.int64)
+    members: list[list[int]] = []
     for i in order:
         if seeds:
             row = [sims[i][s] for s in seeds]
             best = max(range(len(row)), key=row.__getitem__)  # the first best, as argmax
             if row[best] >= threshold or len(seeds) >= max_intents or w[i] < 0:
-                assign[i] = best
+                members[best].append(i)
                 continue
         if w[i] < 0:
             continue  # a removal with nothing to push away from
-        assign[i] = len(seeds)
         seeds.append(i)
-    out = [_intent(vectors, weights, np.flatnonzero(assign == c)) for c in range(len(seeds))]
+        members.append([i])
+    # Each intent's weighted centroid, all in one product: a (intents, n) weight matrix.
+    share = np.zeros((len(seeds), n), dtype=np.float32)
+    for c, m in enumerate(members):
+        m.sort()
+        share[c, m] = weights[m]
+    centroids = share @ vectors
+    norms = np.sqrt(np.einsum("ij,ij->i", centroids, centroids))
+    units = np.divide(
+        centroids, norms[:, None], out=np.zeros_like(centroids), where=norms[:, None] > 1e-9
+    )
+    positive = np.maximum(share, 0.0).sum(axis=1).tolist()
+    out = [IntentCluster(tuple(m), units[c], positive[c]) for c, m in enumerate(members)]
     return sorted(out, key=lambda c: -c.weight)
-
-
-def _intent(vectors: F32, weights: F32, members: npt.NDArray[np.int64]) -> IntentCluster:
-    w = weights[members]
-    centroid = (w[:, None] * vectors[members]).sum(axis=0)
-    norm = float(np.sqrt(centroid.dot(centroid)))  # np.linalg.norm's sum, without its checks
-    unit = (centroid / norm).astype(np.float32) if norm > 1e-9 else np.zeros_like(centroid)
-    positive = float(np.maximum(w, 0.0).sum())
-    return IntentCluster(tuple(members.tolist()), unit, positive)

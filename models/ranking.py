@@ -132,7 +132,7 @@ class Recommender:
         intents: list[IntentOut] = []
         if ids:
             _, vectors = self.index.rows(ids)
-            session = _unit((w[:, None] * vectors).sum(0))
+            session = _unit(w @ vectors)
             if session is not None:
                 queries.append(_Query(r, session, 1.0, -2))
             clusters = cluster(vectors, w, req.params.max_intents)
