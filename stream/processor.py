@@ -30,6 +30,7 @@ from stream.trending import Trending
 log = logging.getLogger(__name__)
 MAX_PAST_INTENTS = 3
 PAST_DECAY = 0.5
+DECODED_STATES = 200_000  # users whose decoded state is kept beside its JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,9 @@ class Processor:
         self.gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.counters: Counter[str] = Counter()
+        # user -> (the JSON state this processor last wrote, that state decoded): a state read
+        # back unchanged (the same object) is not decoded again.
+        self.decoded: dict[str, tuple[dict[str, Any], UserState]] = {}
         # Event-time watermark per partition: users of a lagging partition are never closed
         # by the progress of another one.
         self.watermarks: dict[int, int] = {}
@@ -166,7 +170,7 @@ class Processor:
             user = work.get(decoded.user_id)
             if user is None:
                 user = work[decoded.user_id] = _UserWork(
-                    msg.partition, UserState.from_json(load(decoded.user_id))
+                    msg.partition, self._state(decoded.user_id, load(decoded.user_id))
                 )
             user.events.append((decoded, msg))
             user.params = decoded.params or user.params
@@ -232,7 +236,22 @@ class Processor:
             if event.type == "buy" and event.item_id not in state.bought:
                 state = UserState(state.session, state.past, (*state.bought, event.item_id)[-200:])
         w.state = state
-        out.states[user_id] = (w.partition, state.to_json())
+        out.states[user_id] = (w.partition, self._keep(user_id, state))
+
+    def _state(self, user_id: str, data: dict[str, Any] | None) -> UserState:
+        kept = self.decoded.get(user_id)
+        if kept is not None and kept[0] is data:
+            return kept[1]
+        return UserState.from_json(data)
+
+    def _keep(self, user_id: str, state: UserState) -> dict[str, Any]:
+        """The state as JSON, remembered with its decoded form (the most recent users')."""
+        data = state.to_json()
+        self.decoded.pop(user_id, None)
+        self.decoded[user_id] = (data, state)
+        if len(self.decoded) > DECODED_STATES:
+            del self.decoded[next(iter(self.decoded))]
+        return data
 
     def _retire(self, user_id: str, closed: Session, state: UserState, out: Output) -> UserState:
         """A closed session goes to `sessions`; its intents become the user's past intents."""
@@ -260,14 +279,14 @@ class Processor:
 
     def close_idle(self, user_id: str, data: dict[str, Any], out: Output, partition: int) -> None:
         """Close the user's session if the event-time watermark is past its end + gap."""
-        state = UserState.from_json(data)
+        state = self._state(user_id, data)
         step = close_idle(state.session, self.watermarks.get(partition, 0), self.gap)
         if not step.closed:
             return
         state = UserState(step.state, state.past, state.bought)
         for closed in step.closed:
             state = self._retire(user_id, closed, state, out)
-        out.states[user_id] = (partition, state.to_json())
+        out.states[user_id] = (partition, self._keep(user_id, state))
 
     def _request(self, w: _UserWork) -> Request:
         current = w.state.session.current
