@@ -73,3 +73,18 @@ def test_the_agent_goes_on_while_the_finisher_runs() -> None:
         return queue.qsize()
 
     assert asyncio.run(scenario()) == 1
+
+
+def test_tune_gc_freezes_startup_objects_and_collects_less_often() -> None:
+    import gc
+
+    from stream.app import GC_YOUNG_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
