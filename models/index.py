@@ -23,7 +23,7 @@ I64 = npt.NDArray[np.int64]
 class IndexConfig:
     m: int = 32
     ef_construction: int = 200
-    ef: int = 32
+    ef: int = 20
     threads: int = 2
 
 
