@@ -359,6 +359,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     @app.task
     async def start_watcher() -> None:
         runtime.watcher.start()
+        faust_patches.no_event_sensors(app)
         tune_gc()  # the app and model are built by now
 
     return app, runtime
