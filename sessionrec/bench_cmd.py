@@ -118,15 +118,24 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     rates = [float(r) for r in args.rates.split(",")]
     print(
         f"stream benchmark: {args.seconds:.0f}s per rate, {args.users} users walking real "
-        f"sessions of {data.name}; rate 0 = as fast as the generator can"
+        f"sessions of {data.name}; rate 0 = as fast as the generator can; "
+        + ("all rates on one broker" if args.one_broker else "a fresh broker and worker per rate")
     )
     print(HEADER)
     results, raw, _ = bench_stream(
-        settings, model_dir, srgnn_sessions(data), rates, args.seconds, args.users, out
+        settings,
+        model_dir,
+        srgnn_sessions(data),
+        rates,
+        args.seconds,
+        args.users,
+        out,
+        args.one_broker,
     )
     return {
         "stream": [dataclasses.asdict(r) for r in results],
         "stream_latencies_ms": {str(k): v for k, v in raw.items()},
+        "stream_one_broker": args.one_broker,
     }
 
 
@@ -215,6 +224,12 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     )
     p.add_argument("--seconds", type=float, default=15.0, help="seconds per rate")
     p.add_argument("--users", type=int, default=20000, help="simulated users")
+    p.add_argument(
+        "--one-broker",
+        action="store_true",
+        help="stream: run all rates on one broker and worker (each rate then also pays for the "
+        "embedded broker's log of the rates before it); default: a fresh pair per rate",
+    )
     p.add_argument(
         "--sknn-cases",
         type=int,

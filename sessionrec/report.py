@@ -138,8 +138,15 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         parts.append(
             "## Stream: event produced -> recommendation consumed\n\n"
             + _table(rows, list(rows[0]))
-            + "\nrate 0 = as fast as the generator "
-            "could produce.\n"
+            + "\nrate 0 = as fast as the generator could produce. "
+            + (
+                "All rates ran on one broker and worker (`--one-broker`): each rate also paid "
+                "for the broker's log of the rates before it.\n"
+                if results.get("stream_one_broker")
+                else "Each rate ran on a freshly started broker and worker (warmed up at 200 "
+                "events/s for 3 s): the embedded broker slows down as its logs fill "
+                "(`sessionrec bench broker`).\n"
+            )
         )
         if not summary:
             summary = _table(rows, list(rows[0]))

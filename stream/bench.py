@@ -220,25 +220,35 @@ def bench_stream(
     seconds: float,
     users: int,
     log_dir: Path,
+    one_broker: bool = False,
 ) -> tuple[list[RateResult], dict[float, list[float]], str]:
-    """Start a broker and a worker, run each rate, return results and raw latencies."""
+    """Run each rate on a broker and worker of its own (started, warmed up, stopped), or all
+    rates on one with `one_broker`; return results and raw latencies.
+
+    The embedded broker serves a reader more slowly as a partition fills with record batches
+    (`broker_cost_as_log_fills`), so on one broker each rate would also pay for the logs of the
+    rates before it."""
     results: list[RateResult] = []
     raw: dict[float, list[float]] = {}
     log_dir.mkdir(parents=True, exist_ok=True)
-    with EmbeddedBroker(port=0) as broker:
-        settings = on_local_broker(settings, broker.bootstrap, model_dir)
-        worker = WorkerProcess(settings, log_dir / "bench-worker.log").start()
-        try:
-            worker.wait_ready()
-            run_rate(settings, sessions, 200, 3.0, users)  # warm the worker up
-            for rate in rates:
-                result, lat = run_rate(settings, sessions, rate, seconds, users)
-                print(result.row(), flush=True)
-                results.append(result)
-                raw[rate] = lat
-        finally:
-            worker.stop()
-    return results, raw, worker.tail_log(3)
+    groups = [list(rates)] if one_broker else [[rate] for rate in rates]
+    tail = ""
+    for group in groups:
+        with EmbeddedBroker(port=0) as broker:
+            on_broker = on_local_broker(settings, broker.bootstrap, model_dir)
+            worker = WorkerProcess(on_broker, log_dir / "bench-worker.log").start()
+            try:
+                worker.wait_ready()
+                run_rate(on_broker, sessions, 200, 3.0, users)  # warm the worker up
+                for rate in group:
+                    result, lat = run_rate(on_broker, sessions, rate, seconds, users)
+                    print(result.row(), flush=True)
+                    results.append(result)
+                    raw[rate] = lat
+            finally:
+                worker.stop()
+            tail = worker.tail_log(3)
+    return results, raw, tail
 
 
 def serve_prefixes(

@@ -214,24 +214,30 @@ def synthetic_vectors(n: int, dim: int = 100, clusters: int = 2000, seed: int = 
 
 
 def session_memory(users: int = 200_000, clicks: int = 5) -> dict[str, Any]:
-    """Memory of `users` active sessions as the worker's table holds them (JSON-like dicts)."""
+    """Memory of `users` active sessions as a worker holds them: the table's JSON-like dicts and,
+    for its most recent 200,000 users, each state decoded beside it."""
     import gc
 
     from models.records import Event
     from models.session import SessionConfig, SessionState, advance
+    from stream.processor import DECODED_STATES
     from stream.state import UserState
 
     config = SessionConfig()
     gc.collect()
     before = rss_mb()
     table: dict[str, Any] = {}
+    decoded: dict[str, Any] = {}
     t0 = 1_700_000_000_000
     for u in range(users):
         state = SessionState()
         for j in range(clicks):
             event = Event(f"user-{u}", f"{100_000 + (u + j) % 43_000}", "view", t0 + j * 1000)
             state = advance(state, event, config).state
-        table[event.user_id] = UserState(state).to_json()
+        user_state = UserState(state)
+        table[event.user_id] = user_state.to_json()
+        if len(decoded) < DECODED_STATES:
+            decoded[event.user_id] = (table[event.user_id], user_state)
     gc.collect()
     used = rss_mb() - before
     return {
