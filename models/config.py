@@ -61,6 +61,7 @@ class Settings:
     partitions: int = 4
     session_gap_minutes: float = 20.0
     max_session_len: int = 50
+    index_ef: int = 20  # HNSW search beam (at least k): higher finds more of the exact top-k
     model_dir: str = "var/models"
     metrics_port: int = 9100
     worker_group: str = "sessionrec-worker"

@@ -123,6 +123,8 @@ def _validate(settings: Settings) -> None:
         raise SettingsError(
             f"setting 'max_session_len' is {settings.max_session_len}, expected at least 2"
         )
+    if not 1 <= settings.index_ef <= 10_000:
+        raise SettingsError(f"setting 'index_ef' is {settings.index_ef}, expected 1 to 10000")
     if settings.query.k < 1 or settings.query.k > 1000:
         raise SettingsError(f"setting 'query.k' is {settings.query.k}, expected 1 to 1000")
     if not 0.0 <= settings.query.diversity <= 1.0:

@@ -112,7 +112,7 @@ class Runtime:
         self.model_dir = model_dir
         serving: ServingModel | None = None
         try:
-            serving = load_current(model_dir, settings.weights)
+            serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
         except ArtifactError as exc:
             log.error("current model unusable, serving trending items until one loads: %s", exc)
         if serving is None:

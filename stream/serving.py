@@ -70,10 +70,13 @@ class ServingModel:
         return row if row is not None and row < len(self.model.item_ids) else None
 
 
-def load_serving(path: Path, weights: EventWeights, threads: int = 1) -> ServingModel:
-    """Load a model version completely (raises `ArtifactError` if it is unusable)."""
+def load_serving(
+    path: Path, weights: EventWeights, threads: int = 1, ef: int | None = None
+) -> ServingModel:
+    """Load a model version completely (raises `ArtifactError` if it is unusable); `ef` is the
+    index's search beam (None: the index's default)."""
     model = load_model(path)
-    index = load_index(path, model, threads=threads)
+    index = load_index(path, model, threads=threads, ef=ef)
     t = model.tables
     categories = {
         row: (t.category_vocab.words[c - 1] if c > 0 else None)
@@ -87,8 +90,10 @@ def load_serving(path: Path, weights: EventWeights, threads: int = 1) -> Serving
     return ServingModel(model, index, rec, categories, brands)
 
 
-def load_current(model_dir: Path, weights: EventWeights, threads: int = 1) -> ServingModel | None:
+def load_current(
+    model_dir: Path, weights: EventWeights, threads: int = 1, ef: int | None = None
+) -> ServingModel | None:
     version = current_version(model_dir)
     if version is None:
         return None
-    return load_serving(model_dir / version, weights, threads)
+    return load_serving(model_dir / version, weights, threads, ef)

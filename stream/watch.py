@@ -117,7 +117,7 @@ class Watcher(threading.Thread):
         path = self.model_dir / version
         started = time.perf_counter()
         try:
-            serving = load_serving(path, self.settings.weights)
+            serving = load_serving(path, self.settings.weights, ef=self.settings.index_ef)
         except ArtifactError as exc:
             self.refused.add(version)
             metrics.MODEL_REFUSED.inc()

@@ -35,6 +35,7 @@ def test_settings_are_frozen() -> None:
         ({"SESSIONREC_PARTITIONS": "0"}, "expected at least 1"),
         ({"SESSIONREC_QUERY_EXCLUDE_SEEN": "perhaps"}, "expected true or false"),
         ({"SESSIONREC_QUERY_DIVERSITY": "2"}, "expected 0 to 1"),
+        ({"SESSIONREC_INDEX_EF": "0"}, "setting 'index_ef' is 0, expected 1 to 10000"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], needle: str) -> None:

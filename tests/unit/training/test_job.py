@@ -83,3 +83,16 @@ def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str])
     assert main(["train", "--format", "jsonl", "--data", "x", "--epochs", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sessionrec: error: --epochs is 0, expected >= 1"
+
+
+def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_path: Path) -> None:
+    from models.config import EventWeights
+    from stream.serving import load_current
+
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    assert _train(events, catalog, out) == 0
+    default = load_current(out, EventWeights())
+    wide = load_current(out, EventWeights(), ef=77)
+    assert default is not None and wide is not None
+    assert default.index.config.ef == 20 and wide.index.config.ef == 77
