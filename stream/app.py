@@ -12,7 +12,6 @@ import gc
 import logging
 import tempfile
 import time
-from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from stream import faust_patches, metrics
 from stream.kafka import Outbox, OutMessage, producer_config
 from stream.processor import Incoming, Output, Pending, Processor
 from stream.serving import ServingModel, load_current
-from stream.take import Deduplicator, InOrderAcks, take_batches
+from stream.take import Deduplicator, InOrderAcks, take_batches, unless_done
 from stream.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -263,7 +262,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         try:
             async for batch in take_batches(stream, BATCH_MAX, BATCH_WITHIN_S, QUIET_WITHIN_S):
                 if runtime.watcher.waiting():  # a new model or upserts: let the searches end
-                    await _unless_done(finisher, runtime.searches_done())
+                    await unless_done(finisher, runtime.searches_done())
                 runtime.between_batches()
                 incoming = [
                     Incoming(
@@ -287,7 +286,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                         highest,
                     )
                 if not incoming:  # acked in turn, after the batches before it
-                    await _unless_done(finisher, searching.put(_Searching(batch, outbox.send([]))))
+                    await unless_done(finisher, searching.put(_Searching(batch, outbox.send([]))))
                     continue
                 runtime.stats.ingest(incoming)
                 t0 = time.perf_counter()
@@ -302,7 +301,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
                 prepared = _Searching(
                     batch, sent, pending, found, incoming, time.perf_counter() - t0
                 )
-                await _unless_done(finisher, searching.put(prepared))
+                await unless_done(finisher, searching.put(prepared))
         finally:
             finisher.cancel()
 
@@ -397,19 +396,6 @@ def _observe_lag(app: faust.App, topic: str, batch: list[Incoming]) -> None:
             continue
         if high is not None:
             metrics.LAG.labels(str(partition)).set(max(0, int(high) - offset - 1))
-
-
-async def _unless_done(task: asyncio.Future[Any], step: Awaitable[Any]) -> None:
-    """Await `step` unless `task` ends first; raise `task`'s failure if it has one."""
-    waiting = asyncio.ensure_future(step)
-    if not waiting.done():
-        await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        if not waiting.done():
-            waiting.cancel()
-        task.result()  # its failure, or CancelledError
-        raise RuntimeError("the batch finisher stopped")
-    await waiting
 
 
 def _observe(batch: list[Incoming]) -> None:

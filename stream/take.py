@@ -67,6 +67,19 @@ async def take_batches(
         stream._processors.remove(add)
 
 
+async def unless_done(task: asyncio.Future[Any], step: Awaitable[Any]) -> None:
+    """Await `step` unless `task` ends first; raise `task`'s failure if it has one."""
+    waiting = asyncio.ensure_future(step)
+    if not waiting.done():
+        await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        if not waiting.done():
+            waiting.cancel()
+        task.result()  # its failure, or CancelledError
+        raise RuntimeError("the task awaited beside it ended")
+    await waiting
+
+
 class InOrderAcks:
     """Acknowledges handled batches in the order they were taken, each once its outputs are
     delivered, while the agent goes on with later batches. At most `limit` batches wait for
@@ -101,13 +114,10 @@ class InOrderAcks:
     async def _unless_failed(self, step: Any) -> None:
         """Await `step` unless acknowledging stops first; raise its failure if it did."""
         self.check()
-        waiting = asyncio.ensure_future(step)
-        if self.task is not None:
-            await asyncio.wait({waiting, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiting.done():
-            waiting.cancel()
-        self.check()
-        await waiting
+        if self.task is None:
+            await step
+        else:
+            await unless_done(self.task, step)
 
     def close(self) -> None:
         if self.task is not None:

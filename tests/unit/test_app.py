@@ -11,8 +11,9 @@ import pytest
 from models.codec import encode
 from models.config import Settings
 from models.records import Item
-from stream.app import Runtime, _unless_done
+from stream.app import Runtime
 from stream.processor import Output, Pending
+from stream.take import unless_done
 
 
 class _GatedPending(Pending):
@@ -58,7 +59,7 @@ def test_a_failed_finisher_stops_the_agent_waiting_on_it() -> None:
             raise RuntimeError("output refused 5 times")
 
         task = asyncio.ensure_future(finisher())
-        await _unless_done(task, queue.put(1))
+        await unless_done(task, queue.put(1))
 
     with pytest.raises(RuntimeError, match="refused 5 times"):
         asyncio.run(scenario())
@@ -68,7 +69,7 @@ def test_the_agent_goes_on_while_the_finisher_runs() -> None:
     async def scenario() -> int:
         queue: asyncio.Queue[int] = asyncio.Queue(1)
         task = asyncio.ensure_future(asyncio.sleep(10))
-        await _unless_done(task, queue.put(1))
+        await unless_done(task, queue.put(1))
         task.cancel()
         return queue.qsize()
 
