@@ -131,7 +131,10 @@ class Outbox:
         """Serve delivery reports while batches wait for them."""
         while self._waiting:
             await asyncio.sleep(self._poll_s)
-            self._producer.poll(0)
+            try:
+                self._producer.poll(0)
+            except Exception:  # a report's handler failed: keep serving the others
+                log.exception("serving delivery reports failed")
 
     def _produce(
         self,
@@ -157,22 +160,26 @@ class Outbox:
                 attempt + 1,
                 self.attempts,
             )
-            self._produce(batch, attempt + 1, msg.topic(), msg.key(), msg.value(), partition)
+            try:
+                self._produce(batch, attempt + 1, msg.topic(), msg.key(), msg.value(), partition)
+            except Exception as exc:  # cannot even be produced again: the batch fails
+                self._fail(batch, RuntimeError(f"output message to {msg.topic()}: {exc}"))
+            return
+        if err is not None:
+            reason = f"output message to {msg.topic()} refused {attempt} times: {err.str()}"
+            self._fail(batch, RuntimeError(reason))
             return
         if batch not in self._left:  # already failed
             return
-        if err is None:
-            self._left[batch] -= 1
-            if self._left[batch]:
-                return
-        del self._left[batch]
-        done = self._waiting.pop(batch)
-        failure = None
-        if err is not None:
-            failure = RuntimeError(
-                f"output message to {msg.topic()} refused {attempt} times: {err.str()}"
-            )
-        _settle(done, failure)
+        self._left[batch] -= 1
+        if not self._left[batch]:
+            del self._left[batch]
+            _settle(self._waiting.pop(batch), None)
+
+    def _fail(self, batch: int, failure: BaseException) -> None:
+        if batch in self._left:
+            del self._left[batch]
+            _settle(self._waiting.pop(batch), failure)
 
 
 def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:
