@@ -53,6 +53,10 @@ class QueryDefaults:
     max_intents: int = 3
 
 
+# The HNSW search beam (at least k): higher finds more of the exact top-k, and is slower.
+DEFAULT_INDEX_EF = 20
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything configurable, in one frozen object (defaults < TOML < env < flags)."""
@@ -61,7 +65,7 @@ class Settings:
     partitions: int = 4
     session_gap_minutes: float = 20.0
     max_session_len: int = 50
-    index_ef: int = 20  # HNSW search beam (at least k): higher finds more of the exact top-k
+    index_ef: int = DEFAULT_INDEX_EF
     model_dir: str = "var/models"
     metrics_port: int = 9100
     worker_group: str = "sessionrec-worker"

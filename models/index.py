@@ -14,6 +14,7 @@ import hnswlib
 import numpy as np
 import numpy.typing as npt
 
+from models.config import DEFAULT_INDEX_EF
 from models.features import F32, normalise
 
 I64 = npt.NDArray[np.int64]
@@ -23,7 +24,7 @@ I64 = npt.NDArray[np.int64]
 class IndexConfig:
     m: int = 32
     ef_construction: int = 200
-    ef: int = 20
+    ef: int = DEFAULT_INDEX_EF
     threads: int = 2
 
 
