@@ -22,7 +22,6 @@ import orjson
 from faust.types import TP
 
 from models.artifact import ArtifactError
-from models.codec import encode
 from models.config import Settings
 from stream import faust_patches, metrics
 from stream.kafka import Outbox, OutMessage, producer_config
@@ -210,8 +209,10 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     runtime = Runtime(settings, model_dir)
     t = settings.topics
     events = _raw_topic(app, t.events, settings.partitions)
-    schema: Any = faust.Schema(key_serializer="json", value_serializer="json")
-    table = app.Table("user-sessions", partitions=settings.partitions, schema=schema)
+    # States are stored as the encoded JSON the changelog holds (value_type bytes: faust reads
+    # the changelog's values raw; keys stay JSON): bytes, which Python's garbage collector never
+    # walks. Decoded, 20,000 users' states were about 335,000 more objects for it to walk.
+    table = app.Table("user-sessions", partitions=settings.partitions, value_type=bytes)
 
     # Outputs and the session table's changelog go through librdkafka, far cheaper per message
     # than faust's pure-Python producer; faust restores the table from that changelog (JSON
@@ -234,9 +235,8 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         # write a user's state without yielding in between, so neither overwrites the other.
         messages: list[OutMessage] = []
         for user, (partition, state) in out.states.items():
-            state["partition"] = partition
             table.data[user] = state
-            messages.append((changelog, orjson.dumps(user), encode(state), partition))
+            messages.append((changelog, orjson.dumps(user), state, partition))
         messages.extend(recommendation_messages(out))
         messages.extend((t.dlq, dk, dv, None) for dk, dv in out.dlq)
         messages.extend((t.sessions, sk.encode(), sv, None) for sk, sv in out.sessions)
@@ -332,15 +332,8 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
     async def close_idle_sessions() -> None:
         proc = runtime.processor
         out = Output()
-        gap = settings.session_gap_ms
-        for user, data in list(table.data.items()):
-            current = data.get("current") if data else None
-            if not current or not current["clicks"]:
-                continue
-            partition = int(data.get("partition", 0))
-            # Cheap test on the raw state first: only idle sessions are decoded and closed.
-            if current["clicks"][-1][0] + gap < proc.watermarks.get(partition, 0):
-                proc.close_idle(user, data, out, partition)
+        for user, partition in proc.idle_users(table.data):
+            proc.close_idle(user, table.data.get(user), out, partition)
         if out.states:
             await publish(out)
             runtime.count()

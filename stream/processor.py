@@ -9,11 +9,12 @@ import base64
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from models.codec import DecodeError, decode_event, encode, encode_session
 from models.config import Settings
@@ -30,7 +31,6 @@ from stream.trending import Trending
 log = logging.getLogger(__name__)
 MAX_PAST_INTENTS = 3
 PAST_DECAY = 0.5
-DECODED_STATES = 200_000  # users whose decoded state is kept beside its JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +44,13 @@ class Incoming:
 
 @dataclass
 class Output:
-    """What one batch produces. `states` maps user -> (partition, JSON state) to persist."""
+    """What one batch produces. `states` maps user -> (partition, encoded JSON state) to
+    persist."""
 
     recommendations: list[tuple[str, bytes, int | None]] = field(default_factory=list)
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     sessions: list[tuple[str, bytes]] = field(default_factory=list)
-    states: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    states: dict[str, tuple[int, bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,9 +110,9 @@ class Processor:
         self.gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.counters: Counter[str] = Counter()
-        # user -> (the JSON state this processor last wrote, that state decoded): a state read
-        # back unchanged (the same object) is not decoded again.
-        self.decoded: dict[str, tuple[dict[str, Any], UserState]] = {}
+        # user -> (end of the open session or None, partition), for every user in the table:
+        # the idle timer finds idle sessions here without decoding every state.
+        self.ends: dict[str, tuple[int | None, int]] = {}
         # Event-time watermark per partition: users of a lagging partition are never closed
         # by the progress of another one.
         self.watermarks: dict[int, int] = {}
@@ -146,18 +147,15 @@ class Processor:
             self.counters["key_mismatch"] += 1
         return event
 
-    def process(
-        self, batch: list[Incoming], load: Callable[[str], dict[str, Any] | None]
-    ) -> Output:
+    def process(self, batch: list[Incoming], load: Callable[[str], bytes | None]) -> Output:
         """Handle a batch at once: `prepare`, search, `complete`."""
         pending = self.prepare(batch, load)
         return self.complete(pending, pending.search())
 
-    def prepare(
-        self, batch: list[Incoming], load: Callable[[str], dict[str, Any] | None]
-    ) -> Pending:
+    def prepare(self, batch: list[Incoming], load: Callable[[str], bytes | None]) -> Pending:
         """Decode the batch, advance its users' sessions (their new states, closed sessions
-        and rejected events are in `.out` at once) and plan its index search."""
+        and rejected events are in `.out` at once) and plan its index search. `load` gives a
+        user's stored state (encoded JSON) or None."""
         out = Output()
         work: dict[str, _UserWork] = {}
         for msg in batch:
@@ -236,22 +234,56 @@ class Processor:
             if event.type == "buy" and event.item_id not in state.bought:
                 state = UserState(state.session, state.past, (*state.bought, event.item_id)[-200:])
         w.state = state
-        out.states[user_id] = (w.partition, self._keep(user_id, state))
+        out.states[user_id] = (w.partition, self.keep(user_id, state, w.partition))
 
-    def _state(self, user_id: str, data: dict[str, Any] | None) -> UserState:
-        kept = self.decoded.get(user_id)
-        if kept is not None and kept[0] is data:
-            return kept[1]
-        return UserState.from_json(data)
+    def _state(self, user_id: str, raw: bytes | None) -> UserState:
+        return self._stored(user_id, raw)[0]
 
-    def _keep(self, user_id: str, state: UserState) -> dict[str, Any]:
-        """The state as JSON, remembered with its decoded form (the most recent users')."""
+    def _stored(self, user_id: str, raw: bytes | None) -> tuple[UserState, int]:
+        """A stored state decoded, and the partition it was stored for. One that cannot be read
+        is logged, counted and started afresh (the user's next events still get
+        recommendations)."""
+        if not raw:
+            return UserState(), 0
+        try:
+            data = orjson.loads(raw)
+            return UserState.from_json(data), int(data.get("partition", 0))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            self.counters["bad_state"] += 1
+            log.warning("user %r: stored state unreadable (%s); starting afresh", user_id, exc)
+            return UserState(), 0
+
+    def keep(self, user_id: str, state: UserState, partition: int) -> bytes:
+        """The state as stored: encoded JSON, so that the table holds bytes, not the many small
+        objects Python's garbage collector would walk again and again."""
         data = state.to_json()
-        self.decoded.pop(user_id, None)
-        self.decoded[user_id] = (data, state)
-        if len(self.decoded) > DECODED_STATES:
-            del self.decoded[next(iter(self.decoded))]
-        return data
+        data["partition"] = partition
+        current = state.session.current
+        self.ends[user_id] = (current.end if current is not None else None, partition)
+        # A copy of orjson's output: its bytes keep the 4 KB buffer they were written in.
+        return bytes(memoryview(encode(data)))
+
+    def idle_users(self, table: Mapping[str, bytes]) -> list[tuple[str, int]]:
+        """(user, partition) of the sessions that their partition's event-time watermark has
+        passed by more than the gap. `table` holds every user's stored state; users it gained
+        without this processor (restored from the changelog) are read once, users it lost
+        (partitions taken away) are forgotten."""
+        if len(self.ends) != len(table) or not self.ends.keys() <= table.keys():
+            self._index(table)
+        gap, marks = self.gap.gap_ms, self.watermarks
+        return [
+            (user, partition)
+            for user, (end, partition) in self.ends.items()
+            if end is not None and end + gap < marks.get(partition, 0)
+        ]
+
+    def _index(self, table: Mapping[str, bytes]) -> None:
+        for user in self.ends.keys() - table.keys():
+            del self.ends[user]
+        for user in table.keys() - self.ends.keys():
+            state, partition = self._stored(user, table[user])
+            current = state.session.current
+            self.ends[user] = (current.end if current is not None else None, partition)
 
     def _retire(self, user_id: str, closed: Session, state: UserState, out: Output) -> UserState:
         """A closed session goes to `sessions`; its intents become the user's past intents."""
@@ -277,16 +309,16 @@ class Processor:
                 past = fresh + past
         return UserState(state.session, tuple(past[:MAX_PAST_INTENTS]), state.bought)
 
-    def close_idle(self, user_id: str, data: dict[str, Any], out: Output, partition: int) -> None:
+    def close_idle(self, user_id: str, raw: bytes | None, out: Output, partition: int) -> None:
         """Close the user's session if the event-time watermark is past its end + gap."""
-        state = self._state(user_id, data)
+        state = self._state(user_id, raw)
         step = close_idle(state.session, self.watermarks.get(partition, 0), self.gap)
         if not step.closed:
             return
         state = UserState(step.state, state.past, state.bought)
         for closed in step.closed:
             state = self._retire(user_id, closed, state, out)
-        out.states[user_id] = (partition, self._keep(user_id, state))
+        out.states[user_id] = (partition, self.keep(user_id, state, partition))
 
     def _request(self, w: _UserWork) -> Request:
         current = w.state.session.current

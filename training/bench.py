@@ -214,30 +214,28 @@ def synthetic_vectors(n: int, dim: int = 100, clusters: int = 2000, seed: int = 
 
 
 def session_memory(users: int = 200_000, clicks: int = 5) -> dict[str, Any]:
-    """Memory of `users` active sessions as a worker holds them: the table's JSON-like dicts and,
-    for its most recent 200,000 users, each state decoded beside it."""
+    """Memory of `users` active sessions as a worker holds them: each state encoded as the
+    table stores it, and its entry in the idle timer's index (session end, partition)."""
     import gc
 
+    from models.config import Settings
     from models.records import Event
     from models.session import SessionConfig, SessionState, advance
-    from stream.processor import DECODED_STATES
+    from stream.processor import Processor
     from stream.state import UserState
 
     config = SessionConfig()
     gc.collect()
     before = rss_mb()
-    table: dict[str, Any] = {}
-    decoded: dict[str, Any] = {}
+    table: dict[str, bytes] = {}
+    processor = Processor(Settings(), None)
     t0 = 1_700_000_000_000
     for u in range(users):
         state = SessionState()
         for j in range(clicks):
             event = Event(f"user-{u}", f"{100_000 + (u + j) % 43_000}", "view", t0 + j * 1000)
             state = advance(state, event, config).state
-        user_state = UserState(state)
-        table[event.user_id] = user_state.to_json()
-        if len(decoded) < DECODED_STATES:
-            decoded[event.user_id] = (table[event.user_id], user_state)
+        table[event.user_id] = processor.keep(event.user_id, UserState(state), u % 4)
     gc.collect()
     used = rss_mb() - before
     return {

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import orjson
+
 from models.codec import encode
 from models.config import Settings
 from models.records import Event
-from stream.processor import Incoming, Processor
+from stream.processor import Incoming, Output, Processor
 
 
 def _incoming(events: list[Event]) -> list[Incoming]:
@@ -24,7 +26,7 @@ def test_a_prepared_batch_has_its_states_before_its_recommendations() -> None:
     pending = proc.prepare(batch, lambda _user: None)
     assert set(pending.out.states) == {"u1", "u2"} and len(pending.out.dlq) == 1
     assert pending.out.recommendations == [] and pending.search() is None  # no model: trending
-    clicks = pending.out.states["u1"][1]["current"]["clicks"]
+    clicks = orjson.loads(pending.out.states["u1"][1])["current"]["clicks"]
     assert [c[2] for c in clicks] == ["a", "c"]
 
     out = proc.complete(pending, pending.search())
@@ -35,21 +37,9 @@ def test_a_prepared_batch_has_its_states_before_its_recommendations() -> None:
     assert again.recommendations == out.recommendations
 
 
-def test_a_state_read_back_unchanged_is_not_decoded_again(monkeypatch) -> None:
-    import copy
-
-    from stream import processor as processor_module
-
-    decoded: list[object] = []
-    from_json = processor_module.UserState.from_json
-
-    def counting(data: object) -> object:
-        decoded.append(data)
-        return from_json(data)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(processor_module.UserState, "from_json", counting)
+def test_states_are_stored_encoded_and_an_unreadable_one_starts_afresh() -> None:
     proc = Processor(Settings(), None, clock=lambda: 5)
-    table: dict[str, dict] = {}
+    table: dict[str, bytes] = {}
 
     def run(events: list[Event]) -> None:
         out = proc.process(_incoming(events), table.get)
@@ -57,9 +47,65 @@ def test_a_state_read_back_unchanged_is_not_decoded_again(monkeypatch) -> None:
 
     t0 = 1_700_000_000_000
     run([Event("u1", "a", "view", t0)])
-    run([Event("u1", "b", "view", t0 + 1)])  # the state it wrote itself: no decoding
-    assert decoded == [None]
-    table["u1"] = copy.deepcopy(table["u1"])  # e.g. restored from the changelog: decoded
+    run([Event("u1", "b", "view", t0 + 1)])
+    assert all(isinstance(state, bytes) for state in table.values())
+    assert [c[2] for c in orjson.loads(table["u1"])["current"]["clicks"]] == ["a", "b"]
+    table["u1"] = b'{"current": 7'  # e.g. a damaged changelog record
     run([Event("u1", "c", "view", t0 + 2)])
-    assert len(decoded) == 2
-    assert [c[2] for c in table["u1"]["current"]["clicks"]] == ["a", "b", "c"]
+    assert proc.counters["bad_state"] == 1
+    assert [c[2] for c in orjson.loads(table["u1"])["current"]["clicks"]] == ["c"]
+
+
+def test_idle_users_come_from_the_processors_writes_and_from_a_restored_table() -> None:
+    gap = Settings().session_gap_ms
+    t0 = 1_700_000_000_000
+    proc = Processor(Settings(), None, clock=lambda: 5)
+    table: dict[str, bytes] = {}
+
+    def run(events: list[Event], partition: int = 0) -> None:
+        batch = [
+            Incoming(e.user_id.encode(), encode(e), partition, n) for n, e in enumerate(events)
+        ]
+        out = proc.process(batch, table.get)
+        table.update({user: state for user, (_, state) in out.states.items()})
+
+    run([Event("early", "a", "view", t0), Event("late", "b", "view", t0 + gap)])
+    run([Event("other", "c", "view", t0)], partition=1)
+    assert proc.idle_users(table) == []
+    run([Event("late", "d", "view", t0 + gap + 1)])  # partition 0's watermark passes early's gap
+    assert proc.idle_users(table) == [("early", 0)]  # not "other": partition 1 has not moved
+
+    # A worker that restored the same table from the changelog finds the same users.
+    restored = Processor(Settings(), None)
+    restored.watermarks = dict(proc.watermarks)
+    assert restored.idle_users(table) == [("early", 0)]
+    out = Output()
+    restored.close_idle("early", table["early"], out, 0)
+    assert orjson.loads(out.states["early"][1])["current"] is None
+    assert len(out.sessions) == 1
+    table.update({user: state for user, (_, state) in out.states.items()})
+    assert restored.idle_users(table) == []
+
+    del table["early"]  # its partition went to another worker
+    assert proc.idle_users(table) == [] and "early" not in proc.ends
+
+
+def test_a_stored_state_takes_its_size_in_memory() -> None:
+    import tracemalloc
+
+    from models.session import SessionConfig, SessionState, advance
+    from stream.state import UserState
+
+    proc = Processor(Settings(), None)
+    state = SessionState()
+    for j in range(5):
+        event = Event("u1", f"item-{j}", "view", 1_700_000_000_000 + j * 1000)
+        state = advance(state, event, SessionConfig()).state
+    tracemalloc.start()
+    try:
+        stored = [proc.keep(f"u{i}", UserState(state), 0) for i in range(1000)]
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # About 300 bytes of JSON each, plus the index entry; not the 4 KB buffer orjson writes in.
+    assert len(stored[0]) < 400 and used < 1000 * 1000
