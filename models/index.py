@@ -98,16 +98,6 @@ class ItemIndex:
         label = self.labels.get(item_id)
         return None if label is None or label in self.deleted else self.vectors[label]
 
-    def rows(self, item_ids: list[str]) -> tuple[I64, F32]:
-        """Labels and vectors of the known, live items among item_ids (unknown ones skipped)."""
-        labels = [
-            self.labels[i]
-            for i in item_ids
-            if i in self.labels and self.labels[i] not in self.deleted
-        ]
-        arr = np.asarray(labels, dtype=np.int64)
-        return arr, self.vectors[arr]
-
     def search(self, queries: F32, k: int) -> tuple[I64, F32]:
         """Top-k labels and inner-product scores for each query row.
 

@@ -81,7 +81,7 @@ class Plan:
 
 
 def _unit(vector: F32) -> F32 | None:
-    norm = float(np.linalg.norm(vector))
+    norm = float(np.sqrt(vector.dot(vector)))  # np.linalg.norm's result, without its overhead
     return (vector / norm).astype(np.float32) if norm > 1e-9 else None
 
 
@@ -112,26 +112,42 @@ class Recommender:
         self.position_weights = position_weights
         self.weights = weights
         self.max_len = len(position_weights)
+        self._by_distance = [
+            float(x) for x in position_weights
+        ]  # Python floats: no numpy per click
+        self._by_kind: dict[str, float] = {}
 
-    def session_items(self, clicks: list[tuple[str, str]]) -> tuple[list[str], F32, int]:
-        """Distinct known items of the last `max_len` clicks and their summed weights."""
+    def session_items(self, clicks: list[tuple[str, str]]) -> tuple[list[str], I64, F32, int]:
+        """Distinct known items of the last `max_len` clicks, their index labels and summed
+        weights, and the number of unknown clicks."""
         acc: dict[str, float] = {}
+        labels: dict[str, int] = {}
         unknown = 0
+        known, deleted, by_kind = self.index.labels, self.index.deleted, self._by_kind
         recent = clicks[-self.max_len :]
-        for distance, (item_id, kind) in enumerate(reversed(recent)):
-            if item_id not in self.index.labels or self.index.labels[item_id] in self.index.deleted:
+        for by_distance, (item_id, kind) in zip(self._by_distance, reversed(recent), strict=False):
+            label = known.get(item_id)
+            if label is None or label in deleted:
                 unknown += 1
                 continue
-            w = self.weights.of(kind) * float(self.position_weights[distance])
-            acc[item_id] = acc.get(item_id, 0.0) + w
-        return list(acc), np.asarray(list(acc.values()), dtype=np.float32), unknown
+            w = by_kind.get(kind)
+            if w is None:
+                w = by_kind[kind] = self.weights.of(kind)
+            acc[item_id] = acc.get(item_id, 0.0) + w * by_distance
+            labels[item_id] = label
+        return (
+            list(acc),
+            np.fromiter(labels.values(), np.int64, len(labels)),
+            np.fromiter(acc.values(), np.float32, len(acc)),
+            unknown,
+        )
 
     def _queries(self, r: int, req: Request) -> tuple[list[_Query], list[IntentOut], int]:
-        ids, w, unknown = self.session_items(req.clicks)
+        ids, labels, w, unknown = self.session_items(req.clicks)
         queries: list[_Query] = []
         intents: list[IntentOut] = []
         if ids:
-            _, vectors = self.index.rows(ids)
+            vectors = self.index.vectors[labels]
             session = _unit(w @ vectors)
             if session is not None:
                 queries.append(_Query(r, session, 1.0, -2))

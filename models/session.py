@@ -82,10 +82,17 @@ def _open(user_id: str, click: Click) -> Session:
 
 
 def _merge(session: Session, click: Click, max_len: int) -> Session:
-    clicks = list(session.clicks)
-    insort(clicks, click, key=lambda c: (c.ts, c.seq))
+    last = session.clicks[-1]
+    if (click.ts, click.seq) >= (last.ts, last.seq):  # the usual case: in order, at the end
+        clicks = [*session.clicks, click]
+    else:
+        clicks = list(session.clicks)
+        insort(clicks, click, key=lambda c: (c.ts, c.seq))
     overflow = max(0, len(clicks) - max_len)
-    return replace(session, clicks=tuple(clicks[overflow:]), dropped=session.dropped + overflow)
+    # (Constructors, not dataclasses.replace: this runs for every event.)
+    return Session(
+        session.session_id, session.user_id, tuple(clicks[overflow:]), session.dropped + overflow
+    )
 
 
 def advance(state: SessionState, event: Event, config: SessionConfig) -> Step:
@@ -110,7 +117,8 @@ def advance(state: SessionState, event: Event, config: SessionConfig) -> Step:
     ):
         return Step(replace(state, seq=seq, late=state.late + 1), (), late=True)
     if current is None:
-        return Step(replace(state, current=_open(event.user_id, click), seq=seq), ())
+        opened = _open(event.user_id, click)
+        return Step(SessionState(opened, state.closed_until, seq, state.late), ())
     if event.ts > current.end + config.gap_ms:
         new_state = SessionState(_open(event.user_id, click), current.end, seq, state.late)
         return Step(new_state, (current,))
@@ -122,7 +130,7 @@ def advance(state: SessionState, event: Event, config: SessionConfig) -> Step:
     ):
         return Step(state, ())  # a replayed event (at-least-once delivery) changes nothing
     merged = _merge(current, click, config.max_len)
-    return Step(replace(state, current=merged, seq=seq), ())
+    return Step(SessionState(merged, state.closed_until, seq, state.late), ())
 
 
 def close_idle(state: SessionState, now_ts: int, config: SessionConfig) -> Step:

@@ -9,7 +9,7 @@ import base64
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,9 +292,11 @@ class Processor:
         past = [PastIntentState(p.vector, p.weight * PAST_DECAY, p.members) for p in state.past]
         if self.serving is not None:
             rec = self.serving.recommender
-            ids, weights, _ = rec.session_items([(c.item_id, c.type) for c in closed.clicks])
+            ids, labels, weights, _ = rec.session_items(
+                [(c.item_id, c.type) for c in closed.clicks]
+            )
             if ids:
-                _, vectors = rec.index.rows(ids)
+                vectors = rec.index.vectors[labels]
                 clusters = cluster(vectors, weights, self.settings.query.max_intents)
                 total = sum(c.weight for c in clusters) or 1.0
                 fresh = [
@@ -349,18 +351,21 @@ class Processor:
 def _intent(serving: ServingModel, it: IntentOut) -> Intent:
     known = serving.index.labels
     labels = [known[m] for m in it.members if m in known]
+    categories, brands = serving.categories, serving.brands
     return Intent(
         id=it.id,
         members=list(it.members),
         weight=round(it.weight, 4),
-        category=_dominant(map(serving.category_of, labels)),
-        brand=_dominant(map(serving.brand_of, labels)),
+        category=_dominant([categories.get(label) for label in labels]),
+        brand=_dominant([brands.get(label) for label in labels]),
         past=it.past,
     )
 
 
-def _dominant(values: Iterable[str | None]) -> str | None:
+def _dominant(values: list[str | None]) -> str | None:
     """The most frequent value that is set; the first seen of equally frequent ones."""
+    if len(values) == 1:
+        return values[0] or None
     counts: dict[str, int] = {}
     for value in values:
         if value:
