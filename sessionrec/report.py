@@ -138,7 +138,9 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         parts.append(
             "## Stream: event produced -> recommendation consumed\n\n"
             + _table(rows, list(rows[0]))
-            + "\nrate 0 = as fast as the generator could produce. "
+            + "\nrate 0 = as fast as the generator could produce. worker, broker: the CPU each "
+            "used while the rate ran and drained, in % of one core (the load generator and the "
+            "reader run on the same machine too). "
             + (
                 "All rates ran on one broker and worker (`--one-broker`): each rate also paid "
                 "for the broker's log of the rates before it.\n"

@@ -10,7 +10,7 @@ import multiprocessing as mp
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +41,22 @@ class RateResult:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    # CPU the worker and the broker used while the rate ran (and drained), in % of one core.
+    worker_cpu_pct: float = 0.0
+    broker_cpu_pct: float = 0.0
 
     def row(self) -> str:
         target = "max" if self.rate <= 0 else f"{self.rate:,.0f}"
         return (
             f"{target:>8} {self.sent:>8} {self.received:>9} {self.throughput:>10,.0f} "
-            f"{self.p50_ms:>8.1f} {self.p95_ms:>8.1f} {self.p99_ms:>8.1f} {self.max_ms:>8.1f}"
+            f"{self.p50_ms:>8.1f} {self.p95_ms:>8.1f} {self.p99_ms:>8.1f} {self.max_ms:>8.1f} "
+            f"{self.worker_cpu_pct:>7.0f}% {self.broker_cpu_pct:>7.0f}%"
         )
 
 
 HEADER = (
     f"{'rate/s':>8} {'sent':>8} {'received':>9} {'recs/s':>10} {'p50 ms':>8} "
-    f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'worker':>8} {'broker':>8}"
 )
 
 
@@ -241,7 +245,14 @@ def bench_stream(
                 worker.wait_ready()
                 run_rate(on_broker, sessions, 200, 3.0, users)  # warm the worker up
                 for rate in group:
+                    cpu = (worker.cpu_seconds(), broker.cpu_seconds(), time.monotonic())
                     result, lat = run_rate(on_broker, sessions, rate, seconds, users)
+                    wall = max(time.monotonic() - cpu[2], 1e-9)
+                    result = replace(
+                        result,
+                        worker_cpu_pct=100 * (worker.cpu_seconds() - cpu[0]) / wall,
+                        broker_cpu_pct=100 * (broker.cpu_seconds() - cpu[1]) / wall,
+                    )
                     print(result.row(), flush=True)
                     results.append(result)
                     raw[rate] = lat

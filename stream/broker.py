@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 20.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class BrokerError(RuntimeError):
     """The embedded broker could not start; the message says why in one line."""
 
@@ -92,8 +98,7 @@ class EmbeddedBroker:
         """CPU time (user + system) the broker process has used so far (Linux /proc)."""
         if self._proc is None:
             raise BrokerError("broker is not running")
-        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self._proc.pid)
 
     def start(self) -> EmbeddedBroker:
         _check_port_free(self.host, self.port)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from models.config import Settings
+from stream.broker import cpu_seconds
 from stream.topics import create_topics, topic_specs
 
 READY_TIMEOUT_S = 60.0
@@ -72,6 +73,12 @@ class WorkerProcess:
         )
         log.close()
         return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far (all its threads)."""
+        if self.proc is None:
+            raise RuntimeError("worker is not running")
+        return cpu_seconds(self.proc.pid)
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Wait until faust says the worker is ready (partitions assigned, tables recovered)."""
