@@ -112,9 +112,8 @@ class Recommender:
         self.position_weights = position_weights
         self.weights = weights
         self.max_len = len(position_weights)
-        self._by_distance = [
-            float(x) for x in position_weights
-        ]  # Python floats: no numpy per click
+        # Weights as Python floats: no numpy scalar per click.
+        self._by_distance = [float(x) for x in position_weights]
         self._by_kind: dict[str, float] = {}
 
     def session_items(self, clicks: list[tuple[str, str]]) -> tuple[list[str], I64, F32, int]:

@@ -32,12 +32,6 @@ class ServingModel:
     def version(self) -> str:
         return self.model.version
 
-    def category_of(self, label: int) -> str | None:
-        return self.categories.get(label)
-
-    def brand_of(self, label: int) -> str | None:
-        return self.brands.get(label)
-
     def apply_items(self, items: list[Item]) -> int:
         """Upsert catalog items: compose vectors from metadata (+ learned identity when the model
         knows the item), put them live in the index; deleted items leave it. Returns changes."""
