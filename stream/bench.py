@@ -245,13 +245,14 @@ def bench_stream(
                 worker.wait_ready()
                 run_rate(on_broker, sessions, 200, 3.0, users)  # warm the worker up
                 for rate in group:
-                    cpu = (worker.cpu_seconds(), broker.cpu_seconds(), time.monotonic())
+                    worker_s, broker_s = worker.cpu_seconds(), broker.cpu_seconds()
+                    started = time.monotonic()
                     result, lat = run_rate(on_broker, sessions, rate, seconds, users)
-                    wall = max(time.monotonic() - cpu[2], 1e-9)
+                    wall = max(time.monotonic() - started, 1e-9)
                     result = replace(
                         result,
-                        worker_cpu_pct=100 * (worker.cpu_seconds() - cpu[0]) / wall,
-                        broker_cpu_pct=100 * (broker.cpu_seconds() - cpu[1]) / wall,
+                        worker_cpu_pct=100 * (worker.cpu_seconds() - worker_s) / wall,
+                        broker_cpu_pct=100 * (broker.cpu_seconds() - broker_s) / wall,
                     )
                     print(result.row(), flush=True)
                     results.append(result)
