@@ -231,20 +231,5 @@ class Prefixes:
     event_w: torch.Tensor
     offsets: torch.Tensor
 
-    @classmethod
-    def from_padded(cls, prefix: np.ndarray, event_w: np.ndarray) -> Prefixes:
-        """From right-aligned (B, L) rows with -1 padding and (B, L) event weights."""
-        mask = prefix >= 0
-        length = prefix.shape[1]
-        distance = np.broadcast_to(np.arange(length - 1, -1, -1), prefix.shape)[mask]
-        counts = mask.sum(1)
-        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        return cls(
-            torch.as_tensor(prefix[mask]),
-            torch.as_tensor(distance),
-            torch.as_tensor(event_w[mask]),
-            torch.as_tensor(offsets),
-        )
-
     def remap(self, rows: torch.Tensor) -> Prefixes:
         return Prefixes(rows, self.distance, self.event_w, self.offsets)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +27,7 @@ from models.features import (
     encode_items,
     price_stats,
 )
-from models.records import Item
+from models.records import EVENT_TYPES, Item
 from training.data import Corpus
 from training.loss import shared_negatives_lse
 from training.model import (
@@ -64,13 +65,32 @@ class TrainConfig:
 
 @dataclass(frozen=True, slots=True)
 class Cases:
-    """prefix: (n, L) int64 item rows right-aligned, -1 padding; prefix_w: (n, L) float32 event
-    weights; target: (n,) int64; target_w: (n,) float32 loss weights."""
+    """Every prefix -> next-item case, without copying prefixes. flat: (m,) int64 item rows of
+    all sessions end to end; flat_w: (m,) float32 their event weights; start: (n,) int64 where
+    a case's session starts in flat; target_at: (n,) int64 where its target is (its prefix is
+    what comes before, within the session); target: (n,) int64 item rows; target_w: (n,)
+    float32 loss weights."""
 
-    prefix: I64
-    prefix_w: F32
+    flat: I64
+    flat_w: F32
+    start: I64
+    target_at: I64
     target: I64
     target_w: F32
+
+    def prefixes(self, batch: I64, max_len: int) -> Prefixes:
+        """The last `max_len` items before each case's target, as bags in time order."""
+        end = self.target_at[batch]
+        begin = np.maximum(self.start[batch], end - max_len)
+        lengths = end - begin
+        offsets = np.cumsum(lengths) - lengths
+        at = np.repeat(begin - offsets, lengths) + np.arange(int(lengths.sum()))
+        return Prefixes(
+            torch.from_numpy(self.flat[at]),
+            torch.from_numpy(np.repeat(end - 1, lengths) - at),
+            torch.from_numpy(self.flat_w[at]),
+            torch.from_numpy(offsets),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,37 +113,30 @@ def item_rows(corpus: Corpus) -> tuple[list[Item], dict[str, int]]:
     """Catalog items plus items seen only in sessions (without metadata), and their rows."""
     items = list(corpus.items)
     rows = {item.item_id: r for r, item in enumerate(items)}
-    for session in corpus.sessions:
-        for item_id in session.items:
-            if item_id not in rows:
-                rows[item_id] = len(items)
-                items.append(Item(item_id))
+    for item_id in dict.fromkeys(chain.from_iterable(s.items for s in corpus.sessions)):
+        if item_id not in rows:
+            rows[item_id] = len(items)
+            items.append(Item(item_id))
     return items, rows
 
 
 def build_cases(corpus: Corpus, rows: dict[str, int], config: TrainConfig) -> Cases:
     """Every prefix -> next-item case of every session, vectorised."""
-    lengths = np.array([len(s.items) for s in corpus.sessions], dtype=np.int64)
-    flat = np.fromiter(
-        (rows[i] for s in corpus.sessions for i in s.items), np.int64, count=int(lengths.sum())
+    sessions = corpus.sessions
+    lengths = np.fromiter((len(s.items) for s in sessions), np.int64, count=len(sessions))
+    flat = np.array(
+        list(map(rows.__getitem__, chain.from_iterable(s.items for s in sessions))), np.int64
     )
-    flat_w = np.fromiter(
-        (config.weights.of(t) for s in corpus.sessions for t in s.types),
-        np.float32,
-        count=int(lengths.sum()),
-    )
+    weight_of = {t: config.weights.of(t) for t in EVENT_TYPES}
+    types = chain.from_iterable(s.types for s in sessions)
+    flat_w = np.array(list(map(weight_of.__getitem__, types)), dtype=np.float32)
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     positions = np.arange(len(flat))
     keep = (positions > starts) & (flat_w > 0)  # remove_from_cart is no positive target
-    pos, start = positions[keep], starts[keep]
-    idx = pos[:, None] - config.max_len + np.arange(config.max_len)[None, :]
-    valid = idx >= start[:, None]
-    safe = np.where(valid, idx, 0)
-    prefix = np.where(valid, flat[safe], -1)
-    prefix_w = np.where(valid, flat_w[safe], 0.0).astype(np.float32)
+    at = positions[keep]
     view = max(config.weights.view, 1e-6)
-    target_w = np.maximum(flat_w[pos] / view, 1.0).astype(np.float32)
-    return Cases(prefix, prefix_w, flat[pos], target_w)
+    target_w = np.maximum(flat_w[at] / view, 1.0).astype(np.float32)
+    return Cases(flat, flat_w, starts[keep], at, flat[at], target_w)
 
 
 def shared_columns(
@@ -196,7 +209,7 @@ class Trainer:
         target is left out.
         """
         c = self.config
-        prefix = Prefixes.from_padded(self.cases.prefix[batch], self.cases.prefix_w[batch])
+        prefix = self.cases.prefixes(batch, c.max_len)
         target = torch.as_tensor(self.cases.target[batch])
         weight = torch.as_tensor(self.cases.target_w[batch])
         uniform = torch.randint(0, len(self.items), (c.negatives,), generator=self.gen)

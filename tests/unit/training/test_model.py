@@ -120,6 +120,46 @@ def test_remove_from_cart_is_not_a_positive_target() -> None:
     assert cases.target_w.tolist() == [5.0]  # buy (1.0) weighs five views (0.2)
 
 
+def test_case_prefixes_are_the_last_items_before_each_target() -> None:
+    from training.trainer import build_cases, item_rows
+
+    sessions = [
+        TrainSession(("a", "b", "c", "d", "e"), ("view", "cart", "view", "view", "buy")),
+        TrainSession(("f", "g"), ("view", "view")),
+        TrainSession(("h", "a", "b"), ("view", "remove_from_cart", "view")),
+    ]
+    corpus = Corpus(sessions, [])
+    _, rows = item_rows(corpus)
+    cases = build_cases(corpus, rows, FAST)
+    max_len = 3
+    prefix = cases.prefixes(np.arange(len(cases.target)), max_len)
+    expected: list[tuple[list[int], list[int], list[float], int]] = []
+    for s in sessions:
+        for t in range(1, len(s.items)):
+            if s.types[t] == "remove_from_cart":
+                continue
+            window = range(max(0, t - max_len), t)
+            expected.append(
+                (
+                    [rows[s.items[j]] for j in window],
+                    [t - 1 - j for j in window],
+                    [EventWeights().of(s.types[j]) for j in window],
+                    rows[s.items[t]],
+                )
+            )
+    bags = np.split(np.arange(len(prefix.rows)), prefix.offsets[1:].numpy())
+    got = [
+        (
+            prefix.rows[b].tolist(),
+            prefix.distance[b].tolist(),
+            prefix.event_w[b].tolist(),
+            int(target),
+        )
+        for b, target in zip(bags, cases.target, strict=True)
+    ]
+    assert got == [(r, d, pytest.approx(w), t) for r, d, w, t in expected]
+
+
 def test_training_composition_equals_the_exported_one(shop_corpus: Corpus) -> None:
     trainer = Trainer(shop_corpus, FAST)
     items = torch.tensor([0, 2, 3, 7, 11])
