@@ -127,7 +127,7 @@ def build_cases(corpus: Corpus, rows: dict[str, int], config: TrainConfig) -> Ca
     flat = np.array(
         list(map(rows.__getitem__, chain.from_iterable(s.items for s in sessions))), np.int64
     )
-    weight_of = {t: config.weights.of(t) for t in EVENT_TYPES}
+    weight_of: dict[str, float] = {t: config.weights.of(t) for t in EVENT_TYPES}
     types = chain.from_iterable(s.types for s in sessions)
     flat_w = np.array(list(map(weight_of.__getitem__, types)), dtype=np.float32)
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
