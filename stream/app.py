@@ -25,7 +25,7 @@ from models.artifact import ArtifactError
 from models.config import Settings
 from stream import faust_patches, metrics
 from stream.kafka import Outbox, OutMessage, producer_config
-from stream.processor import Incoming, Output, Pending, Processor
+from stream.processor import ODDITIES, Incoming, Output, Pending, Processor
 from stream.serving import ServingModel, load_current
 from stream.take import Deduplicator, InOrderAcks, take_batches, unless_done
 from stream.watch import Watcher
@@ -164,6 +164,8 @@ class Runtime:
         metrics.EMITTED.inc(now["emitted"] - last["emitted"])
         metrics.UNKNOWN.inc(now["unknown_item"] - last["unknown_item"])
         metrics.SESSIONS.inc(now["sessions_closed"] - last["sessions_closed"])
+        for kind in ODDITIES:
+            metrics.ODDITIES.labels(kind).inc(now[kind] - last[kind])
         self.counted = now.copy()
 
 

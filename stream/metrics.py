@@ -8,6 +8,12 @@ EVENTS = Counter("sessionrec_events_total", "Events read from the events topic",
 EMITTED = Counter("sessionrec_recommendations_emitted_total", "Recommendation messages sent")
 UNKNOWN = Counter("sessionrec_unknown_items_total", "Events whose item the model does not know")
 SESSIONS = Counter("sessionrec_sessions_closed_total", "Sessions closed and sent to sessions")
+ODDITIES = Counter(
+    "sessionrec_oddities_total",
+    "Handled, but worth a look: late (an event older than its session's last), key_mismatch "
+    "(message key is not the event's user), bad_state (a stored state unreadable, restarted)",
+    ["kind"],
+)
 DUPLICATES = Counter(
     "sessionrec_duplicates_dropped_total", "Messages a partition delivered again, dropped"
 )

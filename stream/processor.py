@@ -30,6 +30,8 @@ from stream.trending import Trending
 
 log = logging.getLogger(__name__)
 MAX_PAST_INTENTS = 3
+# Counters of events handled normally but worth a look (exported as sessionrec_oddities_total).
+ODDITIES = ("late", "key_mismatch", "bad_state")
 PAST_DECAY = 0.5
 
 

@@ -254,17 +254,18 @@ def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_mode
     port = free_port()
     settings = dataclasses.replace(_setup(broker, unique, retailrocket_model), metrics_port=port)
     worker_factory(settings)
-    produce(
-        settings,
-        [Event(f"m{i}", "285930", "view", 1_700_000_000_000 + i) for i in range(30)],
-        raw=[b"not json"],
-    )
-    consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 30)
+    t0 = 1_700_000_000_000
+    events = [Event(f"m{i}", "285930", "view", t0 + i) for i in range(30)]
+    late = Event("m0", "285930", "view", t0 - 30 * 60_000)  # before m0's session by over 20 min
+    produce(settings, [*events, late], raw=[b"not json"])
+    consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 31)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     for name in (
-        'sessionrec_events_total{outcome="accepted"} 30.0',
+        'sessionrec_events_total{outcome="accepted"} 31.0',
         'sessionrec_events_total{outcome="rejected"} 1.0',
-        "sessionrec_recommendations_emitted_total 30.0",
+        "sessionrec_recommendations_emitted_total 31.0",
+        'sessionrec_oddities_total{kind="late"} 1.0',
+        'sessionrec_oddities_total{kind="key_mismatch"} 0.0',
         "sessionrec_consumer_lag{partition=",
         "sessionrec_end_to_end_latency_seconds_bucket",
         "sessionrec_batch_size_count",
