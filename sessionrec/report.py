@@ -51,9 +51,8 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
     lat = results.get("stream_latencies_ms", {})
     if lat:
         fig, ax = plt.subplots(figsize=(9, 4.5))
-        for rate, values in lat.items():
+        for label, values in lat.items():
             if values:
-                label = "max rate" if float(rate) <= 0 else f"{float(rate):,.0f} events/s"
                 ax.hist(values, bins=60, histtype="step", label=label, log=True)
         ax.set_xlabel("event produced -> recommendation consumed (ms)")
         ax.set_ylabel("messages")
@@ -140,7 +139,9 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             + _table(rows, list(rows[0]))
             + "\nrate 0 = as fast as the generator could produce. worker, broker: the CPU each "
             "used while the rate ran and drained, in % of one core (the load generator and the "
-            "reader run on the same machine too). "
+            "reader run on the same machine too). partitions: of every topic, all read by the "
+            "one worker; the embedded broker does more work per partition, so a single local "
+            "worker runs best on one (docs/operating.md). "
             + (
                 "All rates ran on one broker and worker (`--one-broker`): each rate also paid "
                 "for the broker's log of the rates before it.\n"

@@ -44,19 +44,27 @@ class RateResult:
     # CPU the worker and the broker used while the rate ran (and drained), in % of one core.
     worker_cpu_pct: float = 0.0
     broker_cpu_pct: float = 0.0
+    partitions: int = 0  # of each topic (the worker reads all of them)
 
     def row(self) -> str:
-        target = "max" if self.rate <= 0 else f"{self.rate:,.0f}"
         return (
-            f"{target:>8} {self.sent:>8} {self.received:>9} {self.throughput:>10,.0f} "
+            f"{self.target():>8} {self.sent:>8} {self.received:>9} {self.throughput:>10,.0f} "
             f"{self.p50_ms:>8.1f} {self.p95_ms:>8.1f} {self.p99_ms:>8.1f} {self.max_ms:>8.1f} "
-            f"{self.worker_cpu_pct:>7.0f}% {self.broker_cpu_pct:>7.0f}%"
+            f"{self.worker_cpu_pct:>7.0f}% {self.broker_cpu_pct:>7.0f}% {self.partitions:>10}"
         )
+
+    def target(self) -> str:
+        return "max" if self.rate <= 0 else f"{self.rate:,.0f}"
+
+    def label(self) -> str:
+        """The run in words, as plots and raw latencies name it."""
+        rate = "max rate" if self.rate <= 0 else f"{self.target()} events/s"
+        return f"{rate}, {self.partitions} partition{'s' if self.partitions != 1 else ''}"
 
 
 HEADER = (
     f"{'rate/s':>8} {'sent':>8} {'received':>9} {'recs/s':>10} {'p50 ms':>8} "
-    f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'worker':>8} {'broker':>8}"
+    f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'worker':>8} {'broker':>8} {'partitions':>10}"
 )
 
 
@@ -225,15 +233,15 @@ def bench_stream(
     users: int,
     log_dir: Path,
     one_broker: bool = False,
-) -> tuple[list[RateResult], dict[float, list[float]], str]:
+) -> tuple[list[RateResult], dict[str, list[float]], str]:
     """Run each rate on a broker and worker of its own (started, warmed up, stopped), or all
-    rates on one with `one_broker`; return results and raw latencies.
+    rates on one with `one_broker`; return results and raw latencies (by `RateResult.label`).
 
     The embedded broker serves a reader more slowly as a partition fills with record batches
     (`broker_cost_as_log_fills`), so on one broker each rate would also pay for the logs of the
     rates before it."""
     results: list[RateResult] = []
-    raw: dict[float, list[float]] = {}
+    raw: dict[str, list[float]] = {}
     log_dir.mkdir(parents=True, exist_ok=True)
     groups = [list(rates)] if one_broker else [[rate] for rate in rates]
     tail = ""
@@ -253,10 +261,11 @@ def bench_stream(
                         result,
                         worker_cpu_pct=100 * (worker.cpu_seconds() - worker_s) / wall,
                         broker_cpu_pct=100 * (broker.cpu_seconds() - broker_s) / wall,
+                        partitions=on_broker.partitions,
                     )
                     print(result.row(), flush=True)
                     results.append(result)
-                    raw[rate] = lat
+                    raw[result.label()] = lat
             finally:
                 worker.stop()
             tail = worker.tail_log(3)
