@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import sys
 import time
@@ -115,7 +116,9 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if not (data / "test.tsv").exists():
         raise ValueError(f"--data {data}: expected an SR-GNN directory with test.tsv")
     _ensure_model(data, model_dir, settings)
-    rates = [float(r) for r in args.rates.split(",")]
+    rates: list[float] = args.rates
+    if not rates:
+        raise ValueError("--rates: give at least one rate (events/s; 0 = as fast as possible)")
     print(
         f"stream benchmark: {args.seconds:.0f}s per rate, {args.users} users walking real "
         f"sessions of {data.name}; rate 0 = as fast as the generator can; "
@@ -132,7 +135,7 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         out,
         args.one_broker,
     )
-    single = [float(r) for r in args.one_partition_rates.split(",") if r.strip()]
+    single: list[float] = args.one_partition_rates
     if single and settings.partitions != 1:
         # One worker on the embedded broker serves best from one partition per topic
         # (docs/operating.md): the same rates again in that layout, side by side.
@@ -170,6 +173,34 @@ PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {
     "stream": part_stream,
     "broker": part_broker,
 }
+
+
+def _rates(text: str) -> list[float]:
+    """Comma-separated events/s for a flag: each a number >= 0 (0 = as fast as possible)."""
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of events/s, e.g. 500,1000,0"
+        ) from None
+    if not all(math.isfinite(r) and r >= 0 for r in rates):
+        raise argparse.ArgumentTypeError(f"{text!r}: each rate is events/s >= 0 (0 = flat out)")
+    return rates
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,17 +265,19 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     )
     p.add_argument(
         "--rates",
+        type=_rates,
         default="500,1000,2000,0",
         help="events/s to try, comma-separated; 0 = as fast as possible",
     )
     p.add_argument(
         "--one-partition-rates",
+        type=_rates,
         default="2000",
         help="stream: these rates again with every topic on one partition, as a single local "
         "worker would run (comma-separated; empty to skip; default 2000)",
     )
-    p.add_argument("--seconds", type=float, default=15.0, help="seconds per rate")
-    p.add_argument("--users", type=int, default=20000, help="simulated users")
+    p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
+    p.add_argument("--users", type=_positive(int), default=20000, help="simulated users")
     p.add_argument(
         "--one-broker",
         action="store_true",

@@ -69,3 +69,22 @@ def test_help_explains_every_subcommand(capsys: pytest.CaptureFixture[str]) -> N
     text = capsys.readouterr().out
     for command in ("broker", "topics", "demo"):
         assert command in text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--rates", "abc", "argument --rates: 'abc' is not a comma-separated list of events/s"),
+        ("--rates", "500,-1", "argument --rates: '500,-1': each rate is events/s >= 0"),
+        ("--one-partition-rates", "x", "argument --one-partition-rates: 'x' is not"),
+        ("--seconds", "0", "argument --seconds: '0': must be above 0"),
+        ("--users", "two", "argument --users: 'two' is not a whole number"),
+    ],
+)
+def test_bench_flags_are_checked_before_anything_runs(
+    flag: str, value: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "stream", flag, value])
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err
