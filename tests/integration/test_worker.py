@@ -190,8 +190,8 @@ def test_backlog_produced_while_no_worker_runs_is_answered(
 
     raw = consume(settings.bootstrap, settings.topics.recommendations, all_answered, idle_s=60)
     answered = {(r.user_id, r.event_ts) for r in map(decode_recommendation, raw)}
-    missing = wanted - answered
-    assert not missing, f"{len(missing)} of {len(wanted)} events never answered"
+    missing = sorted(wanted - answered)
+    assert not missing, f"{len(missing)} of {len(wanted)} events never answered: {missing[:5]}"
 
 
 def test_cold_start_item_and_unknown_user(broker, unique, retailrocket_model, worker_factory):
