@@ -125,10 +125,11 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         + ("all rates on one broker" if args.one_broker else "a fresh broker and worker per rate")
     )
     print(HEADER)
+    sessions = srgnn_sessions(data)
     results, raw, _ = bench_stream(
         settings,
         model_dir,
-        srgnn_sessions(data),
+        sessions,
         rates,
         args.seconds,
         args.users,
@@ -142,7 +143,7 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         more, more_raw, _ = bench_stream(
             dataclasses.replace(settings, partitions=1),
             model_dir,
-            srgnn_sessions(data),
+            sessions,
             single,
             args.seconds,
             args.users,

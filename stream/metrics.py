@@ -10,7 +10,7 @@ UNKNOWN = Counter("sessionrec_unknown_items_total", "Events whose item the model
 SESSIONS = Counter("sessionrec_sessions_closed_total", "Sessions closed and sent to sessions")
 ODDITIES = Counter(
     "sessionrec_oddities_total",
-    "Handled, but worth a look: late (an event older than its session's last), key_mismatch "
+    "Handled, but worth a look: late (an event too old to place in a session), key_mismatch "
     "(message key is not the event's user), bad_state (a stored state unreadable, restarted)",
     ["kind"],
 )
