@@ -115,6 +115,8 @@ class Processor:
         # user -> (end of the open session or None, partition), for every user in the table:
         # the idle timer finds idle sessions here without decoding every state.
         self.ends: dict[str, tuple[int | None, int]] = {}
+        # Users whose stored state was reported unreadable and not yet written again.
+        self.unreadable: set[str] = set()
         # Event-time watermark per partition: users of a lagging partition are never closed
         # by the progress of another one.
         self.watermarks: dict[int, int] = {}
@@ -251,8 +253,11 @@ class Processor:
             data = orjson.loads(raw)
             return UserState.from_json(data), int(data.get("partition", 0))
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            self.counters["bad_state"] += 1
-            log.warning("user %r: stored state unreadable (%s); starting afresh", user_id, exc)
+            # Reported once, whether the idle index or the user's next event finds it first.
+            if user_id not in self.unreadable:
+                self.unreadable.add(user_id)
+                self.counters["bad_state"] += 1
+                log.warning("user %r: stored state unreadable (%s); starting afresh", user_id, exc)
             return UserState(), 0
 
     def keep(self, user_id: str, state: UserState, partition: int) -> bytes:
@@ -262,6 +267,8 @@ class Processor:
         data["partition"] = partition
         current = state.session.current
         self.ends[user_id] = (current.end if current is not None else None, partition)
+        if self.unreadable:
+            self.unreadable.discard(user_id)
         # A copy of orjson's output: its bytes keep the 4 KB buffer they were written in.
         return bytes(memoryview(encode(data)))
 
@@ -282,6 +289,7 @@ class Processor:
     def _index(self, table: Mapping[str, bytes]) -> None:
         for user in self.ends.keys() - table.keys():
             del self.ends[user]
+            self.unreadable.discard(user)
         for user in table.keys() - self.ends.keys():
             state, partition = self._stored(user, table[user])
             current = state.session.current

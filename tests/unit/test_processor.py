@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import logging
+
 import orjson
+import pytest
 
 from models.codec import encode
 from models.config import Settings
@@ -54,6 +57,25 @@ def test_states_are_stored_encoded_and_an_unreadable_one_starts_afresh() -> None
     run([Event("u1", "c", "view", t0 + 2)])
     assert proc.counters["bad_state"] == 1
     assert [c[2] for c in orjson.loads(table["u1"])["current"]["clicks"]] == ["c"]
+
+
+def test_an_unreadable_state_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
+    proc = Processor(Settings(), None, clock=lambda: 5)
+    t0 = 1_700_000_000_000
+    table = {"u1": b"not json", "u2": b"neither"}  # as restored from a damaged changelog
+    with caplog.at_level(logging.WARNING, logger="stream.processor"):
+        assert proc.idle_users(table) == []  # the idle index reads both first
+        for ts in (t0, t0 + 1):
+            out = proc.process(_incoming([Event("u1", "a", "view", ts)]), table.get)
+            table.update({user: state for user, (_, state) in out.states.items()})
+    assert proc.counters["bad_state"] == 2
+    reports = sorted(r.getMessage() for r in caplog.records if "unreadable" in r.getMessage())
+    assert [line.split(":")[0] for line in reports] == ["user 'u1'", "user 'u2'"]
+    # u1's state was written again: it is readable, and a new damage is a new report.
+    assert [c[2] for c in orjson.loads(table["u1"])["current"]["clicks"]] == ["a", "a"]
+    table["u1"] = b"{"
+    proc.process(_incoming([Event("u1", "b", "view", t0 + 2)]), table.get)
+    assert proc.counters["bad_state"] == 3
 
 
 def test_idle_users_come_from_the_processors_writes_and_from_a_restored_table() -> None:
