@@ -191,7 +191,50 @@ def test_backlog_produced_while_no_worker_runs_is_answered(
     raw = consume(settings.bootstrap, settings.topics.recommendations, all_answered, idle_s=60)
     answered = {(r.user_id, r.event_ts) for r in map(decode_recommendation, raw)}
     missing = sorted(wanted - answered)
-    assert not missing, f"{len(missing)} of {len(wanted)} events never answered: {missing[:5]}"
+    assert not missing, (
+        f"{len(missing)} of {len(wanted)} events never answered: {missing[:5]}; "
+        + _where(settings, missing[:5])
+    )
+
+
+def _where(settings: Settings, missing: list[tuple[str, int]]) -> str:
+    """Where unanswered events are: their partition and offset in `events`, whether the
+    worker's stored session holds them, and whether a fresh reader finds their answers."""
+    from confluent_kafka import Consumer
+
+    def read(topic: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
+        c = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "group.id": f"where-{topic}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        c.subscribe([topic])
+        out, idle = [], 0
+        while idle < 10:
+            got = c.consume(1000, 1.0)
+            idle = 0 if got else idle + 1
+            out += [(m.partition(), m.offset(), m.key(), m.value()) for m in got if not m.error()]
+        c.close()
+        return out
+
+    events = read(settings.topics.events)
+    states = read(f"{settings.worker_group}-user-sessions-changelog")
+    answers = read(settings.topics.recommendations)
+    lines = []
+    for user, ts in missing:
+        at = [(p, o) for p, o, _, v in events if v and orjson.loads(v).get("ts") == ts]
+        last = [v for _, _, k, v in states if k and orjson.loads(k) == user and v]
+        current = orjson.loads(last[-1])["current"] if last else None
+        stored = current is not None and any(c[0] == ts for c in current["clicks"])
+        found = any(v and orjson.loads(v)["event_ts"] == ts for _, _, _, v in answers)
+        lines.append(
+            f"{user}@{ts}: events (partition, offset) {at}, in the last stored session: "
+            f"{stored}, answer found by a fresh reader: {found}"
+        )
+    return "; ".join(lines)
 
 
 def test_cold_start_item_and_unknown_user(broker, unique, retailrocket_model, worker_factory):
