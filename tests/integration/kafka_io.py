@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
@@ -39,17 +40,35 @@ def producer(bootstrap: str) -> Producer:
     )
 
 
-def produce(settings: Settings, events: Iterable[Event], raw: Iterable[bytes] = ()) -> int:
+def produce(
+    settings: Settings,
+    events: Iterable[Event],
+    raw: Iterable[bytes] = (),
+    delivered: list[tuple[int, int, bytes]] | None = None,
+) -> int:
+    """Produce events (and raw values) to `events`; fails unless the broker acknowledged every
+    one. `delivered` gets each message's (partition, offset, value) as the broker reported."""
     p = producer(settings.bootstrap)
+    errors: list[str] = []
+
+    def report(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(f"{msg.key()!r}: {err}")
+        elif delivered is not None:
+            delivered.append((msg.partition(), msg.offset(), msg.value()))
+
     n = 0
     for e in events:
-        p.produce(settings.topics.events, key=e.user_id.encode(), value=encode(e))
+        p.produce(
+            settings.topics.events, key=e.user_id.encode(), value=encode(e), on_delivery=report
+        )
         p.poll(0)
         n += 1
     for value in raw:
-        p.produce(settings.topics.events, key=b"garbage", value=value)
+        p.produce(settings.topics.events, key=b"garbage", value=value, on_delivery=report)
         n += 1
     assert p.flush(30) == 0
+    assert not errors, f"{len(errors)} events refused by the broker: {errors[:3]}"
     return n
 
 

@@ -180,7 +180,8 @@ def test_backlog_produced_while_no_worker_runs_is_answered(
     first.kill9()
     # Produced while no worker runs: the restarted worker finds it as a backlog.
     backlog = [Event(f"u{i % 25}", "357564", "cart", t0 + 300_000 + i * 1000) for i in range(300)]
-    produce(settings, backlog)
+    delivered: list[tuple[int, int, bytes]] = []
+    produce(settings, backlog, delivered=delivered)
     worker_factory(settings)
     wanted = {(e.user_id, e.ts) for e in before + backlog}
 
@@ -193,46 +194,56 @@ def test_backlog_produced_while_no_worker_runs_is_answered(
     missing = sorted(wanted - answered)
     assert not missing, (
         f"{len(missing)} of {len(wanted)} events never answered: {missing[:5]}; "
-        + _where(settings, missing[:5])
+        + _where(settings, missing[:5], delivered)
     )
 
 
-def _where(settings: Settings, missing: list[tuple[str, int]]) -> str:
+def _where(
+    settings: Settings, missing: list[tuple[str, int]], delivered: list[tuple[int, int, bytes]]
+) -> str:
     """Where unanswered events are: their partition and offset in `events`, whether the
     worker's stored session holds them, and whether a fresh reader finds their answers."""
-    from confluent_kafka import Consumer
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     def read(topic: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
-        c = Consumer(
-            {
-                "bootstrap.servers": settings.bootstrap,
-                "group.id": f"where-{topic}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-        c.subscribe([topic])
+        """Every partition of `topic` from its start, without a group (no join to wait for)."""
+        c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"where-{topic}"})
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
         out, idle = [], 0
-        while idle < 10:
+        while idle < 5:
             got = c.consume(1000, 1.0)
             idle = 0 if got else idle + 1
             out += [(m.partition(), m.offset(), m.key(), m.value()) for m in got if not m.error()]
         c.close()
         return out
 
+    group = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": settings.worker_group})
+    parts = [TopicPartition(settings.topics.events, p) for p in range(settings.partitions)]
+    committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
+    group.close()
     events = read(settings.topics.events)
     states = read(f"{settings.worker_group}-user-sessions-changelog")
     answers = read(settings.topics.recommendations)
     lines = []
     for user, ts in missing:
         at = [(p, o) for p, o, _, v in events if v and orjson.loads(v).get("ts") == ts]
+        acked = [(p, o) for p, o, v in delivered if orjson.loads(v).get("ts") == ts]
         last = [v for _, _, k, v in states if k and orjson.loads(k) == user and v]
         current = orjson.loads(last[-1])["current"] if last else None
         stored = current is not None and any(c[0] == ts for c in current["clicks"])
         found = any(v and orjson.loads(v)["event_ts"] == ts for _, _, _, v in answers)
+        twice = [
+            key
+            for key, n in Counter(
+                (m["user_id"], m["event_ts"]) for m in (orjson.loads(v) for *_, v in answers if v)
+            ).items()
+            if n > 1
+        ]
         lines.append(
-            f"{user}@{ts}: events (partition, offset) {at}, in the last stored session: "
-            f"{stored}, answer found by a fresh reader: {found}"
+            f"{user}@{ts}: acknowledged at (partition, offset) {acked}, read back from events "
+            f"at {at}, in the last stored session: "
+            f"{stored}, answer found by a fresh reader: {found}; the worker group's committed "
+            f"offsets {committed}; events answered more than once {twice[:10]}"
         )
     return "; ".join(lines)
 
