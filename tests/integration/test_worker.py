@@ -224,6 +224,10 @@ def _where(
     events = read(settings.topics.events)
     states = read(f"{settings.worker_group}-user-sessions-changelog")
     answers = read(settings.topics.recommendations)
+    per_event = Counter(
+        (m["user_id"], m["event_ts"]) for m in (orjson.loads(v) for *_, v in answers if v)
+    )
+    twice = [key for key, n in per_event.items() if n > 1]
     lines = []
     for user, ts in missing:
         at = [(p, o) for p, o, _, v in events if v and orjson.loads(v).get("ts") == ts]
@@ -232,13 +236,6 @@ def _where(
         current = orjson.loads(last[-1])["current"] if last else None
         stored = current is not None and any(c[0] == ts for c in current["clicks"])
         found = any(v and orjson.loads(v)["event_ts"] == ts for _, _, _, v in answers)
-        twice = [
-            key
-            for key, n in Counter(
-                (m["user_id"], m["event_ts"]) for m in (orjson.loads(v) for *_, v in answers if v)
-            ).items()
-            if n > 1
-        ]
         lines.append(
             f"{user}@{ts}: acknowledged at (partition, offset) {acked}, read back from events "
             f"at {at}, in the last stored session: "
