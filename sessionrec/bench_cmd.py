@@ -189,6 +189,14 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
+def _some_rates(text: str) -> list[float]:
+    """Like `_rates`, with at least one rate."""
+    rates = _rates(text)
+    if not rates:
+        raise argparse.ArgumentTypeError(f"{text!r} names no rate, e.g. 500,1000,0")
+    return rates
+
+
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
@@ -266,7 +274,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     )
     p.add_argument(
         "--rates",
-        type=_rates,
+        type=_some_rates,
         default="500,1000,2000,0",
         help="events/s to try, comma-separated; 0 = as fast as possible",
     )

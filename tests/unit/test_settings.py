@@ -76,6 +76,7 @@ def test_help_explains_every_subcommand(capsys: pytest.CaptureFixture[str]) -> N
     [
         ("--rates", "abc", "argument --rates: 'abc' is not a comma-separated list of events/s"),
         ("--rates", "500,-1", "argument --rates: '500,-1': each rate is events/s >= 0"),
+        ("--rates", ",", "argument --rates: ',' names no rate"),
         ("--one-partition-rates", "x", "argument --one-partition-rates: 'x' is not"),
         ("--seconds", "0", "argument --seconds: '0': must be above 0"),
         ("--users", "two", "argument --users: 'two' is not a whole number"),
