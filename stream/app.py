@@ -208,6 +208,7 @@ def build_app(settings: Settings, model_dir: Path) -> tuple[faust.App, Runtime]:
         broker_commit_interval=1.0,
         producer_linger_ms=LINGER_MS,
     )
+    faust_patches.keep_queued_on_resume(app)
     runtime = Runtime(settings, model_dir)
     t = settings.topics
     events = _raw_topic(app, t.events, settings.partitions)

@@ -7,6 +7,12 @@
 - `true_changelog_ends`: tables are restored up to the real end of each changelog partition, not
   to the high watermark the embedded broker reports (short of the end), so the changelog can be
   written in batches.
+- `keep_queued_on_resume`: resuming flow that is already flowing no longer empties the stream
+  queues. faust resumes flow once to restore the tables, then again when the restore completes,
+  after it has resumed the event partitions and while it seeks them: events fetched in that
+  window sat in a queue that the second resume emptied, and since later events of their
+  partition were acked, their offsets were committed. A restarted worker with a backlog lost
+  about one event in ten runs this way under load, always the first one of a partition.
 - `no_event_sensors`: faust's Monitor sensor times every message and event in Python that
   nothing here reads (faust's web view is off; the worker serves its own Prometheus metrics), so
   it no longer receives the per-event calls; it still runs, for faust's own uses of it.
@@ -123,6 +129,23 @@ def log_ends(
             log.info("%s[%d] ends at %d (broker reported %d)", tp.topic, tp.partition, end, high)
             ends[tp] = end
     return ends
+
+
+def keep_queued_on_resume(app: Any) -> None:
+    """Make `app.flow_control.resume()` empty the queues it manages only when flow was
+    suspended. Queues are emptied on resume to drop what was read before a rebalance; faust
+    suspends flow (and empties them) when a rebalance starts, so what is queued while flow is
+    active was read since and is still wanted. The streams also drop anything read in an
+    earlier generation."""
+    flow = app.flow_control
+    resume = flow.resume
+
+    def resume_keeping_queued() -> None:
+        if flow.is_active():
+            return
+        resume()
+
+    flow.resume = resume_keeping_queued
 
 
 def no_event_sensors(app: Any) -> None:

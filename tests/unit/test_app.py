@@ -89,3 +89,27 @@ def test_tune_gc_freezes_startup_objects_and_collects_less_often() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_resuming_flowing_flow_keeps_what_is_queued() -> None:
+    from types import SimpleNamespace
+
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    from stream.faust_patches import keep_queued_on_resume
+
+    app = SimpleNamespace(flow_control=FlowControlEvent())
+    keep_queued_on_resume(app)
+    queue: FlowControlQueue[str] = FlowControlQueue(
+        flow_control=app.flow_control, clear_on_resume=True
+    )
+    queue.put_nowait("read before the rebalance")
+    app.flow_control.resume()  # suspended -> flowing: the stale event is dropped
+    assert queue.qsize() == 0 and app.flow_control.is_active()
+    queue.put_nowait("read after the seek")
+    app.flow_control.resume()  # already flowing (faust's second resume after a restore)
+    assert queue.get_nowait() == "read after the seek"
+    queue.put_nowait("read before the next rebalance")
+    app.flow_control.suspend()
+    app.flow_control.resume()
+    assert queue.qsize() == 0
