@@ -26,6 +26,7 @@ from models.intent import cluster
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
 MIN_INTENT_SHARE = 0.25
+FETCH_GROUP = 10  # queries whose needs round up to the same multiple of this share one search
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,8 @@ class Plan:
     per_request: list[tuple[list[IntentOut], int]]
     matrix: F32 | None
     k_search: int
+    # How many results each query needs: its request's `_fetch`.
+    fetch: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _unit(vector: F32) -> F32 | None:
@@ -204,20 +207,37 @@ class Recommender:
             queries, intents, unknown = self._queries(r, req)
             all_queries.extend(queries)
             per_request.append((intents, unknown))
-        k_search = max((self._fetch(req) for req in requests), default=0)
+        fetch = [self._fetch(req) for req in requests]
+        k_search = max(fetch, default=0)
         matrix = None
         if all_queries and k_search:
             matrix = np.stack(
                 [self._space_weighted(q.vector, requests[q.request].params) for q in all_queries]
             ).astype(np.float32)
-        return Plan(requests, all_queries, per_request, matrix, k_search)
+        per_query = np.fromiter((fetch[q.request] for q in all_queries), np.int64, len(all_queries))
+        return Plan(requests, all_queries, per_request, matrix, k_search, per_query)
 
     def search(self, plan: Plan) -> tuple[I64, F32]:
         """The plan's index search: numpy and hnswlib only, so it may run in another thread
-        (hnswlib releases the GIL) while nothing changes the index."""
+        (hnswlib releases the GIL) while nothing changes the index.
+
+        Queries are searched in groups of similar need (rounded up to FETCH_GROUP), each group
+        as deep as its deepest query: the search beam grows with k, so one request that must
+        skip 200 bought items no longer makes every query of its batch fetch 220 items (6 times
+        the work). Rows shorter than `k_search` are padded with label -1."""
         if plan.matrix is None:
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
-        return self.index.search(plan.matrix, plan.k_search)
+        groups = -(-plan.fetch // FETCH_GROUP)
+        if len(plan.fetch) == 0 or groups.min() == groups.max():
+            return self.index.search(plan.matrix, plan.k_search)
+        labels = np.full((len(plan.fetch), plan.k_search), -1, np.int64)
+        scores = np.zeros((len(plan.fetch), plan.k_search), np.float32)
+        for group in np.unique(groups):
+            rows = np.flatnonzero(groups == group)
+            found, score = self.index.search(plan.matrix[rows], int(plan.fetch[rows].max()))
+            labels[rows, : found.shape[1]] = found
+            scores[rows, : found.shape[1]] = score
+        return labels, scores
 
     def finish(self, plan: Plan, labels: I64, scores: F32) -> list[Result]:
         """Merge each request's search results into its ranked, explained answer."""

@@ -127,3 +127,24 @@ def test_a_search_run_in_another_thread_gives_the_same_answers() -> None:
     ]
     assert threaded[0].items and threaded[2].items == []
     assert len(plan.queries) == len(labels) and plan.k_search == 20 + 1
+
+
+def test_each_query_is_searched_only_as_deep_as_its_request_needs() -> None:
+    rec = _world(exact=True)
+    depths: list[tuple[int, int]] = []
+    search = rec.index.search
+
+    def recording(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        depths.append((len(queries), k))
+        return search(queries, k)
+
+    rec.index.search = recording  # type: ignore[method-assign]
+    buyer = Request(
+        [("c0-1", "view")], bought=frozenset(f"c{i // 25}-{i % 25}" for i in range(2, 42))
+    )
+    browsers = [Request([("c1-2", "view")]), Request([("c3-4", "view"), ("c3-5", "cart")])]
+    together = rec.recommend([*browsers, buyer])
+    assert sorted(depths) == [(1, 60), (2, 20)]  # the buyer skips 40 bought items: 20 + 40
+    alone = [rec.recommend([r])[0] for r in [*browsers, buyer]]
+    assert [r.items for r in together] == [r.items for r in alone]
+    assert len(together[2].items) == 20 and not {i for i, _, _ in together[2].items} & buyer.bought
