@@ -79,8 +79,7 @@ class Plan:
     per_request: list[tuple[list[IntentOut], int]]
     matrix: F32 | None
     k_search: int
-    # How many results each query needs: its request's `_fetch`.
-    fetch: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    fetch: I64  # how many results each query needs: its request's `_fetch`
 
 
 def _unit(vector: F32) -> F32 | None:
@@ -228,7 +227,7 @@ class Recommender:
         if plan.matrix is None:
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
         groups = -(-plan.fetch // FETCH_GROUP)
-        if len(plan.fetch) == 0 or groups.min() == groups.max():
+        if groups.min() == groups.max():
             return self.index.search(plan.matrix, plan.k_search)
         labels = np.full((len(plan.fetch), plan.k_search), -1, np.int64)
         scores = np.zeros((len(plan.fetch), plan.k_search), np.float32)
