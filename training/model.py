@@ -60,6 +60,13 @@ class ItemTower(nn.Module):
         self.register_buffer("item_brand", torch.as_tensor(features.brand))
         self.register_buffer("item_price", torch.as_tensor(features.price)[:, None])
         self.has_tokens = self.token_matrix.shape[1] > 0
+        # Spaces whose feature is the same for every item (no brand anywhere in the catalog,
+        # say): training folds them into one column (see batch_rows).
+        self.constant = {
+            "category": len(np.unique(features.category)) <= 1,
+            "brand": len(np.unique(features.brand)) <= 1,
+            "price": len(np.unique(features.price)) <= 1,
+        }
 
     def rows(self, items: torch.Tensor) -> torch.Tensor:
         """Vectors of the given item rows, (len(items), dims.total) float32, L2-normalised."""
@@ -87,11 +94,21 @@ class ItemTower(nn.Module):
         """All item vectors, (n_items, dims.total) float32, L2-normalised."""
         return self.rows(torch.arange(self.identity.num_embeddings))
 
-    def batch_rows(self, items: torch.Tensor) -> tuple[torch.Tensor, list[Touched]]:
+    def batch_rows(
+        self, items: torch.Tensor, fold: bool = True
+    ) -> tuple[torch.Tensor, list[Touched]]:
         """`rows(items)` for a training step, composed from leaf copies of only the rows of the
         large tables (identities, name tokens) it uses, so that backward never scatters into
         whole tables. `items` must be distinct. Returns the vectors and, per large table, the
-        rows used with their leaf (which holds their gradient after backward)."""
+        rows used with their leaf (which holds their gradient after backward).
+
+        With `fold`, the spaces whose feature is the same for every item (`constant`) come as
+        one last column instead of theirs. Those spaces add the same vector c to every item,
+        so the column |c| gives every row the same norm, and every product of two rows (or of
+        weighted sums of rows, as session queries are) the same value as the full vectors do.
+        |c| is computed as c . u with u = c / |c| held constant, whose gradient is u, the
+        gradient of |c|: the loss and every gradient are those of the full vectors, with the
+        work of fewer columns."""
         touched: list[Touched] = []
 
         # `items` are distinct, so their identity rows are the leaf itself.
@@ -108,17 +125,23 @@ class ItemTower(nn.Module):
                 mode="sum",
                 per_sample_weights=self.token_weight[items],
             )
-        vectors = torch.cat(
-            [
-                name,
-                # Small tables: gathered from the whole table (a cheap dense gradient).
-                gather(self.category.weight, self.item_category[items]),
-                gather(self.brand.weight, self.item_brand[items]),
-                self.price(self.item_price[items]),
-            ],
-            dim=1,
-        )
-        return normalize(vectors), touched
+        folded = [space for space, same in self.constant.items() if fold and same]
+        parts = [name] + [self._space(s, items) for s in self.constant if s not in folded]
+        if folded:
+            c = torch.cat([self._space(space, items[:1]) for space in folded], dim=1)[0]
+            u = normalize(c.detach()[None])[0]
+            parts.append((c @ u).expand(len(items), 1))
+        return normalize(torch.cat(parts, dim=1)), touched
+
+    def _space(self, space: str, items: torch.Tensor) -> torch.Tensor:
+        """The category, brand or price part of the given items' vectors. The small tables are
+        gathered from whole (a cheap dense gradient)."""
+        if space == "category":
+            return gather(self.category.weight, self.item_category[items])
+        if space == "brand":
+            return gather(self.brand.weight, self.item_brand[items])
+        out: torch.Tensor = self.price(self.item_price[items])
+        return out
 
 
 class Gather(torch.autograd.Function):
@@ -215,21 +238,42 @@ class SessionEncoder(nn.Module):
     def forward(self, table: torch.Tensor, prefix: Prefixes) -> torch.Tensor:
         """Normalised session queries, (n_bags, dim), from rows of `table`."""
         w = self.position_weights()[prefix.distance] * prefix.event_w
-        summed = F.embedding_bag(
-            prefix.rows, table, prefix.offsets, mode="sum", per_sample_weights=w
-        )
+        summed: torch.Tensor = BagSum.apply(table, w, prefix)  # type: ignore[no-untyped-call]  # untyped in torch's stubs
         return normalize(summed)
+
+
+class BagSum(torch.autograd.Function):
+    """Weighted sums of bags of table rows, as F.embedding_bag(mode="sum",
+    per_sample_weights=w), with a backward of row gathers and one index_add: on a CPU about
+    three times faster than embedding_bag's, which sorts the rows."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, w: torch.Tensor, prefix: Prefixes) -> torch.Tensor:
+        ctx.save_for_backward(table, w)
+        ctx.prefix = prefix
+        return F.embedding_bag(prefix.rows, table, prefix.offsets, mode="sum", per_sample_weights=w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        table, w = ctx.saved_tensors
+        prefix: Prefixes = ctx.prefix
+        per_row = torch.index_select(grad, 0, prefix.bags)
+        grad_w = (per_row * torch.index_select(table, 0, prefix.rows)).sum(1)
+        grad_table = table.new_zeros(table.shape).index_add_(0, prefix.rows, per_row * w[:, None])
+        return grad_table, grad_w, None
 
 
 @dataclass(frozen=True, slots=True)
 class Prefixes:
     """A batch of session prefixes as bags: rows (N,) int64 into the item table, distance (N,)
-    int64 from the end of the prefix (0 = last item), event_w (N,) float32, offsets (B,) int64."""
+    int64 from the end of the prefix (0 = last item), event_w (N,) float32, offsets (B,) int64
+    where each bag starts, bags (N,) int64 the bag of each row."""
 
     rows: torch.Tensor
     distance: torch.Tensor
     event_w: torch.Tensor
     offsets: torch.Tensor
+    bags: torch.Tensor
 
     def remap(self, rows: torch.Tensor) -> Prefixes:
-        return Prefixes(rows, self.distance, self.event_w, self.offsets)
+        return Prefixes(rows, self.distance, self.event_w, self.offsets, self.bags)

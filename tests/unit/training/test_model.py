@@ -173,16 +173,37 @@ def test_training_composition_equals_the_exported_one(shop_corpus: Corpus) -> No
     assert trainer.tower.category.weight.grad is not None
 
 
-def test_folding_shared_columns_keeps_the_loss_and_gradients(shop_corpus: Corpus) -> None:
+def _without_brand_and_price(corpus: Corpus) -> Corpus:
+    """The corpus with its items stripped of brand and price: those spaces are then the same
+    for every item."""
     from dataclasses import replace as dc_replace
 
-    # The shop's items stripped of brand and price: those spaces are the same for every item.
-    items = [dc_replace(i, brand=None, price=None) for i in shop_corpus.items]
-    corpus = Corpus(shop_corpus.sessions, items)
+    return Corpus(corpus.sessions, [dc_replace(i, brand=None, price=None) for i in corpus.items])
+
+
+def test_folded_rows_keep_every_product_of_the_full_ones(shop_corpus: Corpus) -> None:
+    trainer = Trainer(_without_brand_and_price(shop_corpus), FAST)
+    tower = trainer.tower
+    assert tower.constant == {"category": False, "brand": True, "price": True}
+    items = torch.tensor([0, 2, 3, 7, 11])
+    folded, _ = tower.batch_rows(items)
+    full = tower.rows(items).detach()
+    assert folded.shape == (len(items), 32 + 32 + 1)
+    assert torch.allclose(folded[:, :64], full[:, :64], atol=1e-6)
+    assert torch.allclose(folded @ folded.T, full @ full.T, atol=1e-6)
+    # A weighted sum of rows (a session query) keeps its products too.
+    w = torch.tensor([0.5, 1.0, 2.0, 0.0, 1.5])
+    assert torch.allclose((w @ folded) @ folded.T, (w @ full) @ full.T, atol=1e-5)
+    assert torch.allclose((w @ folded).norm(), (w @ full).norm(), atol=1e-5)
+
+
+def test_folding_constant_spaces_keeps_the_loss_and_gradients(shop_corpus: Corpus) -> None:
+    from dataclasses import replace as dc_replace
+
+    corpus = _without_brand_and_price(shop_corpus)
     config = dc_replace(FAST, bf16=False)
     folded, plain = Trainer(corpus, config), Trainer(corpus, config)
-    assert folded.shared == slice(64, 100) and folded.varying == slice(0, 64)
-    plain.shared = None
+    plain.fold = False
     batch = np.arange(min(128, len(folded.cases.target)))
     grads = []
     for trainer in (folded, plain):
@@ -191,6 +212,33 @@ def test_folding_shared_columns_keeps_the_loss_and_gradients(shop_corpus: Corpus
         grads.append((loss, [p.grad.clone() for p in params if p.grad is not None]))
     (loss_f, grad_f), (loss_p, grad_p) = grads
     assert abs(loss_f - loss_p) < 1e-5
-    assert len(grad_f) == len(grad_p) > 0
+    # Brand and price get their gradients through the folded column.
+    assert len(grad_f) == len(grad_p) == len(list(folded.tower.parameters())) + 1
     for a, b in zip(grad_f, grad_p, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bag_sums_and_their_gradients_equal_embedding_bag() -> None:
+    from torch.nn import functional as F
+
+    from training.model import BagSum, Prefixes
+
+    gen = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([3, 1, 4, 2])
+    rows = torch.randint(0, 9, (int(lengths.sum()),), generator=gen)
+    offsets = torch.cumsum(lengths, 0) - lengths
+    bags = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    prefix = Prefixes(rows, torch.zeros_like(rows), torch.ones(len(rows)), offsets, bags)
+    grad = torch.randn(len(lengths), 5, generator=gen)
+    results = []
+    for ours in (True, False):
+        table = torch.randn(9, 5, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        w = torch.rand(len(rows), generator=torch.Generator().manual_seed(2)).requires_grad_()
+        if ours:
+            out = BagSum.apply(table, w, prefix)
+        else:
+            out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=w)
+        out.backward(grad)
+        results.append((out.detach(), table.grad, w.grad))
+    for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
