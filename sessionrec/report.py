@@ -124,7 +124,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         parts.append(
             f"## Training, same sessions and epochs ({t['epochs']})\n\n"
             + _table([t], list(t))
-            + "\n"
+            + "\nSeconds: the median of the runs listed, the two trainers alternating (this "
+            "machine's speed drifts from one minute to the next); the quality table above "
+            "gives the same medians. gensim's time includes its vocabulary scan; ours is the "
+            "training passes, with the setup (vocabularies, features, cases) apart.\n"
         )
     if "index" in results:
         rows = results["index"]
