@@ -242,3 +242,11 @@ def test_bag_sums_and_their_gradients_equal_embedding_bag() -> None:
         results.append((out.detach(), table.grad, w.grad))
     for a, b in zip(*results, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_training_leaves_denormal_floats_as_they_were(shop_corpus: Corpus) -> None:
+    # Training flushes denormals to zero for speed (training.trainer.cpu_settings); the code
+    # that runs after it in the same process (evaluation, export) gets exact arithmetic back.
+    train(shop_corpus, FAST)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert float(tiny * 1.0) > 0.0
