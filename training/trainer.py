@@ -167,8 +167,9 @@ def cpu_settings() -> Iterator[None]:
       took 10 % longer without this, at the same loss.
     - glibc keeps the memory a step frees. Each step allocates and frees tensors of several
       megabytes; glibc's default returns them to the system (mmap, trim) and the next step
-      takes them back page by page: about 0.6 million page faults and 1.5 s of system time
-      in 3 Diginetica epochs. Not restored; it only changes when freed memory goes back.
+      takes them back page by page: 3 Diginetica epochs made 0.3 to 0.6 million more page
+      faults and spent 0.6 to 1.7 s more system time without this. Not restored; it only
+      changes when freed memory goes back to the system.
     """
     _keep_freed_memory()
     torch.set_flush_denormal(True)
