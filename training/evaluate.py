@@ -43,20 +43,35 @@ def evaluate(
     recommender: Recommender, cases: Sequence[Case], ks: Sequence[int] = KS, batch: int = 2000
 ) -> dict[str, float]:
     """Recall@K and MRR@K in percent over the cases whose target the model knows."""
-    k = max(ks)
+    return metrics_of(recommender, cases, target_ranks(recommender, cases, max(ks), batch), ks)
+
+
+def metrics_of(
+    recommender: Recommender, cases: Sequence[Case], ranks: np.ndarray, ks: Sequence[int] = KS
+) -> dict[str, float]:
+    """`evaluate` from the ranks `target_ranks` gave for all the cases."""
+    labels = recommender.index.labels
+    known = np.fromiter((c.target in labels for c in cases), dtype=bool, count=len(cases))
+    out = metrics_from_ranks(ranks[known], ks)
+    out["skipped_unknown_target"] = float(len(cases) - int(known.sum()))
+    return out
+
+
+def target_ranks(
+    recommender: Recommender, cases: Sequence[Case], k: int = 20, batch: int = 2000
+) -> np.ndarray:
+    """Each case's 0-based rank of its target in the model's top k, -1 where it is not listed
+    (an unknown target never is)."""
     params = QueryDefaults(k=k)
-    known = [c for c in cases if c.target in recommender.index.labels]
-    ranks = np.full(len(known), -1, dtype=np.int64)
-    for start in range(0, len(known), batch):
-        chunk = known[start : start + batch]
+    ranks = np.full(len(cases), -1, dtype=np.int64)
+    for start in range(0, len(cases), batch):
+        chunk = cases[start : start + batch]
         results = recommender.recommend([Request(c.prefix, params=params) for c in chunk])
         for j, (case, result) in enumerate(zip(chunk, results, strict=True)):
             ids = [item for item, _, _ in result.items]
             if case.target in ids:
                 ranks[start + j] = ids.index(case.target)
-    out = metrics_from_ranks(ranks, ks)
-    out["skipped_unknown_target"] = float(len(cases) - len(known))
-    return out
+    return ranks
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:

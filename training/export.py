@@ -51,11 +51,14 @@ def export(
     index_config: IndexConfig | None = None,
     make_current: bool = True,
     version: str | None = None,
+    index: ItemIndex | None = None,
 ) -> tuple[Path, ItemIndex]:
-    """Write the artifact (vectors, tables, HNSW index, manifest) and switch CURRENT."""
+    """Write the artifact (vectors, tables, HNSW index, manifest) and switch CURRENT. `index`,
+    if given, is one already built from the trained vectors."""
     version = version or new_version()
     model_dir.mkdir(parents=True, exist_ok=True)
-    index = ItemIndex.build(list(trained.item_ids), trained.vectors, index_config)
+    if index is None:
+        index = ItemIndex.build(list(trained.item_ids), trained.vectors, index_config)
     full = {"created": datetime.now(UTC).isoformat(), **manifest}
     path = save_model(to_model(trained, version, full), model_dir, index)
     if make_current:

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from models.artifact import ArtifactError, current_version, load_index, load_model, set_current
 from models.config import Settings
+from models.index import ItemIndex
 from models.ranking import Recommender
 from models.session import SessionConfig
 from training.data import Corpus, load_corpus
-from training.evaluate import cases_from_sessions, evaluate, recommender_for
+from training.evaluate import (
+    Case,
+    cases_from_sessions,
+    metrics_of,
+    recommender_for,
+    target_ranks,
+)
 from training.export import export
 from training.trainer import TrainConfig, train
 
@@ -43,7 +53,8 @@ def split_holdout(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpus]:
     return train_part, Corpus(sessions[cut:], corpus.items)
 
 
-def _current_score(model_dir: Path, holdout: Corpus, settings: Settings) -> float | None:
+def _current_ranks(model_dir: Path, cases: list[Case], settings: Settings) -> np.ndarray | None:
+    """The current version's target ranks on `cases` (None if there is no usable one)."""
     version = current_version(model_dir)
     if version is None:
         return None
@@ -54,7 +65,25 @@ def _current_score(model_dir: Path, holdout: Corpus, settings: Settings) -> floa
         log.warning("current model %s is unusable (%s); the new one will replace it", version, exc)
         return None
     rec = Recommender(index, model.dims, model.position_weights, settings.weights)
-    return evaluate(rec, cases_from_sessions(holdout.sessions))["recall_at_20"]
+    return target_ranks(rec, cases)
+
+
+def compare(new_ranks: np.ndarray, old_ranks: np.ndarray, k: int = 20) -> dict[str, Any]:
+    """Paired comparison of two models' hits in the top k on the same cases: `lost` cases only
+    the old one hits, `won` cases only the new one does. `worse` when the new one loses
+    significantly more than it wins (McNemar's test, z > 2): on a holdout of a few dozen
+    cases one target more or less is noise, not a regression."""
+    new_hit = (new_ranks >= 0) & (new_ranks < k)
+    old_hit = (old_ranks >= 0) & (old_ranks < k)
+    lost = int((old_hit & ~new_hit).sum())
+    won = int((new_hit & ~old_hit).sum())
+    n = max(len(new_ranks), 1)
+    return {
+        "recall_at_20": round(100.0 * float(old_hit.sum()) / n, 2),
+        "lost": lost,
+        "won": won,
+        "worse": lost - won > 2.0 * math.sqrt(lost + won),
+    }
 
 
 def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str, Any]:
@@ -74,6 +103,9 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
     train_part, holdout = split_holdout(corpus, spec.holdout)
     trained = train(train_part, config)
     metrics: dict[str, Any] = dict(trained.stats)
+    # One index, built once: the holdout scores the very index the artifact will serve.
+    index = ItemIndex.build(list(trained.item_ids), trained.vectors)
+    versus = None
     if holdout.sessions:
         rec = recommender_for(
             trained.item_ids,
@@ -81,11 +113,15 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
             config.dims,
             trained.position_weights,
             settings.weights,
+            index=index,
         )
-        metrics["holdout"] = evaluate(rec, cases_from_sessions(holdout.sessions))
-    previous = _current_score(spec.out, holdout, settings) if holdout.sessions else None
-    new_score = metrics.get("holdout", {}).get("recall_at_20")
-    promote = previous is None or new_score is None or new_score >= previous - 0.1
+        cases = cases_from_sessions(holdout.sessions)
+        ranks = target_ranks(rec, cases)
+        metrics["holdout"] = metrics_of(rec, cases, ranks)
+        old_ranks = _current_ranks(spec.out, cases, settings)
+        if old_ranks is not None:
+            versus = compare(ranks, old_ranks)
+    promote = versus is None or not versus["worse"]
     manifest = {
         "data": {
             "format": spec.fmt,
@@ -99,16 +135,19 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
         },
         "hyperparameters": {k: v for k, v in asdict(config).items() if k != "progress"},
         "metrics": metrics,
-        "previous_recall_at_20": previous,
+        # The current version on the same holdout: its Recall@20 (over all cases) and the
+        # cases each model alone got right.
+        "versus_current": versus,
     }
-    path, _ = export(trained, spec.out, manifest, make_current=promote)
+    path, _ = export(trained, spec.out, manifest, make_current=promote, index=index)
     metrics.update(version=path.name, promoted=promote, seconds=time.perf_counter() - started)
-    if not promote:
+    if versus is not None and versus["worse"]:
         log.warning(
-            "model %s scored %.2f < current %.2f on the holdout: not promoted",
+            "model %s is significantly worse than the current one on the holdout "
+            "(it misses %d targets the current one lists, and lists %d it misses): not promoted",
             path.name,
-            new_score,
-            previous,
+            versus["lost"],
+            versus["won"],
         )
     elif spec.announce:
         announce(settings, path.name)

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from models.artifact import current_version, list_versions
+from models.artifact import current_version, list_versions, load_index, load_model
 from models.codec import encode
 from models.config import Settings
+from models.index import ItemIndex
+from models.ranking import Recommender
+from models.session import SessionConfig
 from models.shop import make_shop
 from sessionrec.cli import main
-from training.job import JobSpec, rollback, run_scheduled
+from training.data import load_corpus
+from training.evaluate import cases_from_sessions, evaluate
+from training.job import JobSpec, compare, rollback, run_once, run_scheduled, split_holdout
 from training.trainer import TrainConfig
 
 FAST = ["--epochs", "2", "--batch-size", "128", "--negatives", "64", "--no-progress"]
@@ -96,3 +102,58 @@ def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_pa
     wide = load_current(out, EventWeights(), ef=77)
     assert default is not None and wide is not None
     assert default.index.config.ef == 20 and wide.index.config.ef == 77
+
+
+def _ranks(hits: list[bool]) -> np.ndarray:
+    return np.array([0 if hit else -1 for hit in hits])
+
+
+def test_one_target_more_or_less_on_a_small_holdout_is_no_regression() -> None:
+    old = [True] * 30 + [False] * 30
+    new = [False] * 2 + [True] * 28 + [False] * 30  # two targets fewer
+    verdict = compare(_ranks(new), _ranks(old))
+    assert (verdict["lost"], verdict["won"], verdict["worse"]) == (2, 0, False)
+    assert verdict["recall_at_20"] == 50.0
+
+
+def test_a_clearly_worse_model_is_refused() -> None:
+    old = [True] * 30 + [False] * 30
+    new = [False] * 12 + [True] * 18 + [True] + [False] * 29  # 12 lost, 1 won
+    verdict = compare(_ranks(new), _ranks(old))
+    assert (verdict["lost"], verdict["won"], verdict["worse"]) == (12, 1, True)
+
+
+def test_a_target_listed_below_k_counts_as_missed() -> None:
+    verdict = compare(np.array([25, 3]), np.array([4, 3]), k=20)
+    assert (verdict["lost"], verdict["won"]) == (1, 0)
+
+
+def test_the_holdout_score_is_the_saved_artifacts(
+    shop_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One index per run: the holdout is scored on the index the version serves with."""
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    spec = JobSpec("jsonl", str(events), str(catalog), out)
+    settings = Settings()
+    builds: list[int] = []
+    build = ItemIndex.build.__func__  # type: ignore[attr-defined]
+
+    def counted(cls, *args, **kwargs):
+        builds.append(1)
+        return build(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ItemIndex, "build", classmethod(counted))
+    metrics = run_once(spec, settings, TrainConfig(epochs=2, batch_size=128, progress=False))
+    gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
+    corpus = load_corpus("jsonl", str(events), str(catalog), gap, "", "", "")
+    _, holdout = split_holdout(corpus, spec.holdout)
+    model = load_model(out / metrics["version"])
+    rec = Recommender(
+        load_index(out / metrics["version"], model),
+        model.dims,
+        model.position_weights,
+        settings.weights,
+    )
+    assert len(builds) == 1
+    assert evaluate(rec, cases_from_sessions(holdout.sessions)) == metrics["holdout"]
