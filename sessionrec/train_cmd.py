@@ -57,6 +57,8 @@ def train_config(args: argparse.Namespace, settings: Settings) -> Any:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.job import JobSpec, parse_every, run_once, run_scheduled
 
+    if not 0 <= args.holdout < 1:
+        raise ValueError(f"--holdout is {args.holdout}, expected 0 <= holdout < 1")
     out = Path(args.out or settings.model_dir)
     spec = JobSpec(
         args.format, args.data, args.catalog, out, holdout=args.holdout, announce=args.announce
@@ -154,7 +156,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "--holdout",
         type=float,
         default=0.05,
-        help="fraction of the most recent sessions held out (default 0.05)",
+        help="fraction of the most recent sessions held out to score the new version; it "
+        "becomes CURRENT unless it is significantly worse there than the current one "
+        "(default 0.05; 0: always)",
     )
     p.add_argument("--every", help="run on a schedule: 24h, 30m, or a cron expression")
     p.add_argument("--max-runs", type=int, help="with --every: stop after N runs")

@@ -89,6 +89,9 @@ def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str])
     assert main(["train", "--format", "jsonl", "--data", "x", "--epochs", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sessionrec: error: --epochs is 0, expected >= 1"
+    assert main(["train", "--format", "jsonl", "--data", "x", "--holdout", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sessionrec: error: --holdout is 1.5, expected 0 <= holdout < 1"
 
 
 def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_path: Path) -> None:
