@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -89,7 +90,12 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     approx = recommender_for(
         trained.item_ids, trained.vectors, config.dims, trained.position_weights, settings.weights
     )
-    result = evaluate(approx, test)
+    started = time.perf_counter()
+    result = evaluate(approx, test, progress="scoring, HNSW" if config.progress else None)
+    log.info(
+        "scored %d cases on the HNSW index in %.1f s", len(test), time.perf_counter() - started
+    )
+    started = time.perf_counter()
     exact = recommender_for(
         trained.item_ids,
         trained.vectors,
@@ -99,7 +105,10 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         index=approx.index,
         exact=True,
     )
-    exact_result = evaluate(exact, test)
+    exact_result = evaluate(
+        exact, test, progress="scoring, exact search" if config.progress else None
+    )
+    log.info("scored them by exact search in %.1f s", time.perf_counter() - started)
     out = {
         **result,
         "recall_at_20_exact": exact_result["recall_at_20"],

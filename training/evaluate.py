@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from models.config import EventWeights, QueryDefaults
 from models.features import F32, Dims
@@ -40,10 +41,16 @@ def cases_from_sessions(sessions: Sequence[TrainSession]) -> list[Case]:
 
 
 def evaluate(
-    recommender: Recommender, cases: Sequence[Case], ks: Sequence[int] = KS, batch: int = 2000
+    recommender: Recommender,
+    cases: Sequence[Case],
+    ks: Sequence[int] = KS,
+    batch: int = 2000,
+    progress: str | None = None,
 ) -> dict[str, float]:
-    """Recall@K and MRR@K in percent over the cases whose target the model knows."""
-    return metrics_of(recommender, cases, target_ranks(recommender, cases, max(ks), batch), ks)
+    """Recall@K and MRR@K in percent over the cases whose target the model knows. With
+    `progress`, a progress bar of that name counts the cases."""
+    ranks = target_ranks(recommender, cases, max(ks), batch, progress)
+    return metrics_of(recommender, cases, ranks, ks)
 
 
 def metrics_of(
@@ -58,12 +65,17 @@ def metrics_of(
 
 
 def target_ranks(
-    recommender: Recommender, cases: Sequence[Case], k: int = 20, batch: int = 2000
+    recommender: Recommender,
+    cases: Sequence[Case],
+    k: int = 20,
+    batch: int = 2000,
+    progress: str | None = None,
 ) -> np.ndarray:
     """Each case's 0-based rank of its target in the model's top k, -1 where it is not listed
     (an unknown target never is)."""
     params = QueryDefaults(k=k)
     ranks = np.full(len(cases), -1, dtype=np.int64)
+    bar = tqdm(total=len(cases), desc=progress, unit="case", disable=progress is None, leave=False)
     for start in range(0, len(cases), batch):
         chunk = cases[start : start + batch]
         results = recommender.recommend([Request(c.prefix, params=params) for c in chunk])
@@ -71,6 +83,8 @@ def target_ranks(
             ids = [item for item, _, _ in result.items]
             if case.target in ids:
                 ranks[start + j] = ids.index(case.target)
+        bar.update(len(chunk))
+    bar.close()
     return ranks
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from models.config import EventWeights, QueryDefaults
 from models.features import Dims
-from models.index import ItemIndex
+from models.index import ItemIndex, top_k
 from models.intent import cluster
 from models.ranking import Recommender, Request, params_from
 
@@ -34,6 +34,18 @@ def test_index_recall_against_brute_force() -> None:
     e, _ = exact.search(queries, 20)
     recall = np.mean([len(set(x) & set(y)) / 20 for x, y in zip(a, e, strict=True)])
     assert recall > 0.9
+
+
+@pytest.mark.parametrize("n, k", [(5000, 20), (5000, 220), (43, 20), (300, 1), (40, 40)])
+def test_top_k_equals_a_full_sort(n: int, k: int) -> None:
+    rng = np.random.default_rng(n + k)
+    block = rng.normal(size=(64, n)).astype(np.float32)
+    block[:, rng.integers(n, size=n // 3)] = -np.inf  # deleted items
+    block[0] = 0.5  # a row of ties: lower columns first
+    labels, scores = top_k(block, k)
+    order = np.argsort(-block, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(labels, order)
+    assert np.array_equal(scores, np.take_along_axis(block, order, axis=1))
 
 
 def test_index_handles_upsert_delete_and_empty() -> None:
