@@ -49,8 +49,12 @@ def evaluate(
 ) -> dict[str, float]:
     """Recall@K and MRR@K in percent over the cases whose target the model knows. With
     `progress`, a progress bar of that name counts the cases."""
-    ranks = target_ranks(recommender, cases, max(ks), batch, progress)
-    return metrics_of(recommender, cases, ranks, ks)
+    # Only the cases a model can list are ranked: the others would be searched for nothing.
+    labels = recommender.index.labels
+    known = [c for c in cases if c.target in labels]
+    out = metrics_from_ranks(target_ranks(recommender, known, max(ks), batch, progress), ks)
+    out["skipped_unknown_target"] = float(len(cases) - len(known))
+    return out
 
 
 def metrics_of(
