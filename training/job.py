@@ -21,6 +21,7 @@ from training.data import Corpus, load_corpus
 from training.evaluate import (
     Case,
     cases_from_sessions,
+    metrics_from_ranks,
     metrics_of,
     recommender_for,
     target_ranks,
@@ -77,9 +78,8 @@ def compare(new_ranks: np.ndarray, old_ranks: np.ndarray, k: int = 20) -> dict[s
     old_hit = (old_ranks >= 0) & (old_ranks < k)
     lost = int((old_hit & ~new_hit).sum())
     won = int((new_hit & ~old_hit).sum())
-    n = max(len(new_ranks), 1)
     return {
-        "recall_at_20": round(100.0 * float(old_hit.sum()) / n, 2),
+        f"recall_at_{k}": metrics_from_ranks(old_ranks, (k,))[f"recall_at_{k}"],
         "lost": lost,
         "won": won,
         "worse": lost - won > 2.0 * math.sqrt(lost + won),
