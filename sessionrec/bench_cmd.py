@@ -18,6 +18,9 @@ from models.config import Settings
 
 DEFAULT_DATA = "../shared/data/diginetica"
 PIPELINE_CASES = 3000
+# Batch sizes the worker's own cost is measured at: about what the worker takes at 2,000
+# events/s (a batch per 20 ms), and its largest (under a backlog).
+COST_BATCHES = (40, 500)
 
 
 def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
@@ -40,7 +43,7 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     from models.artifact import set_current
     from stream.bench import serve_prefixes
     from training.baselines import metrics_from_lists
-    from training.bench import PUBLISHED, _recommender_lists, quality
+    from training.bench import PUBLISHED, _recommender_lists, quality, training_curve
     from training.evaluate import recommender_for
     from training.export import export
     from training.trainer import TrainConfig
@@ -77,10 +80,12 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         {"method": f"{m} (published)", "recall_at_20": r, "mrr_at_20": m20}
         for m, r, m20 in PUBLISHED
     ]
+    curve = training_curve(data, config) if args.curve else []
     return {
         "quality": rows,
         "published": published,
         "training": training,
+        "training_curve": curve,
         "pipeline": pipeline,
         "epochs": config.epochs,
     }
@@ -110,7 +115,7 @@ def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from stream.bench import HEADER, bench_stream, srgnn_sessions
+    from stream.bench import HEADER, bench_stream, srgnn_sessions, worker_cost
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
     if not (data / "test.tsv").exists():
@@ -149,10 +154,17 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             args.one_broker,
         )
         results, raw = results + more, {**raw, **more_raw}
+    print("the worker's own code per event, without broker or faust (microseconds of CPU):")
+    costs = [
+        worker_cost(settings, model_dir, sessions, args.users, batch) for batch in COST_BATCHES
+    ]
+    for cost in costs:
+        print(json.dumps(dataclasses.asdict(cost)))
     return {
         "stream": [dataclasses.asdict(r) for r in results],
         "stream_latencies_ms": raw,
         "stream_one_broker": args.one_broker,
+        "worker_cost": [dataclasses.asdict(c) for c in costs],
     }
 
 
@@ -290,6 +302,13 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         action="store_true",
         help="stream: run all rates on one broker and worker (each rate then also pays for the "
         "embedded broker's log of the rates before it); default: a fresh pair per rate",
+    )
+    p.add_argument(
+        "--curve",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="training: also time and score other settings (fewer negatives, other batch "
+        "sizes), each next to a gensim run, a few minutes more (default: on)",
     )
     p.add_argument(
         "--sknn-cases",

@@ -87,6 +87,29 @@ def _scale(results: dict[str, Any]) -> str:
     )
 
 
+def _budget(results: dict[str, Any], target: float = 5000.0) -> str:
+    """What a rate of `target` events/s leaves per event on this machine, against what the
+    fastest fixed rate measured cost per event."""
+    import os
+
+    fixed = [r for r in results.get("stream", []) if r["rate"] > 0 and r["received"]]
+    if not fixed or not fixed[-1].get("worker_us_per_event"):
+        return ""
+    r = max(fixed, key=lambda x: x["rate"])
+    cores = os.cpu_count() or 1
+    budget = cores * 1e6 / target
+    own = results["worker_cost"][0]["total_us"]
+    spent = r["worker_us_per_event"] + r["broker_us_per_event"]
+    return (
+        f"\nAt {target:,.0f} events/s, {cores} cores give {budget:,.0f} us of CPU per event "
+        f"for everything on the machine. At {r['rate']:,.0f} events/s ({r['partitions']} "
+        f"partitions) the worker used {r['worker_us_per_event']:,.0f} us per event (its own "
+        f"code {own:,.0f} us of that, by the table above) and the broker "
+        f"{r['broker_us_per_event']:,.0f} us: {spent:,.0f} us together, before the load "
+        "generator and the reader.\n"
+    )
+
+
 def _sessions_line(results: dict[str, Any], workers: int) -> str:
     mem = results.get("session_memory")
     if not mem:
@@ -129,6 +152,17 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             "gives the same medians. gensim's time includes its vocabulary scan; ours is the "
             "training passes, with the setup (vocabularies, features, cases) apart.\n"
         )
+        if results.get("training_curve"):
+            parts.append(
+                "## Training at other settings\n\n"
+                + _table(results["training_curve"], list(results["training_curve"][0]))
+                + "\nThe first row is the default. Each row was trained right after a gensim "
+                "run of the same epochs on the same sessions (`gensim_seconds`): the two of a "
+                "row share a minute of this machine, whose speed drifts. Scored on the HNSW "
+                "index. Fewer negatives make the bfloat16 product of a step cheaper, but a step "
+                "also has costs that do not shrink with them (composing the rows it uses, the "
+                "optimiser); larger batches share those, at a lower score for the same epochs.\n"
+            )
     if "index" in results:
         rows = results["index"]
         parts.append("## Index (hnswlib)\n\n" + _table(rows, list(rows[0])) + "\n")
@@ -156,6 +190,20 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         )
         if not summary:
             summary = _table(rows, list(rows[0]))
+    if results.get("worker_cost"):
+        rows = [
+            {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}
+            for r in results["worker_cost"]
+        ]
+        parts.append(
+            "## Stream: the worker's own code per event\n\n"
+            + _table(rows, list(rows[0]))
+            + "\nMicroseconds of CPU per event in `Processor.prepare` (decode, sessions, "
+            "intents, query plan), the index search (one thread, as in the worker) and "
+            "`Processor.complete` (merge, explain, encode), on the same model and the events "
+            "the load generator sends, in batches of the size given, with no broker and no "
+            "faust around them.\n" + _budget(results)
+        )
     if "broker" in results:
         rows = results["broker"]
         parts.append(

@@ -24,6 +24,12 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="passes over the sessions (default 3)")
     g.add_argument("--batch-size", type=int, help="cases per step (default 4096)")
     g.add_argument("--negatives", type=int, help="shared uniform negatives per step (default 512)")
+    g.add_argument(
+        "--batch-negatives",
+        type=int,
+        help="more shared negatives per step: the targets of this many of the batch's cases "
+        "(default 512)",
+    )
     g.add_argument("--lr", type=float, help="Adam learning rate (default 0.008)")
     g.add_argument("--seed", type=int, help="random seed (runs are deterministic)")
     g.add_argument("--threads", type=int, help="torch threads (default 2)")
@@ -37,6 +43,7 @@ def train_config(args: argparse.Namespace, settings: Settings) -> Any:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "negatives": args.negatives,
+        "batch_negatives": args.batch_negatives,
         "lr": args.lr,
         "seed": args.seed,
         "threads": args.threads,
@@ -50,8 +57,13 @@ def train_config(args: argparse.Namespace, settings: Settings) -> Any:
             raise ValueError(
                 f"--{name.replace('_', '-')} is {getattr(config, name)}, expected >= 1"
             )
-    if config.negatives < 0 or config.lr <= 0:
-        raise ValueError("--negatives must be >= 0 and --lr > 0")
+    for name in ("negatives", "batch_negatives"):
+        if getattr(config, name) < 0:
+            raise ValueError(
+                f"--{name.replace('_', '-')} is {getattr(config, name)}, expected >= 0"
+            )
+    if not config.lr > 0:
+        raise ValueError(f"--lr is {config.lr}, expected > 0")
     return config
 
 

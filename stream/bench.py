@@ -45,12 +45,16 @@ class RateResult:
     worker_cpu_pct: float = 0.0
     broker_cpu_pct: float = 0.0
     partitions: int = 0  # of each topic (the worker reads all of them)
+    # The same CPU per recommendation received, in microseconds.
+    worker_us_per_event: float = 0.0
+    broker_us_per_event: float = 0.0
 
     def row(self) -> str:
         return (
             f"{self.target():>8} {self.sent:>8} {self.received:>9} {self.throughput:>10,.0f} "
             f"{self.p50_ms:>8.1f} {self.p95_ms:>8.1f} {self.p99_ms:>8.1f} {self.max_ms:>8.1f} "
-            f"{self.worker_cpu_pct:>7.0f}% {self.broker_cpu_pct:>7.0f}% {self.partitions:>10}"
+            f"{self.worker_cpu_pct:>7.0f}% {self.broker_cpu_pct:>7.0f}% {self.partitions:>10} "
+            f"{self.worker_us_per_event:>9.0f} {self.broker_us_per_event:>9.0f}"
         )
 
     def target(self) -> str:
@@ -64,8 +68,27 @@ class RateResult:
 
 HEADER = (
     f"{'rate/s':>8} {'sent':>8} {'received':>9} {'recs/s':>10} {'p50 ms':>8} "
-    f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'worker':>8} {'broker':>8} {'partitions':>10}"
+    f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'worker':>8} {'broker':>8} {'partitions':>10} "
+    f"{'worker us':>9} {'broker us':>9}"
 )
+
+
+class Walkers:
+    """Users walking through real sessions, one event at a time: each event is the next click
+    of a user drawn at random, who starts another session when theirs ends."""
+
+    def __init__(self, sessions: list[list[str]], users: int, seed: int):
+        self.sessions = sessions
+        self.rng = np.random.default_rng(seed)
+        self.cursors = [(int(self.rng.integers(len(sessions))), 0) for _ in range(users)]
+
+    def next(self, ts_ms: int) -> Event:
+        u = int(self.rng.integers(len(self.cursors)))
+        s, pos = self.cursors[u]
+        if pos >= len(self.sessions[s]):
+            s, pos = int(self.rng.integers(len(self.sessions))), 0
+        self.cursors[u] = (s, pos + 1)
+        return Event(f"bench-{u}", self.sessions[s][pos], "view", ts_ms)
 
 
 def _generate(
@@ -84,29 +107,23 @@ def _generate(
     # A shop's producer as librdkafka configures it by default (linger 5 ms): events of a few
     # milliseconds go out together, not one request each.
     producer = Producer(producer_config(bootstrap, **{"linger.ms": LOADGEN_LINGER_MS}))
-    rng = np.random.default_rng(seed)
-    cursors = [(int(rng.integers(len(sessions))), 0) for _ in range(users)]
+    walkers = Walkers(sessions, users, seed)
     start = time.perf_counter()
     n = 0
+    event: Event | None = None
     while True:
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             break
         due = int(elapsed * rate) + 1 if rate > 0 else n + 500
         while n < due:
-            u = int(rng.integers(users))
-            s, pos = cursors[u]
-            session = sessions[s]
-            if pos >= len(session):
-                s, pos = int(rng.integers(len(sessions))), 0
-                session = sessions[s]
-            cursors[u] = (s, pos + 1)
-            event = Event(f"bench-{u}", session[pos], "view", int(time.time() * 1000))
+            event = event or walkers.next(int(time.time() * 1000))
             try:
                 producer.produce(topic, key=event.user_id.encode(), value=encode(event))
-            except BufferError:
+            except BufferError:  # the producer's queue is full: the same event once it has room
                 producer.poll(0.01)
                 continue
+            event = None
             n += 1
         producer.poll(0)
         if rate > 0:
@@ -257,11 +274,16 @@ def bench_stream(
                     started = time.monotonic()
                     result, lat = run_rate(on_broker, sessions, rate, seconds, users)
                     wall = max(time.monotonic() - started, 1e-9)
+                    worker_s = worker.cpu_seconds() - worker_s
+                    broker_s = broker.cpu_seconds() - broker_s
+                    per_event = 1e6 / max(result.received, 1)
                     result = replace(
                         result,
-                        worker_cpu_pct=100 * (worker.cpu_seconds() - worker_s) / wall,
-                        broker_cpu_pct=100 * (broker.cpu_seconds() - broker_s) / wall,
+                        worker_cpu_pct=100 * worker_s / wall,
+                        broker_cpu_pct=100 * broker_s / wall,
                         partitions=on_broker.partitions,
+                        worker_us_per_event=worker_s * per_event,
+                        broker_us_per_event=broker_s * per_event,
                     )
                     print(result.row(), flush=True)
                     results.append(result)
@@ -270,6 +292,81 @@ def bench_stream(
                 worker.stop()
             tail = worker.tail_log(3)
     return results, raw, tail
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCost:
+    """CPU per event of the worker's own code, in microseconds, at a batch size."""
+
+    batch: int
+    events: int
+    queries_per_event: float
+    prepare_us: float
+    search_us: float
+    complete_us: float
+    total_us: float
+    events_per_core_second: float
+
+
+def worker_cost(
+    settings: Settings,
+    model_dir: Path,
+    sessions: list[list[str]],
+    users: int,
+    batch: int,
+    events: int = 30_000,
+    warm: int = 2_000,
+    seed: int = 7,
+) -> WorkerCost:
+    """What `Processor` costs per event with no broker and no faust around it: the events the
+    load generator would send, in batches of `batch`, through prepare (decode, sessions,
+    intents, query plan), the index search (one thread, as the worker's) and complete (merge,
+    explain, encode), on the worker's model, with user states kept as the worker's table keeps
+    them. CPU time of this thread, after `warm` events that are not counted."""
+    from stream.processor import Incoming, Processor
+    from stream.serving import load_current
+
+    serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
+    if serving is None:
+        raise ValueError(f"no model in {model_dir}")
+    processor = Processor(settings, serving)
+    walkers = Walkers(sessions, users, seed)
+    table: dict[str, bytes] = {}
+    spent = [0.0, 0.0, 0.0]
+    queries = counted = 0
+    offset = 0
+    while counted < events:
+        incoming = []
+        for _ in range(batch):
+            event = walkers.next(int(time.time() * 1000))
+            incoming.append(Incoming(event.user_id.encode(), encode(event), 0, offset))
+            offset += 1
+        t0 = time.thread_time()
+        pending = processor.prepare(incoming, table.get)
+        t1 = time.thread_time()
+        found = pending.search()
+        t2 = time.thread_time()
+        processor.complete(pending, found)
+        t3 = time.thread_time()
+        table.update((user, state) for user, (_, state) in pending.out.states.items())
+        if offset <= warm:
+            continue
+        counted += batch
+        queries += len(pending.plan.queries) if pending.plan is not None else 0
+        for i, (a, b) in enumerate(((t0, t1), (t1, t2), (t2, t3))):
+            spent[i] += b - a
+    prepare, search, complete = (1e6 * x / counted for x in spent)
+    total = prepare + search + complete
+    return WorkerCost(
+        batch,
+        counted,
+        queries / counted,
+        prepare,
+        search,
+        complete,
+        total,
+        1e6 / max(total, 1e-9),
+    )
 
 
 def serve_prefixes(

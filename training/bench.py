@@ -23,7 +23,7 @@ from training.baselines import (
     score_ranker,
 )
 from training.data import load_srgnn, load_srgnn_test
-from training.evaluate import Case, cases_from_srgnn, recommender_for
+from training.evaluate import Case, cases_from_srgnn, evaluate, recommender_for
 from training.trainer import TrainConfig, TrainedModel, train
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,56 @@ def quality(
         ),
     }
     return rows, trained, cases, training
+
+
+# What the training time comparison was tried at: the defaults, fewer negatives, and other
+# batch sizes (more cases per step share its fixed costs; fewer make more, smaller updates).
+CURVE: tuple[dict[str, Any], ...] = (
+    {},
+    {"negatives": 256, "batch_negatives": 256, "lr": 0.012},
+    {"negatives": 128, "batch_negatives": 128},
+    {"negatives": 256, "batch_negatives": 256, "batch_size": 2048, "lr": 0.006},
+    {"negatives": 128, "batch_negatives": 128, "batch_size": 8192, "lr": 0.012},
+)
+
+
+def training_curve(
+    data: Path, config: TrainConfig, variants: tuple[dict[str, Any], ...] = CURVE
+) -> list[dict[str, Any]]:
+    """Training time and quality at other settings, each timed right after a gensim run of the
+    same epochs (this machine's speed drifts from one minute to the next: a pair shares one),
+    scored on the HNSW index as the stream serves it."""
+    corpus = load_srgnn(data)
+    cases = cases_from_srgnn(load_srgnn_test(data / "test.tsv", Counter()))
+    logging.getLogger("gensim").setLevel(logging.WARNING)
+    rows: list[dict[str, Any]] = []
+    for n, changes in enumerate(variants, 1):
+        c = replace(config, **changes)
+        log.info("training curve %d/%d: gensim, then ours with %s", n, len(variants), changes)
+        g_seconds = gensim_item2vec(corpus.sessions, c.epochs)[2]
+        trained = train(corpus, c)
+        rec = recommender_for(
+            trained.item_ids, trained.vectors, c.dims, trained.position_weights, c.weights
+        )
+        scored = evaluate(rec, cases)
+        ours = trained.stats["train_seconds"]
+        steps = c.epochs * -(-int(trained.stats["cases"]) // c.batch_size)
+        rows.append(
+            {
+                "negatives": c.negatives,
+                "batch_negatives": c.batch_negatives,
+                "batch_size": c.batch_size,
+                "lr": c.lr,
+                "recall_at_20": float(scored["recall_at_20"]),
+                "mrr_at_20": float(scored["mrr_at_20"]),
+                "ours_seconds": round(ours, 2),
+                "gensim_seconds": round(g_seconds, 2),
+                "ours_vs_gensim": round(ours / g_seconds, 2),
+                "ms_per_step": round(1000 * ours / steps, 1),
+            }
+        )
+        log.info("%s", rows[-1])
+    return rows
 
 
 def index_bench(

@@ -131,3 +131,19 @@ def test_a_stored_state_takes_its_size_in_memory() -> None:
         tracemalloc.stop()
     # About 300 bytes of JSON each, plus the index entry; not the 4 KB buffer orjson writes in.
     assert len(stored[0]) < 400 and used < 1000 * 1000
+
+
+def test_bench_users_walk_whole_sessions_in_order() -> None:
+    from stream.bench import Walkers
+
+    sessions = [["a", "b", "c"], ["x", "y"], ["p"]]
+    walk = Walkers(sessions, users=1, seed=3)
+    clicks = [walk.next(0).item_id for _ in range(40)]
+    at = 0
+    while at < len(clicks):  # back to back, each session from its first click to its last
+        session = next(s for s in sessions if s[0] == clicks[at])
+        assert clicks[at : at + len(session)] == session[: len(clicks) - at]
+        at += len(session)
+    assert {e.user_id for e in (Walkers(sessions, 5, 3).next(0) for _ in range(50))} <= {
+        f"bench-{u}" for u in range(5)
+    }

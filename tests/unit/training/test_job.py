@@ -92,6 +92,12 @@ def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str])
     assert main(["train", "--format", "jsonl", "--data", "x", "--holdout", "1.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sessionrec: error: --holdout is 1.5, expected 0 <= holdout < 1"
+    assert main(["train", "--format", "jsonl", "--data", "x", "--batch-negatives", "-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sessionrec: error: --batch-negatives is -1, expected >= 0"
+    assert main(["train", "--format", "jsonl", "--data", "x", "--lr", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sessionrec: error: --lr is 0.0, expected > 0"
 
 
 def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_path: Path) -> None:
@@ -160,3 +166,27 @@ def test_the_holdout_score_is_the_saved_artifacts(
     )
     assert len(builds) == 1
     assert evaluate(rec, cases_from_sessions(holdout.sessions)) == metrics["holdout"]
+
+
+def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path: Path) -> None:
+    from models.config import EventWeights
+    from stream.bench import worker_cost
+    from stream.serving import load_current
+
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    assert _train(events, catalog, out) == 0
+    serving = load_current(out, EventWeights())
+    assert serving is not None
+    ids = serving.index.ids[:40]
+    sessions = [ids[i : i + 4] for i in range(0, len(ids), 4)]
+    cost = worker_cost(Settings(), out, sessions, users=30, batch=20, events=200, warm=40)
+    assert cost.batch == 20 and cost.events == 200
+    # Every event is a click on a known item, so each user of a batch (whose events there
+    # share one computation) plans at least its whole-session query.
+    assert cost.queries_per_event > 0
+    parts = cost.prepare_us + cost.search_us + cost.complete_us
+    assert cost.total_us == pytest.approx(parts) and cost.total_us > 0
+    assert cost.events_per_core_second == pytest.approx(1e6 / cost.total_us)
+    with pytest.raises(ValueError, match="no model in"):
+        worker_cost(Settings(), tmp_path / "empty", sessions, users=30, batch=20)
