@@ -31,13 +31,20 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         "(default 512)",
     )
     g.add_argument("--lr", type=float, help="Adam learning rate (default 0.008)")
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="train faster at a lower score: 128 + 128 negatives, batches of 8192, lr 0.012 "
+        "(on Diginetica about half the default's time, Recall@20 45.3 against 52.5); "
+        "flags given beside it win",
+    )
     g.add_argument("--seed", type=int, help="random seed (runs are deterministic)")
     g.add_argument("--threads", type=int, help="torch threads (default 2)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def train_config(args: argparse.Namespace, settings: Settings) -> Any:
-    from training.trainer import TrainConfig
+    from training.trainer import FAST, TrainConfig
 
     values = {
         "epochs": args.epochs,
@@ -51,6 +58,8 @@ def train_config(args: argparse.Namespace, settings: Settings) -> Any:
     config = TrainConfig(
         weights=settings.weights, progress=not args.no_progress and sys.stderr.isatty()
     )
+    if args.fast:
+        config = dataclasses.replace(config, **FAST)
     config = dataclasses.replace(config, **{k: v for k, v in values.items() if v is not None})
     for name in ("epochs", "batch_size", "threads"):
         if getattr(config, name) < 1:

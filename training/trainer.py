@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,12 @@ class TrainConfig:
     dims: Dims = field(default_factory=Dims)
     weights: EventWeights = field(default_factory=EventWeights)
     progress: bool = True
+
+
+# `--fast`: a quarter of the default's negatives, in batches twice as large with a larger step.
+# On Diginetica (3 epochs) it trains in about three quarters of gensim skip-gram's time at
+# Recall@20 45.3 (the default: 52.5, in one and a half to two times gensim's time).
+FAST: dict[str, Any] = {"negatives": 128, "batch_negatives": 128, "batch_size": 8192, "lr": 0.012}
 
 
 @dataclass(frozen=True, slots=True)

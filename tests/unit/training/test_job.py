@@ -100,6 +100,23 @@ def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str])
     assert err == "sessionrec: error: --lr is 0.0, expected > 0"
 
 
+def test_fast_sets_its_hyperparameters_and_flags_beside_it_win() -> None:
+    from sessionrec.cli import build_parser
+    from sessionrec.train_cmd import train_config
+    from training.trainer import FAST
+
+    def config(*flags: str) -> TrainConfig:
+        args = build_parser().parse_args(["train", "--format", "srgnn", "--data", "x", *flags])
+        out: TrainConfig = train_config(args, Settings())
+        return out
+
+    default, fast = config(), config("--fast")
+    assert (default.negatives, default.batch_size) == (512, 4096)
+    assert {name: getattr(fast, name) for name in FAST} == FAST
+    assert fast.epochs == default.epochs and fast.temperature == default.temperature
+    assert config("--fast", "--lr", "0.02").lr == 0.02
+
+
 def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_path: Path) -> None:
     from models.config import EventWeights
     from stream.serving import load_current
