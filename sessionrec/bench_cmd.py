@@ -141,8 +141,9 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     )
     single: list[float] = args.one_partition_rates
     if single and settings.partitions != 1:
-        # One worker on the embedded broker serves best from one partition per topic
-        # (docs/operating.md): the same rates again in that layout, side by side.
+        # The embedded broker does less work per event with one partition per topic, which a
+        # single local worker can use (docs/operating.md): the same rates again in that
+        # layout, side by side.
         more, more_raw, _ = bench_stream(
             dataclasses.replace(settings, partitions=1),
             model_dir,

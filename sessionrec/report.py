@@ -19,6 +19,11 @@ QCOLS = [
 ]
 
 
+def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with their floats to one decimal place."""
+    return [{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in rows)
@@ -169,18 +174,17 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         rows = results["index"]
         parts.append("## Index (hnswlib)\n\n" + _table(rows, list(rows[0])) + "\n")
     if "stream" in results:
-        rows = [
-            {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}
-            for r in results["stream"]
-        ]
+        rows = _rounded(results["stream"])
         parts.append(
             "## Stream: event produced -> recommendation consumed\n\n"
             + _table(rows, list(rows[0]))
             + "\nrate 0 = as fast as the generator could produce. worker, broker: the CPU each "
             "used while the rate ran and drained, in % of one core (the load generator and the "
-            "reader run on the same machine too). partitions: of every topic, all read by the "
-            "one worker; the embedded broker does more work per partition, so a single local "
-            "worker runs best on one (docs/operating.md). "
+            "reader run on the same machine too); worker_us_per_event, broker_us_per_event: "
+            "the same CPU per recommendation received, in microseconds (at low rates it "
+            "includes what each spends idle). partitions: of every topic, all read by the "
+            "one worker; the embedded broker does more work per partition "
+            "(docs/operating.md). "
             + (
                 "All rates ran on one broker and worker (`--one-broker`): each rate also paid "
                 "for the broker's log of the rates before it.\n"
@@ -193,10 +197,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         if not summary:
             summary = _table(rows, list(rows[0]))
     if results.get("worker_cost"):
-        rows = [
-            {k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}
-            for r in results["worker_cost"]
-        ]
+        rows = _rounded(results["worker_cost"])
         parts.append(
             "## Stream: the worker's own code per event\n\n"
             + _table(rows, list(rows[0]))
