@@ -138,6 +138,12 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         "setup_seconds": round(trained.stats["setup_seconds"], 2),
         "pairs_per_second": round(trained.stats["pairs_per_second"]),
         "epochs": config.epochs,
+        # The rest of what the score depends on, so that a result says how it was trained.
+        "batch_size": config.batch_size,
+        "negatives": config.negatives,
+        "batch_negatives": config.batch_negatives,
+        "lr": config.lr,
+        "seed": config.seed,
         "rejected_test_lines": sum(rejected.values()),
     }
     if not args.json:

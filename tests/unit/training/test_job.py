@@ -207,3 +207,26 @@ def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path
     assert cost.events_per_core_second == pytest.approx(1e6 / cost.total_us)
     with pytest.raises(ValueError, match="no model in"):
         worker_cost(Settings(), tmp_path / "empty", sessions, users=30, batch=20)
+
+
+def test_eval_prints_its_scores_and_how_it_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    # Sessions that walk up a ring of 60 items: the next item is always the one after.
+    sessions = [[(s + j) % 60 for j in range(int(rng.integers(2, 6)))] for s in range(600)]
+    (tmp_path / "train_sessions.txt").write_text(
+        "\n".join(" ".join(str(i + 1) for i in s) for s in sessions) + "\n"
+    )
+    tests = [f"{s + 1} {s + 2}\t{s + 3}" for s in range(40)]
+    (tmp_path / "test.tsv").write_text("\n".join(tests) + "\nbroken line\n")
+    flags = ["--fast", "--batch-size", "64", "--epochs", "15", "--no-progress", "--json"]
+    code = main(["eval", "--format", "srgnn", "--data", str(tmp_path), *flags])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["cases"] == 40 and out["rejected_test_lines"] == 1
+    # The ring is learnt: the next item is among the first five, through the index and exactly.
+    assert out["recall_at_5"] >= 90 and out["recall_at_20_exact"] >= 90
+    # --fast's settings, but for the batch size given beside it.
+    assert (out["negatives"], out["batch_negatives"], out["batch_size"]) == (128, 128, 64)
+    assert (out["lr"], out["epochs"], out["seed"]) == (0.012, 15, 0)
