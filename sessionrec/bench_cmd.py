@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -156,9 +157,7 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         )
         results, raw = results + more, {**raw, **more_raw}
     print("the worker's own code per event, without broker or faust (microseconds of CPU):")
-    costs = [
-        worker_cost(settings, model_dir, sessions, args.users, batch) for batch in COST_BATCHES
-    ]
+    costs = worker_cost(settings, model_dir, sessions, args.users, COST_BATCHES)
     for cost in costs:
         print(json.dumps(dataclasses.asdict(cost)))
     return {
@@ -231,7 +230,11 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         parts = ["quality"]  # training is measured with the quality run: same sessions/epochs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": _machine(), "started": time.strftime("%F %T")}
+    results: dict[str, Any] = {
+        "machine": _machine(),
+        "cores": os.cpu_count(),
+        "started": time.strftime("%F %T"),
+    }
     started = time.perf_counter()
     for part in parts:
         print(f"== {part}", flush=True)
@@ -248,8 +251,6 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _machine() -> str:
-    import os
-
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -98,10 +98,14 @@ def _budget(results: dict[str, Any], target: float = 5000.0) -> str:
     import os
 
     fixed = [r for r in results.get("stream", []) if r["rate"] > 0 and r["received"]]
-    if not fixed or not fixed[-1].get("worker_us_per_event"):
+    if not fixed:
         return ""
     r = max(fixed, key=lambda x: x["rate"])
-    cores = os.cpu_count() or 1
+    if not r.get("worker_us_per_event"):
+        return ""
+    # The cores of the machine that ran the benchmark (results before they were recorded:
+    # this one's).
+    cores = results.get("cores") or os.cpu_count() or 1
     budget = cores * 1e6 / target
     own = results["worker_cost"][0]["total_us"]
     spent = r["worker_us_per_event"] + r["broker_us_per_event"]

@@ -313,24 +313,34 @@ def worker_cost(
     model_dir: Path,
     sessions: list[list[str]],
     users: int,
-    batch: int,
+    batches: Sequence[int],
     events: int = 30_000,
     warm: int = 2_000,
     seed: int = 7,
-) -> WorkerCost:
-    """What `Processor` costs per event with no broker and no faust around it: the events the
-    load generator would send, in batches of `batch`, through prepare (decode, sessions,
-    intents, query plan), the index search (one thread, as the worker's) and complete (merge,
-    explain, encode), on the worker's model, with user states kept as the worker's table keeps
-    them. CPU time of this thread, after `warm` events that are not counted."""
-    from stream.processor import Incoming, Processor
+) -> list[WorkerCost]:
+    """What `Processor` costs per event with no broker and no faust around it, at each batch
+    size: the events the load generator would send, in batches of that size, through prepare
+    (decode, sessions, intents, query plan), the index search (one thread, as the worker's)
+    and complete (merge, explain, encode), on the worker's model, with user states kept as the
+    worker's table keeps them. CPU time of this thread, after `warm` events that are not
+    counted. The model is loaded once; each batch size starts from no users."""
     from stream.serving import load_current
 
     serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
     if serving is None:
         raise ValueError(f"no model in {model_dir}")
+    return [
+        _cost(settings, serving, Walkers(sessions, users, seed), batch, events, warm)
+        for batch in batches
+    ]
+
+
+def _cost(
+    settings: Settings, serving: Any, walkers: Walkers, batch: int, events: int, warm: int
+) -> WorkerCost:
+    from stream.processor import Incoming, Processor
+
     processor = Processor(settings, serving)
-    walkers = Walkers(sessions, users, seed)
     table: dict[str, bytes] = {}
     spent = [0.0, 0.0, 0.0]
     queries = counted = 0

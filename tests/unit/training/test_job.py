@@ -197,8 +197,9 @@ def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path
     assert serving is not None
     ids = serving.index.ids[:40]
     sessions = [ids[i : i + 4] for i in range(0, len(ids), 4)]
-    cost = worker_cost(Settings(), out, sessions, users=30, batch=20, events=200, warm=40)
-    assert cost.batch == 20 and cost.events == 200
+    costs = worker_cost(Settings(), out, sessions, users=30, batches=(20, 40), events=200, warm=40)
+    assert [(c.batch, c.events) for c in costs] == [(20, 200), (40, 200)]
+    cost = costs[0]
     # Every event is a click on a known item, so each user of a batch (whose events there
     # share one computation) plans at least its whole-session query.
     assert cost.queries_per_event > 0
@@ -206,7 +207,7 @@ def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path
     assert cost.total_us == pytest.approx(parts) and cost.total_us > 0
     assert cost.events_per_core_second == pytest.approx(1e6 / cost.total_us)
     with pytest.raises(ValueError, match="no model in"):
-        worker_cost(Settings(), tmp_path / "empty", sessions, users=30, batch=20)
+        worker_cost(Settings(), tmp_path / "empty", sessions, users=30, batches=(20,))
 
 
 def test_eval_prints_its_scores_and_how_it_trained(
