@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY stream ./stream
 COPY training ./training
+COPY benchmarks ./benchmarks
 COPY sessionrec ./sessionrec
 RUN pip install --no-cache-dir .
 EXPOSE 9100

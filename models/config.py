@@ -1,8 +1,17 @@
-"""Frozen configuration records. Built once by the CLI; nothing here reads the environment."""
+"""Frozen configuration records. Built once by the CLI; nothing here reads the environment.
+
+Each setting's environment name is derived from its field path, here and nowhere else:
+`SESSIONREC_BOOTSTRAP`, `SESSIONREC_TOPICS_EVENTS`, `SESSIONREC_WEIGHTS_VIEW`, ...
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "SESSIONREC_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +86,31 @@ class Settings:
     @property
     def session_gap_ms(self) -> int:
         return int(self.session_gap_minutes * 60_000)
+
+
+def env_fields(obj: Any = None, prefix: str = ENV_PREFIX) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(environment name, field path) of every setting of `obj` (default: `Settings()`)."""
+    obj = obj if obj is not None else Settings()
+    for f in dataclasses.fields(obj):
+        name, value = f"{prefix}{f.name.upper()}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            for nested, path in env_fields(value, f"{name}_"):
+                yield nested, (f.name, *path)
+        else:
+            yield name, (f.name,)
+
+
+def env_names() -> list[str]:
+    """Every environment variable the settings read, for `--help` and the docs."""
+    return [name for name, _ in env_fields()]
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The SESSIONREC_* variables that reproduce `settings` (e.g. in a child process)."""
+    out: dict[str, str] = {}
+    for name, path in env_fields(settings):
+        value: Any = settings
+        for part in path:
+            value = getattr(value, part)
+        out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
-import numpy.typing as npt
 
 from models.config import DEFAULT_INDEX_EF
-from models.features import F32, normalise
-
-I64 = npt.NDArray[np.int64]
+from models.features import F32, I64, normalise
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +167,7 @@ def top_k(block: F32, k: int) -> tuple[I64, F32]:
 
     The k-th largest of every `stride`-th value of a row is at most the row's own k-th largest,
     so the values at or above it hold the row's top k among a few hundred candidates, and only
-    those are sorted: about twice as fast as partitioning whole rows of a 43,000-item catalog.
+    those are sorted, which is cheaper than partitioning whole rows of a large catalog.
     """
     n_rows, n = block.shape
     stride = int(np.sqrt(n / k) / 2) if k else 0

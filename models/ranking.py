@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from models.config import EventWeights, QueryDefaults
-from models.features import F32, Dims
-from models.index import I64, ItemIndex
+from models.features import F32, I64, Dims
+from models.index import ItemIndex
 from models.intent import cluster
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
@@ -222,8 +222,8 @@ class Recommender:
 
         Queries are searched in groups of similar need (rounded up to FETCH_GROUP), each group
         as deep as its deepest query: the search beam grows with k, so one request that must
-        skip 200 bought items no longer makes every query of its batch fetch 220 items (6 times
-        the work). Rows shorter than `k_search` are padded with label -1."""
+        skip many bought items does not make every query of its batch search that deep. Rows
+        shorter than `k_search` are padded with label -1."""
         if plan.matrix is None:
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
         groups = -(-plan.fetch // FETCH_GROUP)

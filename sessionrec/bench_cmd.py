@@ -41,10 +41,10 @@ def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
 
 
 def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from benchmarks.baselines import metrics_from_lists
+    from benchmarks.stream import serve_prefixes
+    from benchmarks.training import PUBLISHED, _recommender_lists, quality, training_curve
     from models.artifact import set_current
-    from stream.bench import serve_prefixes
-    from training.baselines import metrics_from_lists
-    from training.bench import PUBLISHED, _recommender_lists, quality, training_curve
     from training.evaluate import recommender_for
     from training.export import export
     from training.trainer import TrainConfig
@@ -93,9 +93,9 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 
 def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from benchmarks.training import index_bench, session_memory, synthetic_vectors
     from models.artifact import current_version, load_model
     from models.index import IndexConfig
-    from training.bench import index_bench, session_memory, synthetic_vectors
 
     data, model_dir = Path(args.data), Path(args.model_dir_bench)
     _ensure_model(data, model_dir, settings)
@@ -116,7 +116,7 @@ def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from stream.bench import HEADER, bench_stream, srgnn_sessions, worker_cost
+    from benchmarks.stream import HEADER, bench_stream, srgnn_sessions, worker_cost
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
     if not (data / "test.tsv").exists():
@@ -169,7 +169,7 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from stream.bench import broker_cost_as_log_fills
+    from benchmarks.stream import broker_cost_as_log_fills
 
     print(
         "embedded broker: CPU for a trickle of produce requests, read at the head of the log, "
@@ -223,7 +223,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from sessionrec.report import write_report
+    from benchmarks.report import write_report
 
     parts = ["quality", "index", "stream", "broker"] if args.part == "all" else [args.part]
     if args.part == "training":

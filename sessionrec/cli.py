@@ -17,8 +17,6 @@ from sessionrec.settings import SettingsError, env_names, load_settings
 
 log = logging.getLogger("sessionrec")
 
-Handler = Callable[[argparse.Namespace, Settings], int]
-
 
 class UserError(RuntimeError):
     """A mistake the user can fix; printed as one line, no traceback."""

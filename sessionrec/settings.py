@@ -1,7 +1,6 @@
 """Build the one `Settings` object: defaults < TOML file < SESSIONREC_* environment < flags.
 
-Every environment name is derived here from the field path: `SESSIONREC_BOOTSTRAP`,
-`SESSIONREC_TOPICS_EVENTS`, `SESSIONREC_WEIGHTS_VIEW`, `SESSIONREC_QUERY_K`, ...
+The environment names come from `models.config.env_fields` (derived from the field paths).
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from models.config import Settings
+from models.config import Settings, env_fields, env_names
 
-ENV_PREFIX = "SESSIONREC_"
+__all__ = ["SettingsError", "env_names", "load_settings"]
 
 
 class SettingsError(ValueError):
@@ -64,31 +63,16 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def _from_env(env: Mapping[str, str], obj: Any, prefix: str = ENV_PREFIX) -> dict[str, Any]:
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the environment sets, as a nested table like the TOML file's."""
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        name = f"{prefix}{f.name.upper()}"
-        current = getattr(obj, f.name)
-        if dataclasses.is_dataclass(current):
-            nested = _from_env(env, current, f"{name}_")
-            if nested:
-                out[f.name] = nested
-        elif name in env:
-            out[f.name] = env[name]
+    for name, path in env_fields():
+        if name in env:
+            table = out
+            for part in path[:-1]:
+                table = table.setdefault(part, {})
+            table[path[-1]] = env[name]
     return out
-
-
-def env_names(obj: Any = None, prefix: str = ENV_PREFIX) -> list[str]:
-    """Every environment variable the settings read, for `--help` and the docs."""
-    obj = obj if obj is not None else Settings()
-    names: list[str] = []
-    for f in dataclasses.fields(obj):
-        current = getattr(obj, f.name)
-        name = f"{prefix}{f.name.upper()}"
-        names.extend(
-            env_names(current, f"{name}_") if dataclasses.is_dataclass(current) else [name]
-        )
-    return names
 
 
 def load_settings(
@@ -105,7 +89,7 @@ def load_settings(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SettingsError(f"config file '{path}' is not valid TOML ({exc})") from None
         settings = _apply(settings, table)
-    settings = _apply(settings, _from_env(env, settings))
+    settings = _apply(settings, _from_env(env))
     settings = _apply(settings, {k: v for k, v in flags.items() if v is not None})
     _validate(settings)
     result: Settings = settings

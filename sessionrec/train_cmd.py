@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from models.config import Settings
+from training.data import FORMATS
 
 log = logging.getLogger("sessionrec")
-FORMATS = ("jsonl", "srgnn", "diginetica", "retailrocket", "topic")
 
 
 def _train_flags(p: argparse.ArgumentParser) -> None:

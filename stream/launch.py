@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.config import Settings
+from models.config import Settings, to_env
 from stream.broker import cpu_seconds
 from stream.topics import create_topics, topic_specs
 
@@ -33,25 +33,6 @@ def on_local_broker(
     return local
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The SESSIONREC_* variables that reproduce `settings` in a child process."""
-    t = settings.topics
-    return {
-        "SESSIONREC_BOOTSTRAP": settings.bootstrap,
-        "SESSIONREC_PARTITIONS": str(settings.partitions),
-        "SESSIONREC_MODEL_DIR": settings.model_dir,
-        "SESSIONREC_METRICS_PORT": str(settings.metrics_port),
-        "SESSIONREC_WORKER_GROUP": settings.worker_group,
-        "SESSIONREC_SESSION_GAP_MINUTES": str(settings.session_gap_minutes),
-        "SESSIONREC_TOPICS_EVENTS": t.events,
-        "SESSIONREC_TOPICS_ITEMS": t.items,
-        "SESSIONREC_TOPICS_SESSIONS": t.sessions,
-        "SESSIONREC_TOPICS_RECOMMENDATIONS": t.recommendations,
-        "SESSIONREC_TOPICS_DLQ": t.dlq,
-        "SESSIONREC_TOPICS_MODEL_UPDATES": t.model_updates,
-    }
-
-
 class WorkerProcess:
     """`sessionrec worker` as a child process whose log goes to a file."""
 
@@ -61,7 +42,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")  # noqa: SIM115  # handed to the child process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sessionrec.cli", "worker"],

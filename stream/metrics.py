@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
 EVENTS = Counter("sessionrec_events_total", "Events read from the events topic", ["outcome"])
@@ -43,3 +47,66 @@ def serve(port: int) -> None:
     """Expose /metrics on `port` (0 disables)."""
     if port:
         start_http_server(port)
+
+
+def observe_model(serving: Any) -> None:
+    """The served model's version and index size (`serving`: a ServingModel or None)."""
+    MODEL.info({"version": serving.version if serving is not None else "none"})
+    INDEX_SIZE.set(len(serving.index) if serving is not None else 0)
+
+
+def observe_batch(batch: list[Any]) -> None:
+    """A finished batch of `Incoming`: its size and each event's produce-to-answer latency."""
+    now = time.time()
+    BATCH.observe(len(batch))
+    for msg in batch:
+        if msg.produced_ms:
+            LATENCY.observe(max(0.0, now - msg.produced_ms / 1000.0))
+
+
+def observe_lag(batch: list[Any], highwater: Callable[[int], int | None]) -> None:
+    """The lag of the batch's partitions: high watermark minus the last offset processed."""
+    last: dict[int, int] = {}
+    for msg in batch:
+        last[msg.partition] = max(last.get(msg.partition, -1), msg.offset)
+    for partition, offset in last.items():
+        high = highwater(partition)
+        if high is not None:
+            LAG.labels(str(partition)).set(max(0, int(high) - offset - 1))
+
+
+class BatchStats:
+    """Rolling figures for the periodic log line: events, batches, compute and publish time."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.events = self.batches = 0
+        self.compute_s = self.publish_s = self.age_ms_sum = 0.0
+        self.aged = 0
+        self.since = time.monotonic()
+
+    def ingest(self, batch: list[Any]) -> None:
+        """How old a batch's `Incoming` events are when it starts (produced -> picked up)."""
+        now_ms = time.time() * 1000
+        ages = [now_ms - m.produced_ms for m in batch if m.produced_ms]
+        if ages:
+            self.age_ms_sum += sum(ages)
+            self.aged += len(ages)
+
+    def add(self, events: int, compute_s: float, publish_s: float) -> None:
+        self.events += events
+        self.batches += 1
+        self.compute_s += compute_s
+        self.publish_s += publish_s
+
+    def line(self) -> str:
+        span = max(time.monotonic() - self.since, 1e-9)
+        b = max(self.batches, 1)
+        return (
+            f"{self.events / span:,.0f} events/s over {span:.0f}s: {self.batches} batches "
+            f"(mean {self.events / b:.0f} events), compute {1000 * self.compute_s / b:.1f} "
+            f"ms/batch, publish {1000 * self.publish_s / b:.1f} ms/batch, picked up "
+            f"{self.age_ms_sum / max(self.aged, 1):.1f} ms after produce"
+        )

@@ -17,9 +17,9 @@ from models.artifact import ArtifactError, current_version
 from models.codec import DecodeError, decode_item
 from models.config import Settings
 from models.records import Item
+from models.serving import ServingModel, load_serving
 from stream import metrics
 from stream.kafka import ready_messages
-from stream.serving import ServingModel, load_serving
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ArtifactError, current_version, load_index, load_model, set_current
+from models.artifact import ArtifactError, current_version, set_current
 from models.config import Settings
 from models.index import ItemIndex
-from models.ranking import Recommender
+from models.serving import load_serving
 from models.session import SessionConfig
 from training.data import Corpus, load_corpus
 from training.evaluate import (
@@ -60,13 +60,11 @@ def _current_ranks(model_dir: Path, cases: list[Case], settings: Settings) -> np
     if version is None:
         return None
     try:
-        model = load_model(model_dir / version)
-        index = load_index(model_dir / version, model)
+        serving = load_serving(model_dir / version, settings.weights, ef=settings.index_ef)
     except ArtifactError as exc:
         log.warning("current model %s is unusable (%s); the new one will replace it", version, exc)
         return None
-    rec = Recommender(index, model.dims, model.position_weights, settings.weights)
-    return target_ranks(rec, cases)
+    return target_ranks(serving.recommender, cases)
 
 
 def compare(new_ranks: np.ndarray, old_ranks: np.ndarray, k: int = 20) -> dict[str, Any]:

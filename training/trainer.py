@@ -17,13 +17,13 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
 from models.config import EventWeights
 from models.features import (
     F32,
+    I64,
     Dims,
     FeatureTables,
     ItemFeatures,
@@ -44,7 +44,6 @@ from training.model import (
 )
 
 log = logging.getLogger(__name__)
-I64 = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,13 +169,11 @@ def cpu_settings() -> Iterator[None]:
     """Settings that make training steps faster on a CPU, restored after (where they can be):
 
     - Denormal floats flush to zero. Late in training, the exp() of far-off negatives
-      underflows into denormals, whose arithmetic is many times slower: 3 Diginetica epochs
-      took 10 % longer without this, at the same loss.
+      underflows into denormals, whose arithmetic is many times slower.
     - glibc keeps the memory a step frees. Each step allocates and frees tensors of several
       megabytes; glibc's default returns them to the system (mmap, trim) and the next step
-      takes them back page by page: 3 Diginetica epochs made 0.3 to 0.6 million more page
-      faults and spent 0.6 to 1.7 s more system time without this. Not restored; it only
-      changes when freed memory goes back to the system.
+      takes them back page by page. Not restored; it only changes when freed memory goes
+      back to the system.
     """
     _keep_freed_memory()
     torch.set_flush_denormal(True)

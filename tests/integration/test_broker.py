@@ -14,7 +14,7 @@ from faust.types import TP
 from models.codec import DecodeError, decode_event, encode
 from models.records import Event
 from stream.broker import EmbeddedBroker, free_port
-from stream.faust_patches import log_ends
+from stream.faust_adapter import log_ends
 from stream.kafka import Outbox, consumer_config, producer_config
 from stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import unique_settings

@@ -5,33 +5,85 @@ from __future__ import annotations
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN_IN_MODELS = {"faust", "confluent_kafka", "torch", "aiokafka"}
+PRODUCT = ("models", "stream", "training")
+IO_FRAMEWORKS = {"faust", "confluent_kafka", "torch", "aiokafka", "mode"}
 
 
 def _imports(path: Path) -> set[str]:
+    """Top-level names of the packages a module imports (anywhere in it, lazily too)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             names.add(node.module.split(".")[0])
     return names
 
 
+def _modules(*packages: str) -> list[Path]:
+    return [path for package in packages for path in sorted((ROOT / package).rglob("*.py"))]
+
+
 def test_models_import_no_io_frameworks_nor_environment() -> None:
-    for path in (ROOT / "models").rglob("*.py"):
-        assert not _imports(path) & FORBIDDEN_IN_MODELS, path
+    for path in _modules("models"):
+        assert not _imports(path) & (IO_FRAMEWORKS | {"stream", "training"}), path
         assert "os.environ" not in path.read_text(), path
 
 
-def test_stream_never_imports_torch() -> None:
-    for path in (ROOT / "stream").rglob("*.py"):
-        assert "torch" not in _imports(path), path
+def test_stream_never_imports_torch_nor_training() -> None:
+    for path in _modules("stream"):
+        assert not _imports(path) & {"torch", "training"}, path
+
+
+def test_training_never_imports_stream() -> None:
+    for path in _modules("training"):
+        assert "stream" not in _imports(path), path
+
+
+def test_nothing_imports_the_cli_package() -> None:
+    for path in _modules(*PRODUCT, "benchmarks"):
+        assert "sessionrec" not in _imports(path), path
+
+
+def test_product_code_never_imports_the_benchmarks() -> None:
+    for path in _modules(*PRODUCT):
+        assert "benchmarks" not in _imports(path), path
+
+
+def test_torch_is_imported_only_in_training() -> None:
+    """The worker's import path (stream, models, the CLI's worker command) stays torch-free;
+    the CLI imports torch only inside the commands that train."""
+    for path in _modules("models", "stream", "sessionrec"):
+        tree = ast.parse(path.read_text())
+        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        for node in top:
+            module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
+            assert not (module or "").startswith(("torch", "training.trainer")), path
+
+
+def test_private_faust_attributes_are_touched_only_by_the_adapter() -> None:
+    private = ("._enable_passive", "._processors", "._build_highwaters", ".data[", "table.data")
+    for path in _modules(*PRODUCT, "benchmarks", "sessionrec"):
+        if path.name == "faust_adapter.py":
+            continue
+        text = path.read_text()
+        assert not [p for p in private if p in text], path
+        if "faust" in _imports(path) or "mode" in _imports(path):
+            assert path.name == "app.py", f"{path} imports faust: only stream/app.py may"
+
+
+def test_the_worker_imports_no_torch() -> None:
+    code = "import sys, stream.app, stream.pipeline; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 def _compose_command() -> list[str] | None:

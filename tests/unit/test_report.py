@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sessionrec.report import write_report
+from benchmarks.report import write_report
 
 
 def _rate(rate: float, worker_us: float, broker_us: float) -> dict[str, float]:
@@ -29,7 +29,7 @@ def test_the_report_weighs_the_fastest_fixed_rate_against_the_cpu_budget(tmp_pat
         "machine": "test",
         "cores": 3,
         "stream": [_rate(500, 900, 800), _rate(2000, 300, 200), _rate(0, 100, 50)],
-        "worker_cost": [{**cost, "complete_us": 40.0, "total_us": 120.0}],
+        "worker_cost": [{**cost, "finish_us": 40.0, "total_us": 120.0}],
     }
     write_report(results, tmp_path)
     text = (tmp_path / "report.md").read_text()

@@ -55,6 +55,30 @@ def test_env_names_cover_nested_settings() -> None:
     assert "SESSIONREC_BOOTSTRAP" in names and "SESSIONREC_WEIGHTS_BUY" in names
 
 
+def test_a_child_process_environment_reproduces_every_setting() -> None:
+    """What `demo` and `bench` hand their workers: every setting, none forgotten."""
+    from models.config import EventWeights, QueryDefaults, Settings, Topics, to_env
+
+    settings = Settings(
+        bootstrap="b:1",
+        partitions=3,
+        session_gap_minutes=7.5,
+        max_session_len=9,
+        index_ef=33,
+        model_dir="m",
+        metrics_port=0,
+        worker_group="g",
+        log_format="json",
+        topics=Topics(events="e", dlq="d"),
+        weights=EventWeights(view=0.25, remove_from_cart=-0.75),
+        query=QueryDefaults(k=7, diversity=0.5, exclude_seen=True, price_weight=0.5),
+    )
+    env = to_env(settings)
+    assert sorted(env) == sorted(env_names())
+    assert load_settings(None, env, {}) == settings
+    assert load_settings(None, to_env(Settings()), {}) == Settings()
+
+
 def test_cli_reports_bad_config_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -119,7 +119,7 @@ def test_fast_sets_its_hyperparameters_and_flags_beside_it_win() -> None:
 
 def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_path: Path) -> None:
     from models.config import EventWeights
-    from stream.serving import load_current
+    from models.serving import load_current
 
     events, catalog = shop_files
     out = tmp_path / "models"
@@ -186,9 +186,9 @@ def test_the_holdout_score_is_the_saved_artifacts(
 
 
 def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path: Path) -> None:
+    from benchmarks.stream import worker_cost
     from models.config import EventWeights
-    from stream.bench import worker_cost
-    from stream.serving import load_current
+    from models.serving import load_current
 
     events, catalog = shop_files
     out = tmp_path / "models"
@@ -203,7 +203,7 @@ def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path
     # Every event is a click on a known item, so each user of a batch (whose events there
     # share one computation) plans at least its whole-session query.
     assert cost.queries_per_event > 0
-    parts = cost.prepare_us + cost.search_us + cost.complete_us
+    parts = cost.prepare_us + cost.search_us + cost.finish_us
     assert cost.total_us == pytest.approx(parts) and cost.total_us > 0
     assert cost.events_per_core_second == pytest.approx(1e6 / cost.total_us)
     with pytest.raises(ValueError, match="no model in"):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import logging
 
 import orjson
@@ -8,15 +9,23 @@ import pytest
 from models.codec import encode
 from models.config import Settings
 from models.records import Event
-from stream.processor import Incoming, Output, Processor
+from stream.pipeline import Incoming, Pipeline, keep
+
+
+def _pipeline(store: dict[str, bytes] | None = None) -> Pipeline:
+    return Pipeline(Settings(), None, store if store is not None else {}, clock=lambda: 5)
+
+
+_OFFSETS = itertools.count()
 
 
 def _incoming(events: list[Event]) -> list[Incoming]:
-    return [Incoming(e.user_id.encode(), encode(e), 0, n) for n, e in enumerate(events)]
+    """The events as read from partition 0, each at an offset not used before."""
+    return [Incoming(e.user_id.encode(), encode(e), 0, next(_OFFSETS)) for e in events]
 
 
 def test_a_prepared_batch_has_its_states_before_its_recommendations() -> None:
-    proc = Processor(Settings(), None, clock=lambda: 5)
+    proc = _pipeline()
     t0 = 1_700_000_000_000
     batch = _incoming(
         [
@@ -26,27 +35,28 @@ def test_a_prepared_batch_has_its_states_before_its_recommendations() -> None:
         ]
     )
     batch.append(Incoming(b"u3", b"{not json", 0, 3))
-    pending = proc.prepare(batch, lambda _user: None)
+    pending = proc.prepare(batch)
     assert set(pending.out.states) == {"u1", "u2"} and len(pending.out.dlq) == 1
+    assert set(proc.store) == {"u1", "u2"}  # written before the search starts
     assert pending.out.recommendations == [] and pending.search() is None  # no model: trending
     clicks = orjson.loads(pending.out.states["u1"][1])["current"]["clicks"]
     assert [c[2] for c in clicks] == ["a", "c"]
 
-    out = proc.complete(pending, pending.search())
-    assert [user for user, _, _ in out.recommendations] == ["u1", "u1", "u2"]
+    messages = proc.finish(pending, pending.search())
+    assert [key for _, key, _, _ in messages] == [b"u1", b"u1", b"u2"]
+    assert [orjson.loads(value)["item_id"] for _, _, value, _ in messages] == ["a", "c", "b"]
     assert proc.counters["emitted"] == 3 and proc.counters["rejected"] == 1
     # The same batch handled at once gives the same messages.
-    again = Processor(Settings(), None, clock=lambda: 5).process(batch, lambda _user: None)
-    assert again.recommendations == out.recommendations
+    again = _pipeline().process(batch)
+    assert again.recommendations == messages
 
 
 def test_states_are_stored_encoded_and_an_unreadable_one_starts_afresh() -> None:
-    proc = Processor(Settings(), None, clock=lambda: 5)
     table: dict[str, bytes] = {}
+    proc = _pipeline(table)
 
     def run(events: list[Event]) -> None:
-        out = proc.process(_incoming(events), table.get)
-        table.update({user: state for user, (_, state) in out.states.items()})
+        proc.process(_incoming(events))
 
     t0 = 1_700_000_000_000
     run([Event("u1", "a", "view", t0)])
@@ -60,81 +70,77 @@ def test_states_are_stored_encoded_and_an_unreadable_one_starts_afresh() -> None
 
 
 def test_an_unreadable_state_is_reported_once(caplog: pytest.LogCaptureFixture) -> None:
-    proc = Processor(Settings(), None, clock=lambda: 5)
     t0 = 1_700_000_000_000
     table = {"u1": b"not json", "u2": b"neither"}  # as restored from a damaged changelog
-    with caplog.at_level(logging.WARNING, logger="stream.processor"):
-        assert proc.idle_users(table) == []  # the idle index reads both first
-        for ts in (t0, t0 + 1):
-            out = proc.process(_incoming([Event("u1", "a", "view", ts)]), table.get)
-            table.update({user: state for user, (_, state) in out.states.items()})
+    proc = _pipeline(table)
+    with caplog.at_level(logging.WARNING, logger="stream.pipeline"):
+        assert proc.idle_users() == []  # the idle index reads both first
+        for n, ts in enumerate((t0, t0 + 1)):
+            event = Event("u1", "a", "view", ts)
+            proc.process([Incoming(b"u1", encode(event), 0, n)])
     assert proc.counters["bad_state"] == 2
     reports = sorted(r.getMessage() for r in caplog.records if "unreadable" in r.getMessage())
     assert [line.split(":")[0] for line in reports] == ["user 'u1'", "user 'u2'"]
     # u1's state was written again: it is readable, and a new damage is a new report.
     assert [c[2] for c in orjson.loads(table["u1"])["current"]["clicks"]] == ["a", "a"]
     table["u1"] = b"{"
-    proc.process(_incoming([Event("u1", "b", "view", t0 + 2)]), table.get)
+    proc.process([Incoming(b"u1", encode(Event("u1", "b", "view", t0 + 2)), 0, 2)])
     assert proc.counters["bad_state"] == 3
 
 
 def test_idle_users_come_from_the_processors_writes_and_from_a_restored_table() -> None:
     gap = Settings().session_gap_ms
     t0 = 1_700_000_000_000
-    proc = Processor(Settings(), None, clock=lambda: 5)
     table: dict[str, bytes] = {}
+    proc = _pipeline(table)
+    offsets = iter(range(100))
 
     def run(events: list[Event], partition: int = 0) -> None:
-        batch = [
-            Incoming(e.user_id.encode(), encode(e), partition, n) for n, e in enumerate(events)
-        ]
-        out = proc.process(batch, table.get)
-        table.update({user: state for user, (_, state) in out.states.items()})
+        batch = [Incoming(e.user_id.encode(), encode(e), partition, next(offsets)) for e in events]
+        proc.process(batch)
 
     run([Event("early", "a", "view", t0), Event("late", "b", "view", t0 + gap)])
     run([Event("other", "c", "view", t0)], partition=1)
-    assert proc.idle_users(table) == []
+    assert proc.idle_users() == []
     run([Event("late", "d", "view", t0 + gap + 1)])  # partition 0's watermark passes early's gap
-    assert proc.idle_users(table) == [("early", 0)]  # not "other": partition 1 has not moved
+    assert proc.idle_users() == [("early", 0)]  # not "other": partition 1 has not moved
 
     # A worker that restored the same table from the changelog finds the same users.
-    restored = Processor(Settings(), None)
+    restored = Pipeline(Settings(), None, table)
     restored.watermarks = dict(proc.watermarks)
-    assert restored.idle_users(table) == [("early", 0)]
-    out = Output()
-    restored.close_idle("early", table["early"], out, 0)
+    assert restored.idle_users() == [("early", 0)]
+    out = restored.close_idle()
     assert orjson.loads(out.states["early"][1])["current"] is None
+    assert orjson.loads(table["early"])["current"] is None
     assert len(out.sessions) == 1
-    table.update({user: state for user, (_, state) in out.states.items()})
-    assert restored.idle_users(table) == []
+    assert restored.idle_users() == []
 
     del table["early"]  # its partition went to another worker
-    assert proc.idle_users(table) == [] and "early" not in proc.ends
+    assert proc.idle_users() == [] and "early" not in proc.ends
 
 
 def test_a_stored_state_takes_its_size_in_memory() -> None:
     import tracemalloc
 
     from models.session import SessionConfig, SessionState, advance
-    from stream.state import UserState
+    from models.state import UserState
 
-    proc = Processor(Settings(), None)
     state = SessionState()
     for j in range(5):
         event = Event("u1", f"item-{j}", "view", 1_700_000_000_000 + j * 1000)
         state = advance(state, event, SessionConfig()).state
     tracemalloc.start()
     try:
-        stored = [proc.keep(f"u{i}", UserState(state), 0) for i in range(1000)]
+        stored = [keep(UserState(state), 0) for _ in range(1000)]
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # About 300 bytes of JSON each, plus the index entry; not the 4 KB buffer orjson writes in.
+    # About 300 bytes of JSON each; not the 4 KB buffer orjson writes in.
     assert len(stored[0]) < 400 and used < 1000 * 1000
 
 
 def test_bench_users_walk_whole_sessions_in_order() -> None:
-    from stream.bench import Walkers
+    from benchmarks.stream import Walkers
 
     sessions = [["a", "b", "c"], ["x", "y"], ["p"]]
     walk = Walkers(sessions, users=1, seed=3)

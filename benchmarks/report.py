@@ -205,9 +205,9 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         parts.append(
             "## Stream: the worker's own code per event\n\n"
             + _table(rows, list(rows[0]))
-            + "\nMicroseconds of CPU per event in `Processor.prepare` (decode, sessions, "
-            "intents, query plan), the index search (one thread, as in the worker) and "
-            "`Processor.complete` (merge, explain, encode), on the same model and the events "
+            + "\nMicroseconds of CPU per event in `Pipeline.prepare` (admit, sessionize, "
+            "plan), the index search (one thread, as in the worker) and "
+            "`Pipeline.finish` (merge, explain, encode), on the same model and the events "
             "the load generator sends, in batches of the size given, with no broker and no "
             "faust around them.\n" + _budget(results)
         )

@@ -12,9 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from models.config import EventWeights
-from models.index import IndexConfig, ItemIndex
-from training.baselines import (
+from benchmarks.baselines import (
     Popularity,
     VSkNN,
     coverage_and_popularity,
@@ -22,6 +20,8 @@ from training.baselines import (
     metrics_from_lists,
     score_ranker,
 )
+from models.config import EventWeights
+from models.index import IndexConfig, ItemIndex
 from training.data import load_srgnn, load_srgnn_test
 from training.evaluate import Case, cases_from_srgnn, evaluate, recommender_for
 from training.trainer import FAST, TrainConfig, TrainedModel, train
@@ -323,21 +323,21 @@ def session_memory(users: int = 200_000, clicks: int = 5) -> dict[str, Any]:
     from models.config import Settings
     from models.records import Event
     from models.session import SessionConfig, SessionState, advance
-    from stream.processor import Processor
-    from stream.state import UserState
+    from models.state import UserState
+    from stream.pipeline import Output, Pipeline
 
     config = SessionConfig()
     gc.collect()
     tracemalloc.start()
     table: dict[str, bytes] = {}
-    processor = Processor(Settings(), None)
+    pipeline = Pipeline(Settings(), None, table)
     t0 = 1_700_000_000_000
     for u in range(users):
         state = SessionState()
         for j in range(clicks):
             event = Event(f"user-{u}", f"{100_000 + (u + j) % 43_000}", "view", t0 + j * 1000)
             state = advance(state, event, config).state
-        table[event.user_id] = processor.keep(event.user_id, UserState(state), u % 4)
+        pipeline.put_state(event.user_id, UserState(state), u % 4, Output())
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] / 2**20
     tracemalloc.stop()

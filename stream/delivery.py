@@ -1,70 +1,15 @@
-"""Batches of events from a faust stream, and their acknowledgement once handled.
+"""Delivery bookkeeping of the worker, free of faust: repeats dropped, batches acknowledged in
+order once their outputs are delivered (at-least-once).
 
-faust's own `Stream.take_events` can lose events: while the agent handles a batch, the reader
-that fills the buffer waits on a future and, on waking, clears the *current* one, which may
-already belong to the next batch. Events it then adds during that batch are acknowledged when
-the batch ends without ever having been handed out (seen here: 18 of 400 events after a restart
-with a backlog, committed but never answered). Here the batch is swapped out of the buffer
-before it is handed out, so an event added at any moment lands in the next batch, and
-`InOrderAcks` acknowledges exactly a batch's events once its outputs are delivered.
-
-A partition can also hand the same message out twice (the broker returns its last record again
-at the end of the log): `Deduplicator` drops messages already delivered, and only those.
+A partition can hand the same message out twice (the embedded broker returns its last record
+again at the end of the log): `Deduplicator` drops messages already delivered, and only those.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-QUIET_BATCH = 4  # a batch smaller than this means light load (see take_batches)
-
-
-async def take_batches(
-    stream: Any, max_events: int, within_s: float, quiet_within_s: float | None = None
-) -> AsyncIterator[list[Any]]:
-    """Yield lists of up to `max_events` faust events: as soon as that many are buffered, or
-    `within_s` after the last batch. With `quiet_within_s`, a batch after one of fewer than
-    QUIET_BATCH events waits only that long: under light load an event is not held back for a
-    batch that will not come. Nothing is acked here: hand each batch to `InOrderAcks` once it
-    is handled."""
-    pending: list[Any] = []
-    full = asyncio.Event()
-    room = asyncio.Event()
-    room.set()
-
-    async def add(value: Any) -> Any:
-        event = stream.current_event
-        if event is None:
-            raise RuntimeError("stream has no current event to buffer")
-        pending.append(event)
-        if len(pending) >= max_events:
-            full.set()
-            room.clear()
-            await stream.wait(room)  # backpressure: stop reading until the batch is taken
-        return value
-
-    acks_were = stream.enable_acks
-    stream.enable_acks = False
-    stream.add_processor(add)
-    stream._enable_passive(aiter(stream.channel))
-    wait_s = within_s if quiet_within_s is None else quiet_within_s
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(full, timeout=wait_s)
-            full.clear()
-            if not pending:
-                continue
-            if quiet_within_s is not None:
-                wait_s = within_s if len(pending) >= QUIET_BATCH else quiet_within_s
-            batch = pending[:]
-            pending.clear()
-            room.set()
-            yield batch
-    finally:
-        stream.enable_acks = acks_were
-        stream._processors.remove(add)
 
 
 async def unless_done(task: asyncio.Future[Any], step: Awaitable[Any]) -> None:
@@ -81,13 +26,14 @@ async def unless_done(task: asyncio.Future[Any], step: Awaitable[Any]) -> None:
 
 
 class InOrderAcks:
-    """Acknowledges handled batches in the order they were taken, each once its outputs are
-    delivered, while the agent goes on with later batches. At most `limit` batches wait for
-    delivery (`add` then waits). A failed delivery fails the agent's next `add` or `check`, and
-    nothing after it is acked: the worker stops and a restart reads those events again."""
+    """Acknowledges handled batches (`ack`, once per event) in the order they were taken, each
+    once its outputs are delivered, while the agent goes on with later batches. At most
+    `limit` batches wait for delivery (`add` then waits). A failed delivery fails the agent's
+    next `add` or `check`, and nothing after it is acked: the worker stops and a restart reads
+    those events again."""
 
-    def __init__(self, stream: Any, limit: int = 8):
-        self.stream = stream
+    def __init__(self, ack: Callable[[Any], Awaitable[Any]], limit: int = 8):
+        self.ack = ack
         self.queue: asyncio.Queue[tuple[Awaitable[Any], list[Any]]] = asyncio.Queue(limit)
         self.task: asyncio.Task[None] | None = None
 
@@ -129,7 +75,7 @@ class InOrderAcks:
             try:
                 await delivered
                 for event in events:
-                    await self.stream.ack(event)
+                    await self.ack(event)
             finally:
                 self.queue.task_done()
 

@@ -1,4 +1,4 @@
-"""The worker drops messages a partition hands out a second time."""
+"""Repeats dropped, batches acknowledged in order once delivered."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from stream.take import Deduplicator, InOrderAcks
+from stream.delivery import Deduplicator, InOrderAcks
 
 
 def test_deduplicator_drops_exact_repeats_per_partition() -> None:
@@ -49,7 +49,7 @@ class _Acked:
 def test_batches_are_acked_in_order_once_delivered() -> None:
     async def scenario() -> list[list[str]]:
         stream = _Acked()
-        acks = InOrderAcks(stream, limit=4)
+        acks = InOrderAcks(stream.ack, limit=4)
         loop = asyncio.get_running_loop()
         first, second = loop.create_future(), loop.create_future()
         await acks.add(first, ["a", "b"])
@@ -70,7 +70,7 @@ def test_batches_are_acked_in_order_once_delivered() -> None:
 def test_a_failed_delivery_stops_acking_and_fails_the_agent() -> None:
     async def scenario() -> tuple[list[str], str]:
         stream = _Acked()
-        acks = InOrderAcks(stream, limit=1)
+        acks = InOrderAcks(stream.ack, limit=1)
         loop = asyncio.get_running_loop()
         failed, later = loop.create_future(), loop.create_future()
         await acks.add(failed, ["a"])

@@ -1,4 +1,9 @@
-"""The model a worker serves: artifact + live index + recommender, swapped as one object."""
+"""A model version loaded for serving: artifact + live index + recommender, as one object.
+
+The one way to turn a version into a recommender: the stream worker, the training job's
+holdout and `sessionrec eval` all go through `serving_model` (and `load_serving` for a version
+on disk).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,8 @@ from models.artifact import Model, current_version, load_index, load_model
 from models.config import EventWeights
 from models.features import compose, encode_items
 from models.index import ItemIndex
-from models.ranking import Recommender
-from models.records import Item
+from models.ranking import IntentOut, Recommender
+from models.records import Intent, Item
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +68,33 @@ class ServingModel:
         row = self.index.labels.get(item_id)
         return row if row is not None and row < len(self.model.item_ids) else None
 
+    def intent(self, it: IntentOut) -> Intent:
+        """An intent as a recommendation shows it: members, weight, dominant category/brand."""
+        known = self.index.labels
+        labels = [known[m] for m in it.members if m in known]
+        return Intent(
+            id=it.id,
+            members=list(it.members),
+            weight=round(it.weight, 4),
+            category=_dominant([self.categories.get(label) for label in labels]),
+            brand=_dominant([self.brands.get(label) for label in labels]),
+            past=it.past,
+        )
 
-def load_serving(
-    path: Path, weights: EventWeights, threads: int = 1, ef: int | None = None
-) -> ServingModel:
-    """Load a model version completely (raises `ArtifactError` if it is unusable); `ef` is the
-    index's search beam (None: the index's default)."""
-    model = load_model(path)
-    index = load_index(path, model, threads=threads, ef=ef)
+
+def _dominant(values: list[str | None]) -> str | None:
+    """The most frequent value that is set; the first seen of equally frequent ones."""
+    if len(values) == 1:
+        return values[0] or None
+    counts: dict[str, int] = {}
+    for value in values:
+        if value:
+            counts[value] = counts.get(value, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def serving_model(model: Model, index: ItemIndex, weights: EventWeights) -> ServingModel:
+    """`model` served over `index` (built from its vectors, or loaded with it)."""
     t = model.tables
     categories = {
         row: (t.category_vocab.words[c - 1] if c > 0 else None)
@@ -82,6 +106,15 @@ def load_serving(
     }
     rec = Recommender(index, t.dims, model.position_weights, weights)
     return ServingModel(model, index, rec, categories, brands)
+
+
+def load_serving(
+    path: Path, weights: EventWeights, threads: int = 1, ef: int | None = None
+) -> ServingModel:
+    """Load a model version completely (raises `ArtifactError` if it is unusable); `ef` is the
+    index's search beam (None: the index's default)."""
+    model = load_model(path)
+    return serving_model(model, load_index(path, model, threads=threads, ef=ef), weights)
 
 
 def load_current(

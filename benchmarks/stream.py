@@ -303,7 +303,7 @@ class WorkerCost:
     queries_per_event: float
     prepare_us: float
     search_us: float
-    complete_us: float
+    finish_us: float
     total_us: float
     events_per_core_second: float
 
@@ -318,13 +318,13 @@ def worker_cost(
     warm: int = 2_000,
     seed: int = 7,
 ) -> list[WorkerCost]:
-    """What `Processor` costs per event with no broker and no faust around it, at each batch
+    """What the `Pipeline` costs per event with no broker and no faust around it, at each batch
     size: the events the load generator would send, in batches of that size, through prepare
-    (decode, sessions, intents, query plan), the index search (one thread, as the worker's)
-    and complete (merge, explain, encode), on the worker's model, with user states kept as the
+    (admit, sessionize, plan), the index search (one thread, as the worker's) and finish
+    (merge, explain, encode), on the worker's model, with user states kept as the
     worker's table keeps them. CPU time of this thread, after `warm` events that are not
     counted. The model is loaded once; each batch size starts from no users."""
-    from stream.serving import load_current
+    from models.serving import load_current
 
     serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
     if serving is None:
@@ -338,10 +338,9 @@ def worker_cost(
 def _cost(
     settings: Settings, serving: Any, walkers: Walkers, batch: int, events: int, warm: int
 ) -> WorkerCost:
-    from stream.processor import Incoming, Processor
+    from stream.pipeline import Incoming, Pipeline
 
-    processor = Processor(settings, serving)
-    table: dict[str, bytes] = {}
+    pipeline = Pipeline(settings, serving, {})
     spent = [0.0, 0.0, 0.0]
     queries = counted = 0
     offset = 0
@@ -352,28 +351,27 @@ def _cost(
             incoming.append(Incoming(event.user_id.encode(), encode(event), 0, offset))
             offset += 1
         t0 = time.thread_time()
-        pending = processor.prepare(incoming, table.get)
+        pending = pipeline.prepare(incoming)
         t1 = time.thread_time()
         found = pending.search()
         t2 = time.thread_time()
-        processor.complete(pending, found)
+        pipeline.finish(pending, found)
         t3 = time.thread_time()
-        table.update((user, state) for user, (_, state) in pending.out.states.items())
         if offset <= warm:
             continue
         counted += batch
         queries += len(pending.plan.queries) if pending.plan is not None else 0
         for i, (a, b) in enumerate(((t0, t1), (t1, t2), (t2, t3))):
             spent[i] += b - a
-    prepare, search, complete = (1e6 * x / counted for x in spent)
-    total = prepare + search + complete
+    prepare, search, finish = (1e6 * x / counted for x in spent)
+    total = prepare + search + finish
     return WorkerCost(
         batch,
         counted,
         queries / counted,
         prepare,
         search,
-        complete,
+        finish,
         total,
         1e6 / max(total, 1e-9),
     )

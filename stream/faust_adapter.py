@@ -1,0 +1,353 @@
+"""Everything the worker needs from faust-streaming beyond its public API, in one place.
+
+faust runs the consumer group, restores the session table from its changelog and runs the
+timers; `stream.pipeline` does the rest. Each item below says what it replaces, why, and what
+happens on Apache Kafka. They are written against faust-streaming FAUST_VERSION:
+`check_faust_version` stops the worker at start-up on any other version, so that an upgrade
+fails loudly instead of silently skipping a patch.
+
+1. `take_batches` replaces `Stream.take_events`, using `Stream` internals
+   (`_enable_passive`, `_processors`, `current_event`). faust's own batching can lose
+   events: while the agent handles a batch, its reader wakes and clears the *current* batch
+   future, which may already belong to the next batch, and events added then are acked
+   without ever being handed out. Here a batch is swapped out of the buffer before it is
+   handed out. Broker-independent.
+2. `session_store` hands the pipeline the table's in-memory dict (`Table.data`) to write
+   states into directly, bypassing faust's per-write changelog producer: the pipeline sends
+   the changelog messages itself, with the outputs, through librdkafka (far cheaper per
+   message), keyed and partitioned as faust would, so faust restores from them.
+   Broker-independent.
+3. `short_fetch_wait` caps aiokafka's `fetch_max_wait_ms`, which faust hard-codes to 1500:
+   the embedded broker (Tansu) holds a fetch for its full wait when no data is ready, which
+   made that wait the latency floor. On Apache Kafka a fetch returns as soon as data arrives;
+   the cap only makes idle polls more frequent.
+4. `true_changelog_ends` wraps `Recovery._build_highwaters`: the embedded broker reports a
+   high watermark of the last record batch's base offset + 1 (short of the end when that
+   batch holds several records), so faust would restore part of the sessions. Each reported
+   high watermark is checked by reading from it - 1 to the end. On Apache Kafka that read
+   finds exactly the reported value.
+5. `keep_queued_on_resume` makes `FlowControlEvent.resume` empty the stream queues only when
+   flow was suspended. faust resumes flow a second time after a table restore, while it
+   seeks the event partitions; events fetched in between were dropped from the queue while
+   later ones of their partition were acked, so their offsets were committed unanswered.
+   Broker-independent.
+6. `no_event_sensors` takes faust's Monitor out of the per-event sensor calls: it times
+   every message in Python, and nothing reads it (faust's web view is off; the worker
+   serves its own Prometheus metrics). Broker-independent.
+7. `tune_gc` changes process-wide garbage-collector settings: objects alive at start-up
+   (model, libraries) are frozen out of its walks and it runs after GC_YOUNG_THRESHOLD
+   allocations instead of 700, since the session table renews objects on every event.
+   Reference counting still frees everything not in a cycle at once. Broker-independent.
+8. `highwater` reads a partition's high watermark from faust's consumer for the lag gauge
+   (`app.consumer`, not part of faust's documented API). On the embedded broker the value
+   counts record batches (see 4), so the gauge reads low there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+from faust.types import TP
+
+from models.config import Settings
+from stream.kafka import consumer_config
+from stream.pipeline import Incoming
+
+log = logging.getLogger(__name__)
+FAUST_VERSION = "0.15.3"
+FETCH_MAX_WAIT_MS = 10
+PROBE_TIMEOUT_S = 10.0
+GC_YOUNG_THRESHOLD = 100_000
+QUIET_BATCH = 4  # a batch smaller than this means light load (see take_batches)
+_applied: set[str] = set()
+
+
+class FaustVersionError(RuntimeError):
+    """The installed faust-streaming is not the version these workarounds were written for."""
+
+
+def check_faust_version(installed: str | None = None) -> None:
+    found = installed if installed is not None else str(faust.__version__)
+    if found != FAUST_VERSION:
+        raise FaustVersionError(
+            f"faust-streaming is {found}, expected {FAUST_VERSION}: stream/faust_adapter.py "
+            "reaches into its internals; check each item there against the new version, "
+            "then change FAUST_VERSION"
+        )
+
+
+def make_app(settings: Settings, linger_ms: int) -> faust.App:
+    """The faust app, with every workaround applied that must precede its consumer."""
+    check_faust_version()
+    short_fetch_wait()
+    true_changelog_ends(settings.bootstrap)
+    brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
+    app = faust.App(
+        settings.worker_group,
+        broker=brokers,
+        store="memory://",
+        # Tables live in memory (the changelog is the durable copy); faust still wants a
+        # data directory, which would otherwise appear wherever the worker started.
+        datadir=_datadir(settings.worker_group),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        web_enabled=False,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        broker_max_poll_interval=300.0,
+        broker_rebalance_timeout=6.0,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        broker_commit_interval=1.0,
+        producer_linger_ms=linger_ms,
+    )
+    keep_queued_on_resume(app)
+    return app
+
+
+def _datadir(group: str) -> Path:
+    path = Path(tempfile.gettempdir()) / "sessionrec-faust" / group
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def on_start(app: faust.App) -> None:
+    """What is applied once the app runs: the sensors are registered, the model is loaded."""
+    no_event_sensors(app)
+    tune_gc()
+
+
+# -- 1. Batches -------------------------------------------------------------------------------
+
+
+async def take_batches(
+    stream: Any, max_events: int, within_s: float, quiet_within_s: float | None = None
+) -> AsyncIterator[tuple[list[Incoming], list[Any]]]:
+    """Yield (events as `Incoming`, their faust events to acknowledge) of up to `max_events`:
+    as soon as that many are buffered, or `within_s` after the last batch. With
+    `quiet_within_s`, a batch after one of fewer than QUIET_BATCH events waits only that long:
+    under light load an event is not held back for a batch that will not come. Nothing is
+    acked here: the caller acks each faust event once its outputs are delivered."""
+    pending: list[Any] = []
+    full = asyncio.Event()
+    room = asyncio.Event()
+    room.set()
+
+    async def add(value: Any) -> Any:
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("stream has no current event to buffer")
+        pending.append(event)
+        if len(pending) >= max_events:
+            full.set()
+            room.clear()
+            await stream.wait(room)  # backpressure: stop reading until the batch is taken
+        return value
+
+    acks_were = stream.enable_acks
+    stream.enable_acks = False
+    stream.add_processor(add)
+    stream._enable_passive(aiter(stream.channel))
+    wait_s = within_s if quiet_within_s is None else quiet_within_s
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(full, timeout=wait_s)
+            full.clear()
+            if not pending:
+                continue
+            if quiet_within_s is not None:
+                wait_s = within_s if len(pending) >= QUIET_BATCH else quiet_within_s
+            batch = pending[:]
+            pending.clear()
+            room.set()
+            yield [_incoming(e) for e in batch], batch
+    finally:
+        stream.enable_acks = acks_were
+        stream._processors.remove(add)
+
+
+def _incoming(event: Any) -> Incoming:
+    msg = event.message
+    produced_ms = int(msg.timestamp * 1000) if msg.timestamp else None
+    return Incoming(event.key, event.value, msg.partition, msg.offset, produced_ms)
+
+
+# -- 2. The session table ---------------------------------------------------------------------
+
+
+def session_store(table: Any) -> tuple[MutableMapping[str, bytes], str]:
+    """The table's in-memory data, to write states into without faust's changelog producer,
+    and the changelog topic the caller must send each written state to."""
+    return table.data, str(table.changelog_topic.get_topic_name())
+
+
+# -- 3. Fetch wait ----------------------------------------------------------------------------
+
+
+def short_fetch_wait() -> None:
+    import aiokafka
+
+    if "short_fetch_wait" in _applied:
+        return
+    original = aiokafka.AIOKafkaConsumer
+
+    class ShortWaitConsumer(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["fetch_max_wait_ms"] = min(
+                kwargs.get("fetch_max_wait_ms", 500), FETCH_MAX_WAIT_MS
+            )
+            super().__init__(*args, **kwargs)
+
+    aiokafka.AIOKafkaConsumer = ShortWaitConsumer
+    _applied.add("short_fetch_wait")
+
+
+# -- 4. Changelog ends ------------------------------------------------------------------------
+
+
+def true_changelog_ends(bootstrap: str) -> None:
+    """Restore tables up to the real end of their changelog partitions."""
+    from faust.tables.recovery import Recovery
+
+    if "true_changelog_ends" in _applied:
+        return
+    original = Recovery._build_highwaters
+
+    async def _build_highwaters(
+        self: Any, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        ends = cast(Any, _TrueEnds(consumer, bootstrap))
+        await original(self, ends, tps, destination, title)
+
+    Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
+    _applied.add("true_changelog_ends")
+
+
+class _TrueEnds:
+    """A faust consumer whose `highwaters` are the partitions' real log ends."""
+
+    def __init__(self, consumer: Any, bootstrap: str):
+        self.consumer = consumer
+        self.bootstrap = bootstrap
+
+    async def highwaters(self, *tps: Any) -> dict[Any, int | None]:
+        reported = dict(await self.consumer.highwaters(*tps))
+        return await asyncio.to_thread(log_ends, self.bootstrap, reported)
+
+
+def log_ends(
+    bootstrap: str, reported: dict[Any, int | None], timeout_s: float = PROBE_TIMEOUT_S
+) -> dict[Any, int | None]:
+    """The offset after the last record of each partition, reading from `reported` - 1.
+    `reported` maps faust TPs (topic, partition) to the broker's high watermarks."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = {tp: high for tp, high in reported.items() if high}
+    if not probe:
+        return reported
+    consumer = Consumer(
+        consumer_config(
+            bootstrap,
+            "sessionrec-log-ends",
+            **{"enable.auto.commit": False, "fetch.wait.max.ms": 10},
+        )
+    )
+    ends = dict(reported)
+    found: dict[tuple[str, int], int] = {}
+    try:
+        consumer.assign(
+            [TopicPartition(tp.topic, tp.partition, high - 1) for tp, high in probe.items()]
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            messages = consumer.consume(1000, 0.2)
+            for msg in messages:
+                if msg.error() is None:
+                    key = (str(msg.topic()), int(msg.partition() or 0))
+                    found[key] = max(found.get(key, -1), int(msg.offset() or 0) + 1)
+            if not messages and len(found) == len(probe):
+                break
+    finally:
+        consumer.close()
+    for tp, high in probe.items():
+        end = found.get((tp.topic, tp.partition))
+        if end is None:
+            log.warning("could not read the end of %s[%d]: restoring up to %d", *tp, high)
+        elif end > high:
+            log.info("%s[%d] ends at %d (broker reported %d)", tp.topic, tp.partition, end, high)
+            ends[tp] = end
+    return ends
+
+
+# -- 5. Flow control --------------------------------------------------------------------------
+
+
+def keep_queued_on_resume(app: Any) -> None:
+    """Make `app.flow_control.resume()` empty the queues it manages only when flow was
+    suspended: what is queued while flow is active was read since the last rebalance and is
+    still wanted (the streams drop anything read in an earlier generation)."""
+    flow = app.flow_control
+    resume = flow.resume
+
+    def resume_keeping_queued() -> None:
+        if flow.is_active():
+            return
+        resume()
+
+    flow.resume = resume_keeping_queued
+
+
+# -- 6. Sensors -------------------------------------------------------------------------------
+
+
+def no_event_sensors(app: Any) -> None:
+    """Take faust's Monitor out of the sensors called for every message (after the app added
+    it at start-up)."""
+    if app.monitor in set(app.sensors):
+        app.sensors.remove(app.monitor)
+        log.info("faust's per-event monitor sensor is off")
+
+
+# -- 7. Garbage collector ---------------------------------------------------------------------
+
+
+def tune_gc() -> None:
+    """Freeze what exists now (the model, the libraries) out of the collector's walks and let it
+    run less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    log.info(
+        "garbage collector: %d startup objects frozen, runs after %d allocations",
+        gc.get_freeze_count(),
+        GC_YOUNG_THRESHOLD,
+    )
+
+
+# -- 8. High watermarks -----------------------------------------------------------------------
+
+
+def highwater(app: faust.App, topic: str) -> Callable[[int], int | None]:
+    """A partition of `topic` -> its high watermark as faust's consumer knows it (None while
+    the consumer cannot say, e.g. during a rebalance)."""
+
+    def of(partition: int) -> int | None:
+        try:
+            high = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # the consumer may be rebalancing; lag is best effort
+            return None
+        return None if high is None else int(high)
+
+    return of

@@ -1,0 +1,583 @@
+"""The worker's batch path, one step after another, free of faust and of any broker.
+
+    admit        decode each message, drop repeats, send bad ones to the DLQ with the reason
+    sessionize   advance each user's session on event time; closed sessions become past intents
+    plan         every user's index queries (whole session, intents, past intents), stacked
+    search       one index search for the batch, in a thread, while the next batch is admitted
+    finish       merge, rank and explain each user's answer; one message per event
+    publish      states to the table and its changelog, outputs to their topics
+    acknowledge  a batch's events, once everything it produced is delivered (at-least-once)
+
+`Pipeline.run` is the loop, and the one place where a batch's search overlaps the next batch.
+The faust adapter (`stream.faust_adapter`) hands it batches and acknowledges their events;
+tests and benchmarks call the steps, or `process`, directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from models.codec import DecodeError, decode_event, encode, encode_session
+from models.config import Settings
+from models.features import F32, I64
+from models.intent import cluster
+from models.ranking import PastIntent, Plan, Request, Result, params_from
+from models.records import Event, Intent, Recommendation, RecommendedItem
+from models.serving import ServingModel
+from models.session import Session, SessionConfig, advance, close_idle
+from models.state import MAX_BOUGHT, PastIntentState, UserState
+from models.trending import Trending
+from stream import metrics
+from stream.delivery import Deduplicator, InOrderAcks, unless_done
+from stream.kafka import OutMessage
+
+log = logging.getLogger(__name__)
+MAX_PAST_INTENTS = 3
+PAST_DECAY = 0.5  # each closed session halves the weight of the intents before it
+# Events handled normally but worth a look (exported as sessionrec_oddities_total).
+ODDITIES = ("late", "key_mismatch", "bad_state")
+LAG_EVERY_S = 1.0  # the consumer-lag gauge is updated at most this often
+SEARCHES_AHEAD = 2  # batches whose search runs while the next ones are admitted
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One message of `events` as read: `produced_ms` is its Kafka timestamp, if any."""
+
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    produced_ms: int | None = None
+
+
+@dataclass
+class Output:
+    """What a batch (or the idle timer) publishes. `states` maps user -> (partition, encoded
+    state): the changelog messages of the states already written to the table."""
+
+    recommendations: list[OutMessage] = field(default_factory=list)
+    dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    sessions: list[tuple[str, bytes]] = field(default_factory=list)
+    states: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+
+
+@dataclass
+class _UserWork:
+    """One user's share of a batch: the events, and the state they lead to."""
+
+    partition: int
+    state: UserState
+    events: list[Event] = field(default_factory=list)
+    params: dict[str, Any] | None = None
+
+
+@dataclass
+class Pending:
+    """A batch between `plan` and `finish`. `serving` is the model it was planned with, kept
+    until it is finished; `found` is its running search; `handles` are what the adapter
+    acknowledges once `sent` (its states, DLQ and sessions) and its recommendations are
+    delivered."""
+
+    incoming: list[Incoming]
+    out: Output
+    work: dict[str, _UserWork]
+    requests: list[Request]
+    serving: ServingModel | None
+    plan: Plan | None
+    handles: list[Any] = field(default_factory=list)
+    sent: asyncio.Future[None] | None = None
+    found: asyncio.Future[Any] | None = None
+    prepare_s: float = 0.0
+
+    def search(self) -> tuple[I64, F32] | None:
+        """The batch's index search (numpy and hnswlib only: may run in another thread)."""
+        if self.serving is None or self.plan is None:
+            return None
+        return self.serving.recommender.search(self.plan)
+
+
+class Sink(Protocol):
+    """Where outputs go (`stream.kafka.Outbox`): the future resolves once all are delivered."""
+
+    def send(self, messages: list[OutMessage]) -> asyncio.Future[None]: ...
+
+    def take_retried(self) -> int: ...
+
+
+class Updates(Protocol):
+    """New models and catalog upserts (`stream.watch.Watcher`)."""
+
+    def take(self) -> tuple[ServingModel | None, list[Any]]: ...
+
+    def waiting(self) -> bool: ...
+
+
+def dlq_record(raw: bytes | None, reason: str, msg: Incoming) -> bytes:
+    """The original bytes (UTF-8 text when they are, else base64) and the reason."""
+    data = raw or b""
+    try:
+        original, encoding = data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        original, encoding = base64.b64encode(data).decode("ascii"), "base64"
+    return encode(
+        {
+            "reason": reason,
+            "original": original,
+            "encoding": encoding,
+            "partition": msg.partition,
+            "offset": msg.offset,
+        }
+    )
+
+
+class Pipeline:
+    """The worker's batch path over a session table (`store`: user -> encoded state, whose
+    changelog topic is `changelog`) and an output `outbox`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        serving: ServingModel | None,
+        store: MutableMapping[str, bytes],
+        changelog: str = "",
+        clock: Callable[[], int] | None = None,
+    ):
+        self.settings = settings
+        self.topics = settings.topics
+        self.serving = serving
+        self.store = store
+        self.changelog = changelog
+        self.gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
+        self.clock = clock or (lambda: int(time.time() * 1000))
+        self.trending = Trending()
+        self.dedup = Deduplicator()
+        self.counters: Counter[str] = Counter()
+        # user -> (end of the open session or None, partition), for every user in the store:
+        # the idle timer finds idle sessions here without decoding every state.
+        self.ends: dict[str, tuple[int | None, int]] = {}
+        # Users whose stored state was reported unreadable and not yet written again.
+        self.unreadable: set[str] = set()
+        # Event-time watermark per partition: a lagging partition's users are never closed by
+        # the progress of another one.
+        self.watermarks: dict[int, int] = {}
+        self.outbox: Sink | None = None
+        self.updates: Updates | None = None
+        self.highwater: Callable[[int], int | None] | None = None
+        self.searches: set[asyncio.Future[Any]] = set()  # running in the searcher thread
+        self.stats = metrics.BatchStats()
+        self._counted = self.counters.copy()
+        self._lag_due = 0.0
+        if serving is not None:
+            self._seed_trending(serving)
+
+    def connect(
+        self,
+        outbox: Sink,
+        updates: Updates | None = None,
+        highwater: Callable[[int], int | None] | None = None,
+    ) -> None:
+        """Where outputs go, where models and upserts come from, and the partitions' high
+        watermarks (for the lag gauge)."""
+        self.outbox, self.updates, self.highwater = outbox, updates, highwater
+
+    # -- The loop -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        batches: AsyncIterator[tuple[list[Incoming], list[Any]]],
+        acknowledge: Callable[[Any], Awaitable[Any]],
+    ) -> None:
+        """Handle batches until `batches` ends: each is prepared (admit, sessionize, plan),
+        its states published and its search started; a second task finishes the batches in
+        the order they came as their searches end, publishes their recommendations and, once
+        all is delivered, acknowledges each of their handles. At most SEARCHES_AHEAD batches
+        search at a time. Returns once every batch is acknowledged."""
+        acks = InOrderAcks(acknowledge)
+        searching: asyncio.Queue[Pending] = asyncio.Queue(SEARCHES_AHEAD)
+        finisher = asyncio.ensure_future(self._finish_in_order(searching, acks))
+        searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
+        try:
+            async for incoming, handles in batches:
+                if self.updates is not None and self.updates.waiting():
+                    await unless_done(finisher, self._searches_done())
+                self.between_batches()
+                pending = self.prepare(incoming, handles)
+                if pending.plan is not None:
+                    pending.found = self._start_search(searcher, pending)
+                await unless_done(finisher, searching.put(pending))
+            await unless_done(finisher, searching.join())  # the batches ended: drain
+            await acks.drain()
+        finally:
+            finisher.cancel()
+            acks.close()
+            searcher.shutdown(wait=False)
+
+    def prepare(self, incoming: list[Incoming], handles: list[Any] | None = None) -> Pending:
+        """admit -> sessionize -> plan, and publish what is known before the search: the new
+        states (already in the store), closed sessions and rejects."""
+        started = time.perf_counter()
+        self.stats.ingest(incoming)
+        out = Output()
+        work = self.sessionize(self.admit(incoming, out), out)
+        pending = self.plan(incoming, work, out)
+        pending.handles = handles or []
+        if self.outbox is not None:
+            pending.sent = self.publish(out)
+        pending.prepare_s = time.perf_counter() - started
+        return pending
+
+    async def _finish_in_order(self, searching: asyncio.Queue[Pending], acks: InOrderAcks) -> None:
+        while True:
+            pending = await searching.get()
+            found = await pending.found if pending.found is not None else None
+            started = time.perf_counter()
+            recommendations = self.finish(pending, found)
+            finished = time.perf_counter()
+            assert self.outbox is not None and pending.sent is not None  # set by `connect`
+            delivered = asyncio.gather(pending.sent, self.outbox.send(recommendations))
+            await acks.add(delivered, pending.handles)
+            searching.task_done()
+            compute_s = pending.prepare_s + finished - started
+            self.stats.add(len(pending.handles), compute_s, time.perf_counter() - finished)
+            self._observe(pending.incoming)
+
+    def process(self, incoming: list[Incoming]) -> Output:
+        """Every step but publish and acknowledge, at once (tests, benchmarks)."""
+        pending = self.prepare(incoming)
+        pending.out.recommendations = self.finish(pending, pending.search())
+        return pending.out
+
+    # -- The steps, in the order they run --------------------------------------------------
+
+    def admit(self, batch: list[Incoming], out: Output) -> list[tuple[Event, Incoming]]:
+        """The batch's events, decoded; repeats of a delivered message are dropped, messages
+        that are not valid events go to the DLQ with the reason."""
+        admitted: list[tuple[Event, Incoming]] = []
+        for msg in batch:
+            if not self.dedup.fresh(msg.partition, msg.offset):
+                continue
+            decoded = self._decode(msg)
+            if isinstance(decoded, str):
+                self.counters["rejected"] += 1
+                out.dlq.append((msg.key, dlq_record(msg.value, decoded, msg)))
+                continue
+            self.counters["accepted"] += 1
+            admitted.append((decoded, msg))
+        return admitted
+
+    def _decode(self, msg: Incoming) -> Event | str:
+        if msg.value is None:
+            return "event: message has no value"
+        try:
+            event = decode_event(msg.value)
+            if event.params:
+                params_from(self.settings.query, event.params)
+        except DecodeError as exc:
+            return str(exc)
+        except ValueError as exc:
+            return f"event: {exc}"
+        if msg.key is not None and msg.key != event.user_id.encode():
+            self.counters["key_mismatch"] += 1
+        return event
+
+    def sessionize(
+        self, admitted: list[tuple[Event, Incoming]], out: Output
+    ) -> dict[str, _UserWork]:
+        """Each user's events applied to the user's stored state, in one go per user; the new
+        states are written to the store at once (their changelog messages are in `out`)."""
+        work: dict[str, _UserWork] = {}
+        for event, msg in admitted:
+            user = work.get(event.user_id)
+            if user is None:
+                state = self._stored(event.user_id, self.store.get(event.user_id))[0]
+                user = work[event.user_id] = _UserWork(msg.partition, state)
+            user.events.append(event)
+            user.params = event.params or user.params
+        for user_id, w in work.items():
+            w.state = self._advance(user_id, w, out)
+            self.put_state(user_id, w.state, w.partition, out)
+            last = max(e.ts for e in w.events)
+            self.watermarks[w.partition] = max(self.watermarks.get(w.partition, 0), last)
+        return work
+
+    def _advance(self, user_id: str, w: _UserWork, out: Output) -> UserState:
+        state = w.state
+        serving = self.serving
+        for event in w.events:
+            self.trending.add(event.item_id, self.settings.weights.of(event.type), event.ts)
+            if serving is None or event.item_id not in serving.index.labels:
+                self.counters["unknown_item"] += 1
+            step = advance(state.session, event, self.gap)
+            if step.late:
+                self.counters["late"] += 1
+            state = UserState(step.state, state.past, state.bought)
+            for closed in step.closed:
+                state = self._retire(user_id, closed, state, out)
+            if event.type == "buy" and event.item_id not in state.bought:
+                bought = (*state.bought, event.item_id)[-MAX_BOUGHT:]
+                state = UserState(state.session, state.past, bought)
+        return state
+
+    def _retire(self, user_id: str, closed: Session, state: UserState, out: Output) -> UserState:
+        """A closed session goes to `sessions`; its intents become the user's past intents."""
+        out.sessions.append((user_id, encode_session(closed)))
+        self.counters["sessions_closed"] += 1
+        past = [PastIntentState(p.vector, p.weight * PAST_DECAY, p.members) for p in state.past]
+        if self.serving is not None:
+            rec = self.serving.recommender
+            ids, labels, weights, _ = rec.session_items(
+                [(c.item_id, c.type) for c in closed.clicks]
+            )
+            if ids:
+                clusters = cluster(
+                    rec.index.vectors[labels], weights, self.settings.query.max_intents
+                )
+                total = sum(c.weight for c in clusters) or 1.0
+                fresh = [
+                    PastIntentState(
+                        [round(float(x), 4) for x in c.vector],
+                        c.weight / total,
+                        [ids[m] for m in c.members][:10],
+                    )
+                    for c in clusters
+                    if c.weight > 0
+                ]
+                past = fresh + past
+        return UserState(state.session, tuple(past[:MAX_PAST_INTENTS]), state.bought)
+
+    def plan(self, incoming: list[Incoming], work: dict[str, _UserWork], out: Output) -> Pending:
+        """Each user's request (session clicks, past intents, bought items, params) and the
+        batch's index queries, stacked for one search."""
+        requests = [self._request(w) for w in work.values()]
+        plan = None
+        if self.serving is not None and requests:
+            plan = self.serving.recommender.plan(requests)
+        return Pending(incoming, out, work, requests, self.serving, plan)
+
+    def _request(self, w: _UserWork) -> Request:
+        current = w.state.session.current
+        clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
+        past = [
+            PastIntent(np.asarray(p.vector, dtype=np.float32), p.weight, tuple(p.members))
+            for p in w.state.past
+        ]
+        return Request(
+            clicks, frozenset(w.state.bought), past, params_from(self.settings.query, w.params)
+        )
+
+    def _start_search(self, searcher: ThreadPoolExecutor, pending: Pending) -> asyncio.Future[Any]:
+        """Start the batch's index search in the searcher thread (hnswlib releases the GIL);
+        nothing changes the index until it ends (see `between_batches`)."""
+        found = asyncio.get_running_loop().run_in_executor(searcher, pending.search)
+        self.searches.add(found)
+        found.add_done_callback(self.searches.discard)
+        return found
+
+    def finish(self, pending: Pending, found: tuple[I64, F32] | None) -> list[OutMessage]:
+        """The batch's recommendation messages: one answer per user, sent for each of the
+        user's events (trending items when the session gives none)."""
+        serving = pending.serving
+        results: list[Result | None] = [None] * len(pending.work)
+        if serving is not None and pending.plan is not None and found is not None:
+            results = list(serving.recommender.finish(pending.plan, *found))
+        version = serving.version if serving is not None else "none"
+        emitted = self.clock()
+        messages: list[OutMessage] = []
+        for (user_id, w), req, result in zip(
+            pending.work.items(), pending.requests, results, strict=True
+        ):
+            items, intents, reason = self._explain(serving, req, result)
+            current = w.state.session.current
+            session_id = current.session_id if current is not None else "none"
+            key = user_id.encode()
+            for event in w.events:
+                answer = Recommendation(
+                    user_id=user_id,
+                    session_id=session_id,
+                    items=items,
+                    intents=intents,
+                    model_version=version,
+                    event_ts=event.ts,
+                    emitted_ts=emitted,
+                    item_id=event.item_id,
+                    type=event.type,
+                    reason=reason,
+                )
+                messages.append((self.topics.recommendations, key, encode(answer), None))
+            self.counters["emitted"] += len(w.events)
+        return messages
+
+    def _explain(
+        self, serving: ServingModel | None, req: Request, result: Result | None
+    ) -> tuple[list[RecommendedItem], list[Intent], str]:
+        if result is None or not result.items:
+            top = self.trending.top(req.params.k, set(req.bought))
+            return [RecommendedItem(i, round(s, 5), -1) for i, s in top], [], "trending"
+        assert serving is not None  # a result comes from a model
+        items = [RecommendedItem(i, s, n) for i, s, n in result.items]
+        return items, [serving.intent(it) for it in result.intents], "session"
+
+    def publish(self, out: Output) -> asyncio.Future[None]:
+        """Send the states' changelog messages and the outputs; the future resolves once all
+        are delivered."""
+        assert self.outbox is not None  # set by `connect`
+        t = self.topics
+        messages: list[OutMessage] = [
+            (self.changelog, orjson.dumps(user), state, partition)
+            for user, (partition, state) in out.states.items()
+        ]
+        messages.extend(out.recommendations)
+        messages.extend((t.dlq, key, value, None) for key, value in out.dlq)
+        messages.extend((t.sessions, user.encode(), value, None) for user, value in out.sessions)
+        return self.outbox.send(messages)
+
+    # -- Between batches and on timers -----------------------------------------------------
+
+    def between_batches(self) -> None:
+        """Swap in a loaded model and apply catalog upserts, unless a batch's search is reading
+        the index (then they wait for a later call)."""
+        if self.searches or self.updates is None:
+            return
+        model, items = self.updates.take()
+        if model is not None:
+            self.swap(model)
+        if items and self.serving is not None:
+            metrics.ITEMS.inc(self.serving.apply_items(items))
+        if model is not None or items:
+            metrics.observe_model(self.serving)
+
+    def swap(self, serving: ServingModel) -> None:
+        """Serve a new model from the next batch on."""
+        old = self.serving.version if self.serving is not None else "none"
+        self.serving = serving
+        self.counters["model_swaps"] += 1
+        metrics.MODEL_SWAPS.inc()
+        log.info("swapped model %s -> %s between batches", old, serving.version)
+
+    async def _searches_done(self) -> None:
+        if self.searches:
+            await asyncio.wait(set(self.searches))
+
+    def close_idle(self) -> Output:
+        """Close the sessions whose partition's event-time watermark is past their end + gap;
+        the new states are in the store, their changelog messages in the output."""
+        out = Output()
+        for user, partition in self.idle_users():
+            state = self._stored(user, self.store.get(user))[0]
+            step = close_idle(state.session, self.watermarks.get(partition, 0), self.gap)
+            if not step.closed:
+                continue
+            state = UserState(step.state, state.past, state.bought)
+            for closed in step.closed:
+                state = self._retire(user, closed, state, out)
+            self.put_state(user, state, partition, out)
+        return out
+
+    def idle_users(self) -> list[tuple[str, int]]:
+        """(user, partition) of the sessions that their partition's event-time watermark has
+        passed by more than the gap. Users the store gained without this pipeline (restored
+        from the changelog) are read once; users it lost (partitions taken away) are
+        forgotten."""
+        if len(self.ends) != len(self.store) or not self.ends.keys() <= self.store.keys():
+            self._index()
+        gap, marks = self.gap.gap_ms, self.watermarks
+        return [
+            (user, partition)
+            for user, (end, partition) in self.ends.items()
+            if end is not None and end + gap < marks.get(partition, 0)
+        ]
+
+    def _index(self) -> None:
+        for user in self.ends.keys() - self.store.keys():
+            del self.ends[user]
+            self.unreadable.discard(user)
+        for user in self.store.keys() - self.ends.keys():
+            state, partition = self._stored(user, self.store[user])
+            current = state.session.current
+            self.ends[user] = (current.end if current is not None else None, partition)
+
+    # -- The stored state ------------------------------------------------------------------
+
+    def _stored(self, user_id: str, raw: bytes | None) -> tuple[UserState, int]:
+        """A stored state decoded, and the partition it was stored for. One that cannot be read
+        is logged, counted and started afresh (the user's next events still get answers)."""
+        if not raw:
+            return UserState(), 0
+        try:
+            data = orjson.loads(raw)
+            return UserState.from_json(data), int(data.get("partition", 0))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Reported once, whether the idle index or the user's next event finds it first.
+            if user_id not in self.unreadable:
+                self.unreadable.add(user_id)
+                self.counters["bad_state"] += 1
+                log.warning("user %r: stored state unreadable (%s); starting afresh", user_id, exc)
+            return UserState(), 0
+
+    def put_state(self, user_id: str, state: UserState, partition: int, out: Output) -> None:
+        """Write the state to the store, encoded (bytes: nothing for Python's garbage collector
+        to walk), and its changelog message to `out`."""
+        encoded = keep(state, partition)
+        self.store[user_id] = encoded
+        out.states[user_id] = (partition, encoded)
+        current = state.session.current
+        self.ends[user_id] = (current.end if current is not None else None, partition)
+        if self.unreadable:
+            self.unreadable.discard(user_id)
+
+    # -- Metrics ---------------------------------------------------------------------------
+
+    def _seed_trending(self, serving: ServingModel) -> None:
+        pop = serving.model.popularity
+        if pop.size:
+            top = np.argsort(-pop)[:500]
+            self.trending.seed(
+                [serving.model.item_ids[i] for i in top], [float(pop[i]) for i in top], 0
+            )
+
+    def _observe(self, incoming: list[Incoming]) -> None:
+        """Counters, latencies and consumer lag of a finished batch."""
+        assert self.outbox is not None
+        now, last = self.counters, self._counted
+        for outcome in ("accepted", "rejected"):
+            metrics.EVENTS.labels(outcome).inc(now[outcome] - last[outcome])
+        metrics.EMITTED.inc(now["emitted"] - last["emitted"])
+        metrics.UNKNOWN.inc(now["unknown_item"] - last["unknown_item"])
+        metrics.SESSIONS.inc(now["sessions_closed"] - last["sessions_closed"])
+        for kind in ODDITIES:
+            metrics.ODDITIES.labels(kind).inc(now[kind] - last[kind])
+        self._counted = now.copy()
+        metrics.DUPLICATES.inc(self.dedup.take_dropped())
+        metrics.REDELIVERED.inc(self.outbox.take_retried())
+        for partition, offset, highest in self.dedup.take_out_of_order():
+            log.warning(
+                "events partition %d handed out offset %d after offset %d: processed "
+                "(a message delivered out of order is new, not a repeat)",
+                partition,
+                offset,
+                highest,
+            )
+        metrics.observe_batch(incoming)
+        if self.highwater is not None and time.monotonic() >= self._lag_due:
+            self._lag_due = time.monotonic() + LAG_EVERY_S  # asks the consumer per partition
+            metrics.observe_lag(incoming, self.highwater)
+
+
+def keep(state: UserState, partition: int) -> bytes:
+    """A state as the store and its changelog hold it: JSON with the partition it is for."""
+    data = state.to_json()
+    data["partition"] = partition
+    # A copy of orjson's output: its bytes keep the 4 KB buffer they were written in.
+    return bytes(memoryview(encode(data)))
