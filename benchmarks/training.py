@@ -56,7 +56,7 @@ def _recommender_lists(rec: Any, cases: list[Case], k: int = 20) -> list[list[st
     for start in range(0, len(cases), 2000):
         chunk = cases[start : start + 2000]
         results = rec.recommend([Request(c.prefix, params=params) for c in chunk])
-        lists.extend([i for i, _, _ in r.items] for r in results)
+        lists.extend([i["item_id"] for i in r.items] for r in results)
     return lists
 
 

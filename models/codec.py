@@ -7,6 +7,7 @@ was expected; it never lets another exception escape for any input bytes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +45,37 @@ def encode(record: Event | Item | Recommendation | dict[str, Any]) -> bytes:
     if isinstance(record, dict):
         return orjson.dumps(record, option=_DUMP_OPTIONS)
     return orjson.dumps(_compact(record), option=_DUMP_OPTIONS)
+
+
+def encode_answers(answer: Recommendation, events: Sequence[Event]) -> list[bytes]:
+    """`answer` as sent for each of the events it answers: the same recommendation, with each
+    event's `item_id`, `type` and `event_ts`. Each message is what `encode` gives for that
+    record; the part all of them share is encoded once."""
+    shared = orjson.dumps(
+        {
+            "items": answer.items,
+            "intents": answer.intents,
+            "reason": answer.reason,
+            "model_version": answer.model_version,
+            "session_id": answer.session_id,
+            "schema_version": answer.schema_version,
+            **({"extra": answer.extra} if answer.extra else {}),
+        },
+        option=_DUMP_OPTIONS,
+    )[1:]
+    out = []
+    for event in events:
+        head = orjson.dumps(
+            {
+                "user_id": answer.user_id,
+                "item_id": event.item_id,
+                "type": event.type,
+                "event_ts": event.ts,
+                "emitted_ts": answer.emitted_ts,
+            }
+        )
+        out.append(head[:-1] + b"," + shared)
+    return out
 
 
 def _compact(record: Event | Item | Recommendation) -> dict[str, Any]:
@@ -215,7 +247,9 @@ def decode_recommendation(raw: bytes | str) -> Recommendation:
     _check_version(data, "recommendation")
     try:
         items = [
-            RecommendedItem(str(i["item_id"]), float(i["score"]), int(i["intent"]))
+            RecommendedItem(
+                item_id=str(i["item_id"]), score=float(i["score"]), intent=int(i["intent"])
+            )
             for i in data["items"]
         ]
         intents = [

@@ -22,6 +22,7 @@ from models.config import EventWeights, QueryDefaults
 from models.features import F32, I64, Dims
 from models.index import ItemIndex
 from models.intent import cluster
+from models.records import RecommendedItem
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
@@ -57,7 +58,7 @@ class IntentOut:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    items: list[tuple[str, float, int]]
+    items: list[RecommendedItem]
     intents: list[IntentOut]
     unknown: int
 
@@ -329,9 +330,9 @@ class Recommender:
         top = labels[:k].tolist()
         closest = self._closest(top, [it for it in intents if not it.past])
         ids = self.index.ids
-        out = [
+        out: list[RecommendedItem] = [
             # Found by the whole-session query: explain it by the closest intent.
-            (ids[label], score, near if intent == -2 else intent)
+            {"item_id": ids[label], "score": score, "intent": near if intent == -2 else intent}
             for label, score, intent, near in zip(
                 top, shown[:k].tolist(), intents_of[:k].tolist(), closest, strict=True
             )

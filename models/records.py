@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 SCHEMA_VERSION = 1
 
@@ -38,8 +38,10 @@ class Item:
     schema_version: int = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class RecommendedItem:
+class RecommendedItem(TypedDict):
+    """One item of a recommendation, as the message carries it (a plain dict: an answer holds
+    k of them, built and encoded for every event)."""
+
     item_id: str
     score: float
     intent: int

@@ -127,7 +127,7 @@ def _line(rec: Recommendation, items: dict[str, Item]) -> str:
         item = items.get(item_id)
         return f"{item.name} ({item.category})" if item and item.name else item_id
 
-    top = "; ".join(f"#{r.intent} {name(r.item_id)}" for r in rec.items[:3])
+    top = "; ".join(f"#{r['intent']} {name(r['item_id'])}" for r in rec.items[:3])
     intents = ", ".join(
         f"{i.category or '?'}{' (past)' if i.past else ''}" for i in rec.intents[:3]
     )

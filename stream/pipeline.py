@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from models.codec import DecodeError, decode_event, encode, encode_session
+from models.codec import DecodeError, decode_event, encode, encode_answers, encode_session
 from models.config import Settings
 from models.features import F32, I64
 from models.intent import cluster
@@ -394,6 +394,7 @@ class Pipeline:
             results = list(serving.recommender.finish(pending.plan, *found))
         version = serving.version if serving is not None else "none"
         emitted = self.clock()
+        topic = self.topics.recommendations
         messages: list[OutMessage] = []
         for (user_id, w), req, result in zip(
             pending.work.items(), pending.requests, results, strict=True
@@ -401,21 +402,19 @@ class Pipeline:
             items, intents, reason = self._explain(serving, req, result)
             current = w.state.session.current
             session_id = current.session_id if current is not None else "none"
+            answer = Recommendation(
+                user_id=user_id,
+                session_id=session_id,
+                items=items,
+                intents=intents,
+                model_version=version,
+                event_ts=w.events[-1].ts,
+                emitted_ts=emitted,
+                reason=reason,
+            )
             key = user_id.encode()
-            for event in w.events:
-                answer = Recommendation(
-                    user_id=user_id,
-                    session_id=session_id,
-                    items=items,
-                    intents=intents,
-                    model_version=version,
-                    event_ts=event.ts,
-                    emitted_ts=emitted,
-                    item_id=event.item_id,
-                    type=event.type,
-                    reason=reason,
-                )
-                messages.append((self.topics.recommendations, key, encode(answer), None))
+            for value in encode_answers(answer, w.events):
+                messages.append((topic, key, value, None))
             self.counters["emitted"] += len(w.events)
         return messages
 
@@ -424,10 +423,12 @@ class Pipeline:
     ) -> tuple[list[RecommendedItem], list[Intent], str]:
         if result is None or not result.items:
             top = self.trending.top(req.params.k, set(req.bought))
-            return [RecommendedItem(i, round(s, 5), -1) for i, s in top], [], "trending"
+            items: list[RecommendedItem] = [
+                {"item_id": i, "score": round(s, 5), "intent": -1} for i, s in top
+            ]
+            return items, [], "trending"
         assert serving is not None  # a result comes from a model
-        items = [RecommendedItem(i, s, n) for i, s, n in result.items]
-        return items, [serving.intent(it) for it in result.intents], "session"
+        return result.items, [serving.intent(it) for it in result.intents], "session"
 
     def publish(self, out: Output) -> asyncio.Future[None]:
         """Send the states' changelog messages and the outputs; the future resolves once all

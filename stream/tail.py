@@ -12,7 +12,7 @@ from stream.kafka import consumer_config
 
 
 def pretty(rec: Recommendation, width: int = 4) -> str:
-    top = ", ".join(f"{i.item_id}({i.score:.2f}|{i.intent})" for i in rec.items[:width])
+    top = ", ".join(f"{i['item_id']}({i['score']:.2f}|{i['intent']})" for i in rec.items[:width])
     latency = rec.emitted_ts - rec.event_ts
     return (
         f"{rec.user_id:<12} {rec.type or '':<16} {rec.item_id or '':<12} -> {top}"

@@ -84,7 +84,7 @@ def target_ranks(
         chunk = cases[start : start + batch]
         results = recommender.recommend([Request(c.prefix, params=params) for c in chunk])
         for j, (case, result) in enumerate(zip(chunk, results, strict=True)):
-            ids = [item for item, _, _ in result.items]
+            ids = [item["item_id"] for item in result.items]
             if case.target in ids:
                 ranks[start + j] = ids.index(case.target)
         bar.update(len(chunk))

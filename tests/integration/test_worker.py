@@ -73,9 +73,9 @@ def _check_bought_never_return(events: list[Event], recs: list) -> int:
     checked = 0
     for r in recs:
         for item in r.items:
-            when = bought_at.get(r.user_id, {}).get(item.item_id)
+            when = bought_at.get(r.user_id, {}).get(item["item_id"])
             # Several purchases can share a timestamp; only a strictly earlier one must be gone.
-            assert when is None or when >= r.event_ts, f"{r.user_id} got back {item.item_id}"
+            assert when is None or when >= r.event_ts, f"{r.user_id} got back {item['item_id']}"
         checked += bool(bought_at.get(r.user_id))
     return checked
 

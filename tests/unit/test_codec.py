@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,7 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.codec import DecodeError, decode_event, decode_item, decode_recommendation, encode
+from models.codec import (
+    DecodeError,
+    decode_event,
+    decode_item,
+    decode_recommendation,
+    encode,
+    encode_answers,
+)
 from models.records import Event, Intent, Item, Recommendation, RecommendedItem
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
@@ -36,7 +44,7 @@ def test_recommendation_round_trip_and_schema() -> None:
     rec = Recommendation(
         user_id="u1",
         session_id="s-1",
-        items=[RecommendedItem("i2", 0.91, 0)],
+        items=[RecommendedItem(item_id="i2", score=0.91, intent=0)],
         intents=[Intent(0, ["i9"], 1.0, category="shoes")],
         model_version="v1",
         event_ts=1_700_000_000_000,
@@ -47,6 +55,31 @@ def test_recommendation_round_trip_and_schema() -> None:
     raw = encode(rec)
     assert decode_recommendation(raw) == rec
     jsonschema.validate(json.loads(raw), _schema("recommendation"))
+
+
+def test_an_answer_sent_for_several_events_is_the_record_of_each() -> None:
+    answer = Recommendation(
+        user_id="u1",
+        session_id="s-1",
+        items=[RecommendedItem(item_id="i2", score=0.91, intent=0)],
+        intents=[Intent(0, ["i9", "i8"], 1.0, category="shoes")],
+        model_version="v1",
+        event_ts=0,
+        emitted_ts=1_700_000_000_020,
+        extra={"note": 1},
+    )
+    events = [
+        Event("u1", "i9", "view", 1_700_000_000_000),
+        Event("u1", "i8", "cart", 1_700_000_000_001),
+    ]
+    sent = encode_answers(answer, events)
+    for raw, event in zip(sent, events, strict=True):
+        expected = dataclasses.replace(
+            answer, item_id=event.item_id, type=event.type, event_ts=event.ts
+        )
+        assert json.loads(raw) == json.loads(encode(expected))
+        assert decode_recommendation(raw) == expected
+        jsonschema.validate(json.loads(raw), _schema("recommendation"))
 
 
 def test_iso_timestamp_is_accepted() -> None:

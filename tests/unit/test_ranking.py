@@ -64,7 +64,7 @@ def test_two_intents_are_found_and_each_is_served() -> None:
     clicks = [("c0-1", "view"), ("c0-2", "view"), ("c2-1", "view"), ("c2-3", "view")]
     result = rec.recommend([Request(clicks, params=QueryDefaults(k=20))])[0]
     assert len(result.intents) == 2
-    groups = {item.split("-")[0] for item, _, _ in result.items}
+    groups = {item["item_id"].split("-")[0] for item in result.items}
     assert groups == {"c0", "c2"}
 
 
@@ -72,9 +72,9 @@ def test_bought_items_never_come_back_and_seen_by_option() -> None:
     rec = _world()
     clicks = [("c1-1", "view"), ("c1-2", "buy")]
     out = rec.recommend([Request(clicks, bought=frozenset({"c1-2"}))])[0]
-    assert "c1-2" not in {i for i, _, _ in out.items}
+    assert "c1-2" not in {i["item_id"] for i in out.items}
     out = rec.recommend([Request(clicks, params=QueryDefaults(exclude_seen=True))])[0]
-    assert not {"c1-1", "c1-2"} & {i for i, _, _ in out.items}
+    assert not {"c1-1", "c1-2"} & {i["item_id"] for i in out.items}
 
 
 def test_diversity_spreads_the_list() -> None:
@@ -84,7 +84,7 @@ def test_diversity_spreads_the_list() -> None:
     diverse = rec.recommend([Request(clicks, params=QueryDefaults(k=10, diversity=0.9))])[0]
 
     def spread(items: list) -> float:
-        v = rec.index.vectors[[rec.index.labels[i] for i, _, _ in items]]
+        v = rec.index.vectors[[rec.index.labels[i["item_id"]] for i in items]]
         return float((v @ v.T).mean())
 
     assert spread(diverse.items) < spread(plain.items)
@@ -159,4 +159,7 @@ def test_each_query_is_searched_only_as_deep_as_its_request_needs() -> None:
     assert sorted(depths) == [(1, 60), (2, 20)]  # the buyer skips 40 bought items: 20 + 40
     alone = [rec.recommend([r])[0] for r in [*browsers, buyer]]
     assert [r.items for r in together] == [r.items for r in alone]
-    assert len(together[2].items) == 20 and not {i for i, _, _ in together[2].items} & buyer.bought
+    assert (
+        len(together[2].items) == 20
+        and not {i["item_id"] for i in together[2].items} & buyer.bought
+    )
