@@ -14,7 +14,7 @@ import numpy as np
 from models.features import F32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IntentCluster:
     """members: indices into the item list given to `cluster`; vector: (dim,) float32, unit
     length (or zero); weight: the positive interest behind it."""
@@ -32,8 +32,9 @@ def cluster(
     `max_intents`; after that it joins the most similar one anyway). Removals (negative
     weights) never open an intent; they join the closest one and push its centroid away.
 
-    vectors: (n, dim) float32 unit rows; weights: (n,) float32. One (n, n) product, a loop over
-    integers, then one product for all centroids: cheap enough to run per event.
+    vectors: (n, dim) float32 unit rows; weights: (n,) float32. One product per seed (at most
+    `max_intents`), a loop over integers, then one product for all centroids: cheap enough to
+    run per event.
     """
     n = len(weights)
     if n == 0:
@@ -41,13 +42,13 @@ def cluster(
     w = weights.tolist()
     if n == 1:  # most sessions in a stream are one click old: its item is its intent
         return [] if w[0] < 0 else [IntentCluster((0,), vectors[0], w[0])]
-    sims = (vectors @ vectors.T).tolist()
     order = sorted(range(n), key=lambda i: -abs(w[i]))  # stable: ties keep click order
     seeds: list[int] = []
+    to_seed: list[list[float]] = []  # each seed's similarity to every item
     members: list[list[int]] = []
     for i in order:
         if seeds:
-            row = [sims[i][s] for s in seeds]
+            row = [sims[i] for sims in to_seed]
             best = max(range(len(row)), key=row.__getitem__)  # the first best, as argmax
             if row[best] >= threshold or len(seeds) >= max_intents or w[i] < 0:
                 members[best].append(i)
@@ -55,6 +56,7 @@ def cluster(
         if w[i] < 0:
             continue  # a removal with nothing to push away from
         seeds.append(i)
+        to_seed.append((vectors @ vectors[i]).tolist())
         members.append([i])
     # Each intent's weighted centroid, all in one product: a (intents, n) weight matrix.
     share = np.zeros((len(seeds), n), dtype=np.float32)

@@ -30,14 +30,14 @@ MIN_INTENT_SHARE = 0.25
 FETCH_GROUP = 10  # queries whose needs round up to the same multiple of this share one search
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PastIntent:
     vector: F32
     weight: float
     members: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     """clicks: (item_id, event type) in time order; bought: never recommended back."""
 
@@ -47,7 +47,7 @@ class Request:
     params: QueryDefaults = field(default_factory=QueryDefaults)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IntentOut:
     id: int
     members: list[str]
@@ -56,14 +56,14 @@ class IntentOut:
     past: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
     items: list[RecommendedItem]
     intents: list[IntentOut]
     unknown: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Query:
     request: int
     vector: F32
@@ -71,7 +71,7 @@ class _Query:
     intent: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     """The queries of a batch of requests: `matrix` stacks them for one search (None: none)."""
 

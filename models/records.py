@@ -11,7 +11,7 @@ EventType = Literal["view", "cart", "remove_from_cart", "buy"]
 EVENT_TYPES: tuple[EventType, ...] = ("view", "cart", "remove_from_cart", "buy")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One interaction of a user with an item. `ts` is event time in epoch milliseconds."""
 
@@ -47,7 +47,7 @@ class RecommendedItem(TypedDict):
     intent: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Intent:
     """A cluster of the session's items: its members, weight and dominant metadata."""
 
@@ -59,7 +59,7 @@ class Intent:
     past: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Recommendation:
     user_id: str
     session_id: str

@@ -18,7 +18,7 @@ DEFAULT_GAP_MS = 20 * 60 * 1000
 DEFAULT_MAX_LEN = 50
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Click:
     """One event as a session keeps it, ordered by (ts, seq) so merges are deterministic."""
 
@@ -28,7 +28,7 @@ class Click:
     type: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
     """A run of one user's events with no gap above the limit, in event-time order."""
 
@@ -46,7 +46,7 @@ class Session:
         return self.clicks[-1].ts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionState:
     """What the sessionizer keeps for one user between events."""
 
@@ -62,7 +62,7 @@ class SessionConfig:
     max_len: int = DEFAULT_MAX_LEN
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Step:
     """The result of one event: the new state, sessions it closed, and whether it was late."""
 

@@ -10,14 +10,14 @@ from models.session import Click, Session, SessionState
 MAX_BOUGHT = 200
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PastIntentState:
     vector: list[float]
     weight: float
     members: list[str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UserState:
     session: SessionState = field(default_factory=SessionState)
     past: tuple[PastIntentState, ...] = ()

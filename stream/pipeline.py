@@ -51,7 +51,7 @@ LAG_EVERY_S = 1.0  # the consumer-lag gauge is updated at most this often
 SEARCHES_AHEAD = 2  # batches whose search runs while the next ones are admitted
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
     """One message of `events` as read: `produced_ms` is its Kafka timestamp, if any."""
 
