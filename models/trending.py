@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 
 class Trending:
-    """score(item) = sum of weight * 2^(-(now - ts) / half_life) over its events (event time)."""
+    """score(item) = sum of weight * 2^(-(now - ts) / half_life) over its events (event time).
+
+    Only what the caller adds is counted: the worker adds live catalog items only, so ids
+    from events cannot grow it beyond the catalog (and `capacity` bounds it anyway)."""
 
     def __init__(self, half_life_ms: float = 3_600_000.0, capacity: int = 50_000):
         self.half_life_ms = half_life_ms
@@ -39,20 +43,34 @@ class Trending:
         self._scores = dict(keep)
 
     def top(
-        self, k: int, exclude: set[str] | frozenset[str] = frozenset()
+        self,
+        k: int,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        live: Callable[[str], bool] = lambda _item: True,
     ) -> list[tuple[str, float]]:
-        """The k best items not in `exclude`; the ranking is cached and refreshed after 500
-        new events, so asking per event stays cheap."""
+        """The k best items not in `exclude` and `live` (e.g. still in the catalog); the
+        ranking is cached and refreshed after 500 new events, so asking per event stays
+        cheap."""
         if not self._cache or self._adds_since_cache > 500 or len(self._cache) < k + len(exclude):
-            now = self._now
-            best = heapq.nlargest(
-                max(200, k + len(exclude)),
-                self._scores.items(),
-                key=lambda kv: self._decayed(kv[1][0], kv[1][1], now),
-            )
-            self._cache = [(item, self._decayed(s, t, now)) for item, (s, t) in best]
-            self._adds_since_cache = 0
-        return [(item, score) for item, score in self._cache if item not in exclude][:k]
+            self._rank(max(200, k + len(exclude)))
+        found = [(i, s) for i, s in self._cache if i not in exclude and live(i)][:k]
+        if len(found) < k and len(self._cache) < len(self._scores):  # many left the catalog
+            self._rank(len(self._scores))
+            found = [(i, s) for i, s in self._cache if i not in exclude and live(i)][:k]
+        return found
+
+    def _rank(self, n: int) -> None:
+        now = self._now
+        best = heapq.nlargest(
+            n, self._scores.items(), key=lambda kv: self._decayed(kv[1][0], kv[1][1], now)
+        )
+        self._cache = [(item, self._decayed(s, t, now)) for item, (s, t) in best]
+        self._adds_since_cache = 0
+
+    def forget(self, item_id: str) -> None:
+        """Drop an item (deleted from the catalog)."""
+        if self._scores.pop(item_id, None) is not None:
+            self._cache = [(i, s) for i, s in self._cache if i != item_id]
 
     def seed(self, items: list[str], scores: list[float], ts: int) -> None:
         """Start from the model's popularity until the stream has spoken."""

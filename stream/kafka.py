@@ -78,7 +78,9 @@ class Outbox:
     acknowledged every one of them, so a caller can ack the events behind them then
     (at-least-once) while it already works on the next batch. A message the broker refuses is
     produced again, up to `attempts` times in all; after that the future fails with the broker's
-    reason.
+    reason. A message that can never be delivered as it is (larger than the producer or the
+    broker takes, or malformed) is dropped, logged and counted (`take_dropped`), never retried:
+    it fails that message, not its batch.
 
     librdkafka's delivery reports are served on the event loop's own thread, every `poll_s`
     while batches wait: a report served in another thread would take the GIL from the event
@@ -93,6 +95,7 @@ class Outbox:
         self._waiting: dict[int, asyncio.Future[None]] = {}
         self._next = 0
         self._retried = 0
+        self._dropped: dict[str, int] = {}
         self._poll_s = poll_s
         self._serving: asyncio.Task[None] | None = None
 
@@ -120,6 +123,11 @@ class Outbox:
         retried, self._retried = self._retried, 0
         return retried
 
+    def take_dropped(self) -> dict[str, int]:
+        """Messages dropped as undeliverable since the last call, per topic."""
+        dropped, self._dropped = self._dropped, {}
+        return dropped
+
     def close(self, timeout_s: float = 30.0) -> int:
         """Deliver what is queued (outside the event loop, which may be gone); returns
         messages left."""
@@ -145,12 +153,27 @@ class Outbox:
         value: bytes,
         partition: int | None,
     ) -> None:
+        from confluent_kafka import KafkaException
+
         def report(err: Any, msg: Any) -> None:
             self._report(batch, attempt, err, msg, partition)
 
-        produce(self._producer, topic, key, value, report, partition)
+        try:
+            produce(self._producer, topic, key, value, report, partition)
+        except KafkaException as exc:
+            if not _undeliverable(exc.args[0]):
+                raise
+            self._drop(batch, topic, len(value), exc.args[0].str())
+
+    def _drop(self, batch: int, topic: str, size: int, reason: str) -> None:
+        self._dropped[topic] = self._dropped.get(topic, 0) + 1
+        log.error("output message to %s dropped, %d bytes: %s", topic, size, reason)
+        self._delivered(batch)
 
     def _report(self, batch: int, attempt: int, err: Any, msg: Any, partition: int | None) -> None:
+        if err is not None and _undeliverable(err):
+            self._drop(batch, msg.topic(), len(msg.value() or b""), err.str())
+            return
         if err is not None and attempt < self.attempts:
             self._retried += 1
             log.warning(
@@ -169,6 +192,10 @@ class Outbox:
             reason = f"output message to {msg.topic()} refused {attempt} times: {err.str()}"
             self._fail(batch, RuntimeError(reason))
             return
+        self._delivered(batch)
+
+    def _delivered(self, batch: int) -> None:
+        """One message of `batch` is settled."""
         if batch not in self._left:  # already failed
             return
         self._left[batch] -= 1
@@ -180,6 +207,19 @@ class Outbox:
         if batch in self._left:
             del self._left[batch]
             _settle(self._waiting.pop(batch), failure)
+
+
+def _undeliverable(err: Any) -> bool:
+    """Whether a produce error is the message's own and permanent (retrying cannot help)."""
+    from confluent_kafka import KafkaError
+
+    return err.code() in {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    }
 
 
 def _settle(done: asyncio.Future[None], failure: BaseException | None) -> None:

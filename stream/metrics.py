@@ -10,16 +10,23 @@ from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
 EVENTS = Counter("sessionrec_events_total", "Events read from the events topic", ["outcome"])
 EMITTED = Counter("sessionrec_recommendations_emitted_total", "Recommendation messages sent")
-UNKNOWN = Counter("sessionrec_unknown_items_total", "Events whose item the model does not know")
+UNKNOWN = Counter(
+    "sessionrec_unknown_items_total", "Events whose item is not in the catalog (unknown or deleted)"
+)
 SESSIONS = Counter("sessionrec_sessions_closed_total", "Sessions closed and sent to sessions")
 ODDITIES = Counter(
     "sessionrec_oddities_total",
-    "Handled, but worth a look: late (an event too old to place in a session), key_mismatch "
-    "(message key is not the event's user), bad_state (a stored state unreadable, restarted)",
+    "Handled, but worth a look: late (an event too old to place in a session), bad_state "
+    "(a stored state unreadable, restarted)",
     ["kind"],
 )
 DUPLICATES = Counter(
     "sessionrec_duplicates_dropped_total", "Messages a partition delivered again, dropped"
+)
+OUTPUTS_DROPPED = Counter(
+    "sessionrec_outputs_dropped_total",
+    "Output messages dropped as undeliverable (e.g. larger than the broker takes), per topic",
+    ["topic"],
 )
 REDELIVERED = Counter(
     "sessionrec_outputs_redelivered_total",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ from models.config import Settings
 from models.features import F32, I64
 from models.intent import cluster
 from models.ranking import PastIntent, Plan, Request, Result, params_from
-from models.records import Event, Intent, Recommendation, RecommendedItem
+from models.records import Event, Intent, Item, Recommendation, RecommendedItem
 from models.serving import ServingModel
 from models.session import Session, SessionConfig, advance, close_idle
 from models.state import MAX_BOUGHT, PastIntentState, UserState
@@ -46,8 +47,13 @@ log = logging.getLogger(__name__)
 MAX_PAST_INTENTS = 3
 PAST_DECAY = 0.5  # each closed session halves the weight of the intents before it
 # Events handled normally but worth a look (exported as sessionrec_oddities_total).
-ODDITIES = ("late", "key_mismatch", "bad_state")
+ODDITIES = ("late", "bad_state")
 LAG_EVERY_S = 1.0  # the consumer-lag gauge is updated at most this often
+# A DLQ record keeps this much of the original (and its size and hash): the whole of a
+# hostile message, escaped, could exceed the broker's message size.
+DLQ_ORIGINAL_BYTES = 4096
+DLQ_REASON_CHARS = 1000
+DLQ_KEY_BYTES = 1024
 SEARCHES_AHEAD = 2  # batches whose search runs while the next ones are admitted
 
 
@@ -115,27 +121,36 @@ class Sink(Protocol):
 
     def take_retried(self) -> int: ...
 
+    def take_dropped(self) -> dict[str, int]: ...
+
 
 class Updates(Protocol):
     """New models and catalog upserts (`stream.watch.Watcher`)."""
 
-    def take(self) -> tuple[ServingModel | None, list[Any]]: ...
+    def take(self) -> tuple[ServingModel | None, list[Item]]: ...
 
     def waiting(self) -> bool: ...
 
 
 def dlq_record(raw: bytes | None, reason: str, msg: Incoming) -> bytes:
-    """The original bytes (UTF-8 text when they are, else base64) and the reason."""
+    """The reason, and the original: its first DLQ_ORIGINAL_BYTES bytes (UTF-8 text when the
+    original is, else base64), its size and sha256, so that a record of any size fits in a
+    DLQ message and can still be matched with the original."""
     data = raw or b""
+    kept = data[:DLQ_ORIGINAL_BYTES]
     try:
-        original, encoding = data.decode("utf-8"), "utf-8"
+        data.decode("utf-8")
+        original, encoding = kept.decode("utf-8", "ignore"), "utf-8"  # cut at a character
     except UnicodeDecodeError:
-        original, encoding = base64.b64encode(data).decode("ascii"), "base64"
+        original, encoding = base64.b64encode(kept).decode("ascii"), "base64"
     return encode(
         {
-            "reason": reason,
+            "reason": reason[:DLQ_REASON_CHARS],
             "original": original,
             "encoding": encoding,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "truncated": len(kept) < len(data),
             "partition": msg.partition,
             "offset": msg.offset,
         }
@@ -162,6 +177,7 @@ class Pipeline:
         self.gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
         self.clock = clock or (lambda: int(time.time() * 1000))
         self.trending = Trending()
+        self.upserted: set[str] = set()  # catalog items upserted and not deleted since start
         self.dedup = Deduplicator()
         self.counters: Counter[str] = Counter()
         # user -> (end of the open session or None, partition), for every user in the store:
@@ -271,7 +287,8 @@ class Pipeline:
             decoded = self._decode(msg)
             if isinstance(decoded, str):
                 self.counters["rejected"] += 1
-                out.dlq.append((msg.key, dlq_record(msg.value, decoded, msg)))
+                key = msg.key[:DLQ_KEY_BYTES] if msg.key is not None else None
+                out.dlq.append((key, dlq_record(msg.value, decoded, msg)))
                 continue
             self.counters["accepted"] += 1
             admitted.append((decoded, msg))
@@ -288,8 +305,14 @@ class Pipeline:
             return str(exc)
         except ValueError as exc:
             return f"event: {exc}"
-        if msg.key is not None and msg.key != event.user_id.encode():
-            self.counters["key_mismatch"] += 1
+        if msg.key != event.user_id.encode():
+            # Another key may put the user's events on another partition (and worker), which
+            # would split the user's session state: such an event is refused, not re-keyed.
+            key = "none" if msg.key is None else repr(msg.key[:60])
+            return (
+                f"event: message key is {key}, expected the event's user_id "
+                f"{event.user_id[:60]!r} (events are keyed by user)"
+            )
         return event
 
     def sessionize(
@@ -314,10 +337,10 @@ class Pipeline:
 
     def _advance(self, user_id: str, w: _UserWork, out: Output) -> UserState:
         state = w.state
-        serving = self.serving
         for event in w.events:
-            self.trending.add(event.item_id, self.settings.weights.of(event.type), event.ts)
-            if serving is None or event.item_id not in serving.index.labels:
+            if self.live(event.item_id):
+                self.trending.add(event.item_id, self.settings.weights.of(event.type), event.ts)
+            else:
                 self.counters["unknown_item"] += 1
             step = advance(state.session, event, self.gap)
             if step.late:
@@ -422,7 +445,7 @@ class Pipeline:
         self, serving: ServingModel | None, req: Request, result: Result | None
     ) -> tuple[list[RecommendedItem], list[Intent], str]:
         if result is None or not result.items:
-            top = self.trending.top(req.params.k, set(req.bought))
+            top = self.trending.top(req.params.k, set(req.bought), self.live)
             items: list[RecommendedItem] = [
                 {"item_id": i, "score": round(s, 5), "intent": -1} for i, s in top
             ]
@@ -454,10 +477,25 @@ class Pipeline:
         model, items = self.updates.take()
         if model is not None:
             self.swap(model)
+        for item in items:
+            if item.deleted:
+                self.upserted.discard(item.item_id)
+                self.trending.forget(item.item_id)
+            else:
+                self.upserted.add(item.item_id)
         if items and self.serving is not None:
             metrics.ITEMS.inc(self.serving.apply_items(items))
         if model is not None or items:
             metrics.observe_model(self.serving)
+
+    def live(self, item_id: str) -> bool:
+        """Whether an item is in the catalog now: known to the served model's index and not
+        deleted (without a model: upserted and not deleted)."""
+        if self.serving is None:
+            return item_id in self.upserted
+        index = self.serving.index
+        label = index.labels.get(item_id)
+        return label is not None and label not in index.deleted
 
     def swap(self, serving: ServingModel) -> None:
         """Serve a new model from the next batch on."""
@@ -562,6 +600,8 @@ class Pipeline:
         self._counted = now.copy()
         metrics.DUPLICATES.inc(self.dedup.take_dropped())
         metrics.REDELIVERED.inc(self.outbox.take_retried())
+        for topic, dropped in self.outbox.take_dropped().items():
+            metrics.OUTPUTS_DROPPED.labels(topic).inc(dropped)
         for partition, offset, highest in self.dedup.take_out_of_order():
             log.warning(
                 "events partition %d handed out offset %d after offset %d: processed "

@@ -45,9 +45,11 @@ def produce(
     events: Iterable[Event],
     raw: Iterable[bytes] = (),
     delivered: list[tuple[int, int, bytes]] | None = None,
+    keyed: Iterable[tuple[bytes | None, Event]] = (),
 ) -> int:
-    """Produce events (and raw values) to `events`; fails unless the broker acknowledged every
-    one. `delivered` gets each message's (partition, offset, value) as the broker reported."""
+    """Produce events (keyed by user), raw values and `keyed` events (with the key given) to
+    `events`; fails unless the broker acknowledged every one. `delivered` gets each message's
+    (partition, offset, value) as the broker reported."""
     p = producer(settings.bootstrap)
     errors: list[str] = []
 
@@ -66,6 +68,9 @@ def produce(
         n += 1
     for value in raw:
         p.produce(settings.topics.events, key=b"garbage", value=value, on_delivery=report)
+        n += 1
+    for key, e in keyed:
+        p.produce(settings.topics.events, key=key, value=encode(e), on_delivery=report)
         n += 1
     assert p.flush(30) == 0
     assert not errors, f"{len(errors)} events refused by the broker: {errors[:3]}"

@@ -117,17 +117,26 @@ def test_bad_events_go_to_dlq_and_the_worker_keeps_going(
 ):
     settings = _setup(broker, unique, retailrocket_model)
     worker_factory(settings)
-    good = [Event(f"u{i}", "285930", "view", 1_700_000_000_000 + i) for i in range(20)]
+    good = [Event(f"u{i}", "285930", "view", 1_700_000_000_000 + i) for i in range(30)]
     garbage = [b"\xff\xfe", b"[1,2]", b'{"user_id":"u","item_id":"i","type":"like","ts":1}']
+    # Too large to be events, and each, escaped whole, too large for a DLQ message.
+    huge = [
+        b'{"user_id":"x","item_id":"' + b"\x01" * 200_000 + b'","type":"view"}',
+        b"\xff" * 800_000,
+        b'"' + b"\xc3\xa9" * 450_000 + b'"',
+    ]
     produce(settings, good[:10], raw=garbage)
-    produce(settings, good[10:])
-    dlq = consume(settings.bootstrap, settings.topics.dlq, lambda v: len(v) >= 3)
-    reasons = sorted(orjson.loads(v)["reason"] for v in dlq)
+    produce(settings, good[10:20], raw=huge)
+    produce(settings, good[20:])
+    dlq = consume(settings.bootstrap, settings.topics.dlq, lambda v: len(v) >= 6)
+    records = [orjson.loads(v) for v in dlq]
+    reasons = sorted(r["reason"] for r in records)
     assert any("not valid UTF-8" in r for r in reasons)
     assert any("expected an object" in r for r in reasons)
     assert any("field 'type' is 'like'" in r for r in reasons)
-    recs = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 20)
-    assert len(recs) == 20
+    assert sorted(r["size"] for r in records if r["truncated"]) == sorted(map(len, huge))
+    recs = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 30)
+    assert len(recs) == 30
 
 
 def test_kill_9_loses_nothing_and_sessions_continue(
@@ -137,12 +146,14 @@ def test_kill_9_loses_nothing_and_sessions_continue(
     first = worker_factory(settings)
     t0 = 1_700_000_000_000
     before = [Event(f"u{i % 25}", "285930", "view", t0 + i * 1000) for i in range(200)]
-    produce(settings, before)
+    # Keyed by another user, these would land on another partition than their user's events.
+    miskeyed = [Event(f"u{i % 12}", "285930", "view", t0 + i * 1000 + 500) for i in range(24)]
+    produce(settings, before, keyed=[(f"not-u{i}".encode(), e) for i, e in enumerate(miskeyed)])
     seen = consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 50)
     first.kill9()
     worker_factory(settings)  # restarted: restores sessions from the changelog
     after = [Event(f"u{i % 25}", "357564", "cart", t0 + 300_000 + i * 1000) for i in range(100)]
-    produce(settings, after)
+    produce(settings, after, keyed=[(None, e) for e in miskeyed[:6]])
     wanted = {(e.user_id, e.ts) for e in before + after}
 
     def all_answered(values: list[bytes]) -> bool:
@@ -161,6 +172,11 @@ def test_kill_9_loses_nothing_and_sessions_continue(
     for r in recs:
         ids[r.user_id].add(r.session_id)
     assert all(len(v) == 1 for v in ids.values()), "a session restarted after kill -9"
+    assert not {(e.user_id, e.ts) for e in miskeyed} & answered, "a mis-keyed event was answered"
+    refused = consume(settings.bootstrap, settings.topics.dlq, lambda v: len(v) >= 30)
+    reasons = [orjson.loads(v)["reason"] for v in refused]
+    assert sum("message key is b'not-u" in r for r in reasons) >= 24
+    assert sum("message key is none" in r for r in reasons) >= 6
 
 
 def test_backlog_produced_while_no_worker_runs_is_answered(
@@ -311,7 +327,7 @@ def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_mode
         'sessionrec_events_total{outcome="rejected"} 1.0',
         "sessionrec_recommendations_emitted_total 31.0",
         'sessionrec_oddities_total{kind="late"} 1.0',
-        'sessionrec_oddities_total{kind="key_mismatch"} 0.0',
+        'sessionrec_oddities_total{kind="bad_state"} 0.0',
         "sessionrec_consumer_lag{partition=",
         "sessionrec_end_to_end_latency_seconds_bucket",
         "sessionrec_batch_size_count",

@@ -20,3 +20,15 @@ def test_a_batch_no_broker_takes_fails_with_the_reason_after_its_attempts() -> N
         asyncio.run(send())
     assert outbox.take_retried() == 1
     assert outbox.close(0.1) == 0
+
+
+def test_a_message_too_large_to_produce_fails_alone_not_its_batch() -> None:
+    outbox = Outbox(producer_config("127.0.0.1:1"), attempts=2, poll_s=0.01)
+
+    async def send() -> None:
+        await asyncio.wait_for(outbox.send([("events.dlq", b"u1", b"x" * 2_000_000, None)]), 5)
+
+    asyncio.run(send())  # resolves: the one message is dropped, not retried
+    assert outbox.take_dropped() == {"events.dlq": 1}
+    assert outbox.take_dropped() == {} and outbox.take_retried() == 0
+    assert outbox.close(0.1) == 0

@@ -8,7 +8,7 @@ import pytest
 
 from models.codec import encode
 from models.config import Settings
-from models.records import Event
+from models.records import Event, Item
 from stream.pipeline import Incoming, Pipeline, keep
 
 
@@ -153,3 +153,62 @@ def test_bench_users_walk_whole_sessions_in_order() -> None:
     assert {e.user_id for e in (Walkers(sessions, 5, 3).next(0) for _ in range(50))} <= {
         f"bench-{u}" for u in range(5)
     }
+
+
+def test_a_dlq_record_of_any_size_keeps_a_stated_part_its_size_and_hash() -> None:
+    import hashlib
+
+    from stream.pipeline import DLQ_ORIGINAL_BYTES
+
+    proc = _pipeline()
+    control = b'{"user_id":"x","item_id":"' + b"\x01" * 200_000 + b'","type":"view"}'
+    not_utf8 = b"\xff" * 800_000
+    text = b'"' + "\u00e9".encode() * 500_000 + b'"'  # 1 MB of two-byte characters
+    out = proc.process(
+        [Incoming(b"k" * 5000, raw, 0, next(_OFFSETS)) for raw in (control, not_utf8, text)]
+    )
+    records = [orjson.loads(value) for _, value in out.dlq]
+    assert [r["size"] for r in records] == [len(control), len(not_utf8), len(text)]
+    assert [r["sha256"] for r in records] == [
+        hashlib.sha256(raw).hexdigest() for raw in (control, not_utf8, text)
+    ]
+    assert [r["encoding"] for r in records] == ["utf-8", "base64", "utf-8"]
+    assert all(r["truncated"] for r in records)
+    assert all("expected at most" in r["reason"] for r in records)
+    assert all(len(value) < 8 * DLQ_ORIGINAL_BYTES for _, value in out.dlq)
+    assert all(key is not None and len(key) <= 1024 for key, _ in out.dlq)
+    assert records[2]["original"] == '"' + "\u00e9" * ((DLQ_ORIGINAL_BYTES - 1) // 2)
+
+
+class _Catalog:
+    """Catalog upserts as the watcher hands them over (no model here)."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+
+    def take(self) -> tuple[None, list[Item]]:
+        items, self.items = self.items, []
+        return None, items
+
+    def waiting(self) -> bool:
+        return bool(self.items)
+
+
+def test_trending_serves_only_live_catalog_items() -> None:
+    proc = _pipeline()
+    t0 = 1_700_000_000_000
+    catalog = [Item(f"i{n}", name=f"item {n}") for n in range(5)]
+    proc.connect(outbox=None, updates=_Catalog(catalog))  # type: ignore[arg-type]
+    proc.between_batches()
+    events = [Event(f"fan{u}", "i1", "view", t0 + u) for u in range(3)]
+    events += [Event(f"buyer{u}", "EVIL<script>", "buy", t0 + u) for u in range(60)]
+    events += [Event(f"buyer{u}", "i4", "buy", t0 + 100 + u) for u in range(10)]
+    proc.process(_incoming(events))
+    assert proc.trending.top(10) == proc.trending.top(10, live=proc.live)  # nothing else counted
+    proc.updates = _Catalog([Item("i4", deleted=True)])
+    proc.between_batches()
+    out = proc.process(_incoming([Event("newcomer", "i9", "view", t0 + 500)]))
+    answer = orjson.loads(out.recommendations[0][2])
+    assert answer["reason"] == "trending"
+    assert [i["item_id"] for i in answer["items"]] == ["i1"]
+    assert proc.counters["unknown_item"] == 60 + 1

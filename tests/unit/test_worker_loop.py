@@ -43,6 +43,9 @@ class _Sink:
     def take_retried(self) -> int:
         return 0
 
+    def take_dropped(self) -> dict[str, int]:
+        return {}
+
 
 async def _batches(
     batches: list[list[Event]], between: asyncio.Event | None = None
