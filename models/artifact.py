@@ -6,14 +6,25 @@
 <model_dir>/<version>/vocab.json      token, category and brand vocabularies
 <model_dir>/<version>/index.hnsw      the hnswlib graph over `vectors`
 <model_dir>/CURRENT                   the served version's name, switched atomically
+<model_dir>/PREVIOUS                  the version CURRENT named before (what rollback restores)
+
+A version is trusted only once verified (`load_model`, `load_index`): a plain name, every file
+the manifest lists with its size and sha256, JSON of the expected shape, arrays whose shapes
+agree with the items and vocabularies, and an hnswlib graph that a child process loaded and
+searched (a corrupt graph can crash the process that searches it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import re
 import shutil
-from dataclasses import asdict, dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +33,10 @@ import numpy as np
 from models.features import F32, I64, Dims, FeatureTables, Vocab
 from models.index import IndexConfig, ItemIndex
 
-FORMAT = 1
+FORMAT = 2  # 2: the manifest lists every file's size and sha256
+FORMATS = (1, 2)
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+INDEX_CHECK_TIMEOUT_S = 120.0
 _ARRAYS = (
     "vectors",
     "identity",
@@ -62,9 +76,32 @@ class Model:
         return self.tables.dims
 
 
+def check_version(name: object) -> str:
+    """`name` if it is a plain version name (letters, digits, '.', '_', '-'; no path)."""
+    if not isinstance(name, str) or not VERSION_NAME.fullmatch(name):
+        shown = repr(name)[:80]
+        raise ArtifactError(
+            f"version name {shown} is not a plain name (letters, digits, '.', '_', '-')"
+        )
+    return name
+
+
+def version_path(model_dir: Path, name: object) -> Path:
+    """The directory of version `name`, inside `model_dir` only."""
+    return model_dir / check_version(name)
+
+
+def _fingerprint(file: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": file.stat().st_size, "sha256": digest.hexdigest()}
+
+
 def save_model(model: Model, directory: Path, index: ItemIndex | None = None) -> Path:
     """Write a model version into `directory/<version>` (via a temp dir, renamed at the end)."""
-    target = directory / model.version
+    target = version_path(directory, model.version)
     if target.exists():
         raise ArtifactError(f"version {model.version} already exists in {directory}")
     tmp = directory / f".{model.version}.tmp"
@@ -105,6 +142,7 @@ def save_model(model: Model, directory: Path, index: ItemIndex | None = None) ->
         "items": len(model.item_ids),
         "dim": int(model.vectors.shape[1]),
         "index": asdict(index.config),
+        "files": {f.name: _fingerprint(f) for f in sorted(tmp.iterdir())},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     tmp.rename(target)
@@ -132,50 +170,199 @@ def _load_json(path: Path, name: str) -> Any:
         raise ArtifactError(f"model {path.name}: {name} is not valid JSON ({exc})") from None
 
 
+def _bad(path: Path, what: str) -> ArtifactError:
+    return ArtifactError(f"model {path.name}: {what}")
+
+
+def _check_manifest(path: Path, manifest: Any) -> dict[str, Any]:
+    if not isinstance(manifest, dict):
+        raise _bad(path, "manifest.json is not an object")
+    if manifest.get("format") not in FORMATS:
+        raise _bad(
+            path, f"manifest format is {manifest.get('format')!r}, expected one of {FORMATS}"
+        )
+    if not isinstance(manifest.get("version"), str) or not VERSION_NAME.fullmatch(
+        manifest["version"]
+    ):
+        raise _bad(
+            path, f"manifest 'version' is {manifest.get('version')!r:.80}, expected a plain name"
+        )
+    index = manifest.get("index", {})
+    if not isinstance(index, dict) or not all(
+        isinstance(index.get(key, 1), int) and index.get(key, 1) > 0
+        for key in ("m", "ef_construction")
+    ):
+        raise _bad(path, f"manifest 'index' is {index!r:.80}, expected positive integers m, ...")
+    files = manifest.get("files")
+    if manifest["format"] >= 2 and not (
+        isinstance(files, dict)
+        and all(
+            isinstance(f, dict)
+            and isinstance(f.get("size"), int)
+            and isinstance(f.get("sha256"), str)
+            for f in files.values()
+        )
+    ):
+        raise _bad(path, "manifest 'files' is missing or malformed (name -> size, sha256)")
+    return manifest
+
+
+def _verify_files(path: Path, files: dict[str, Any]) -> None:
+    """Every listed file is there with the listed size and sha256 (and nothing else is read)."""
+    for name in ("items.json", "vocab.json", "index.hnsw", *(f"{a}.npy" for a in _ARRAYS)):
+        if name not in files:
+            raise _bad(path, f"manifest lists no checksum for {name}")
+    for name, want in files.items():
+        file = path / str(name)
+        if file.parent != path or not file.is_file():
+            raise _bad(path, f"{name} is missing")
+        got = _fingerprint(file)
+        if got["size"] != want["size"] or got["sha256"] != want["sha256"]:
+            raise _bad(path, f"{name} does not match its checksum in the manifest")
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _check_vocab(path: Path, vocab: Any) -> Dims:
+    if not isinstance(vocab, dict) or not all(
+        _strings(vocab.get(k)) for k in ("tokens", "categories", "brands")
+    ):
+        raise _bad(path, "vocab.json is not an object of string lists tokens, categories, brands")
+    dims = vocab.get("dims")
+    names = {f.name for f in fields(Dims)}
+    if not (
+        isinstance(dims, dict)
+        and set(dims) == names
+        and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 for v in dims.values()
+        )
+    ):
+        raise _bad(
+            path, f"vocab.json 'dims' is {dims!r:.80}, expected positive integers {sorted(names)}"
+        )
+    for key in ("price_mean", "price_std"):
+        value = vocab.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise _bad(path, f"vocab.json {key!r} is {value!r:.40}, expected a finite number")
+    return Dims(**dims)
+
+
+def _check_arrays(path: Path, a: dict[str, np.ndarray], n: int, dims: Dims, vocab: Any) -> None:
+    """Shapes that agree with the items and vocabularies, finite floats, rows in range."""
+    tokens, categories, brands = (len(vocab[k]) + 1 for k in ("tokens", "categories", "brands"))
+    expected = {
+        "vectors": (n, dims.total),
+        "identity": (n, dims.name),
+        "tokens": (tokens, dims.name),
+        "category": (categories, dims.category),
+        "brand": (brands, dims.brand),
+        "price_w": (dims.price,),
+        "price_b": (dims.price,),
+        "item_category": (n,),
+        "item_brand": (n,),
+        "popularity": (n,),
+    }
+    for name, shape in expected.items():
+        if a[name].shape != shape:
+            raise _bad(path, f"{name}.npy has shape {a[name].shape}, expected {shape}")
+    if a["position_weights"].ndim != 1 or not 1 <= len(a["position_weights"]) <= 10_000:
+        raise _bad(path, f"position_weights.npy has shape {a['position_weights'].shape}")
+    for name, array in a.items():
+        integer = name in ("item_category", "item_brand")
+        kind = "i" if integer else "f"
+        if array.dtype.kind != kind:
+            raise _bad(
+                path,
+                f"{name}.npy holds {array.dtype}, expected {'integers' if integer else 'floats'}",
+            )
+        if not integer and not np.isfinite(array).all():
+            raise _bad(path, f"{name}.npy contains NaN or infinity")
+    for name, rows in (("item_category", categories), ("item_brand", brands)):
+        if n and not (int(a[name].min()) >= 0 and int(a[name].max()) < rows):
+            raise _bad(path, f"{name}.npy refers to rows outside its vocabulary of {rows}")
+
+
 def load_model(path: Path) -> Model:
-    """Load and check a model version directory; raise `ArtifactError` if anything is off."""
+    """Load and verify a model version directory; raise `ArtifactError` if anything is off."""
     if not path.is_dir():
         raise ArtifactError(f"model directory {path} does not exist")
-    manifest = _load_json(path, "manifest.json")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"model {path.name}: manifest format is not {FORMAT}")
+    manifest = _check_manifest(path, _load_json(path, "manifest.json"))
+    if manifest["format"] >= 2:
+        _verify_files(path, manifest["files"])
     ids = _load_json(path, "items.json")
+    if not _strings(ids) or len(set(ids)) != len(ids):
+        raise _bad(path, "items.json is not a list of distinct item ids")
     vocab = _load_json(path, "vocab.json")
+    dims = _check_vocab(path, vocab)
     a = {name: _load_array(path, name) for name in _ARRAYS}
     n = len(ids)
-    dims = Dims(**vocab["dims"])
-    if a["vectors"].shape != (n, dims.total) or a["identity"].shape != (n, dims.name):
-        raise ArtifactError(
-            f"model {path.name}: vectors {a['vectors'].shape} do not match {n} items x "
-            f"{dims.total} dimensions"
-        )
-    if not np.isfinite(a["vectors"]).all():
-        raise ArtifactError(f"model {path.name}: vectors contain NaN or infinity")
+    _check_arrays(path, a, n, dims, vocab)
     tables = FeatureTables(
         dims=dims,
         token_vocab=Vocab(tuple(vocab["tokens"])),
         category_vocab=Vocab(tuple(vocab["categories"])),
         brand_vocab=Vocab(tuple(vocab["brands"])),
-        tokens=a["tokens"],
-        category=a["category"],
-        brand=a["brand"],
-        price_w=a["price_w"],
-        price_b=a["price_b"],
+        tokens=a["tokens"].astype(np.float32, copy=False),
+        category=a["category"].astype(np.float32, copy=False),
+        brand=a["brand"].astype(np.float32, copy=False),
+        price_w=a["price_w"].astype(np.float32, copy=False),
+        price_b=a["price_b"].astype(np.float32, copy=False),
         price_mean=float(vocab["price_mean"]),
         price_std=float(vocab["price_std"]),
     )
     return Model(
         str(manifest["version"]),
         tuple(ids),
-        a["vectors"],
-        a["identity"],
+        a["vectors"].astype(np.float32, copy=False),
+        a["identity"].astype(np.float32, copy=False),
         tables,
-        a["item_category"],
-        a["item_brand"],
-        a["position_weights"],
-        a["popularity"],
+        a["item_category"].astype(np.int64, copy=False),
+        a["item_brand"].astype(np.int64, copy=False),
+        a["position_weights"].astype(np.float32, copy=False),
+        a["popularity"].astype(np.float32, copy=False),
         manifest,
     )
+
+
+_INDEX_CHECK = """
+import sys, hnswlib, numpy as np
+path, dim, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+index = hnswlib.Index(space="ip", dim=dim)
+index.load_index(path, max_elements=max(n, 16))
+assert index.get_current_count() == n, f"holds {index.get_current_count()} items, expected {n}"
+rng = np.random.default_rng(0)
+queries = rng.standard_normal((64, dim)).astype(np.float32)
+index.set_ef(64)
+for k in (1, min(n, 20), min(n, 200)):
+    labels, _ = index.knn_query(queries, k=k, num_threads=1)
+    assert ((labels >= 0) & (labels < n)).all(), "labels outside the items"
+"""
+
+
+def check_index_file(file: Path, dim: int, n: int) -> None:
+    """Load the hnswlib graph and search it in a child process: a corrupt graph can crash the
+    process that loads or searches it, which must not be the worker."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _INDEX_CHECK, str(file), str(dim), str(n)],
+            capture_output=True,
+            text=True,
+            timeout=INDEX_CHECK_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise ArtifactError(
+            f"{file}: checking the index took over {INDEX_CHECK_TIMEOUT_S:.0f} s"
+        ) from None
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        why = lines[-1] if lines else f"the check process died (code {done.returncode})"
+        raise ArtifactError(f"model {file.parent.name}: index.hnsw is unusable ({why[:200]})")
 
 
 def load_index(path: Path, model: Model, threads: int = 2, ef: int | None = None) -> ItemIndex:
@@ -195,6 +382,7 @@ def load_index(path: Path, model: Model, threads: int = 2, ef: int | None = None
     file = path / "index.hnsw"
     if not file.exists():
         raise ArtifactError(f"model {path.name} is incomplete: index.hnsw is missing")
+    check_index_file(file, model.vectors.shape[1], len(model.item_ids))
     try:
         index.load_hnsw(file)
     except (RuntimeError, ValueError) as exc:
@@ -203,19 +391,38 @@ def load_index(path: Path, model: Model, threads: int = 2, ef: int | None = None
 
 
 def set_current(model_dir: Path, version: str) -> None:
-    """Point CURRENT at `version` atomically (write a temp file, then rename over)."""
-    if not (model_dir / version / "manifest.json").exists():
+    """Point CURRENT at `version` atomically (write a temp file, then rename over); the
+    version it named before is kept in PREVIOUS."""
+    if not (version_path(model_dir, version) / "manifest.json").exists():
         raise ArtifactError(f"no model version {version!r} in {model_dir}")
-    tmp = model_dir / f".CURRENT.{os.getpid()}"
+    before = _read_name(model_dir, "CURRENT")
+    if before is not None and before != version:
+        _write_name(model_dir, "PREVIOUS", before)
+    _write_name(model_dir, "CURRENT", version)
+
+
+def _write_name(model_dir: Path, name: str, version: str) -> None:
+    tmp = model_dir / f".{name}.{os.getpid()}"
     tmp.write_text(version + "\n")
-    os.replace(tmp, model_dir / "CURRENT")
+    os.replace(tmp, model_dir / name)
+
+
+def _read_name(model_dir: Path, name: str) -> str | None:
+    try:
+        text = (model_dir / name).read_text(errors="replace").strip()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return check_version(text) if text else None
 
 
 def current_version(model_dir: Path) -> str | None:
-    try:
-        return (model_dir / "CURRENT").read_text().strip() or None
-    except FileNotFoundError:
-        return None
+    """The version CURRENT names (None: none yet); `ArtifactError` if it is not a plain name."""
+    return _read_name(model_dir, "CURRENT")
+
+
+def previous_version(model_dir: Path) -> str | None:
+    """The version CURRENT named before its last switch."""
+    return _read_name(model_dir, "PREVIOUS")
 
 
 def list_versions(model_dir: Path) -> list[str]:

@@ -62,6 +62,16 @@ class QueryDefaults:
     max_intents: int = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a single event's `params` (or the defaults) may ask for: operator caps that bound
+    the cost of one answer."""
+
+    max_k: int = 100
+    max_intents: int = 5
+    max_search_depth: int = 500  # items one query may fetch (k, overfetch, bought, seen)
+
+
 # The HNSW search beam (at least k): higher finds more of the exact top-k, and is slower.
 DEFAULT_INDEX_EF = 20
 
@@ -82,6 +92,7 @@ class Settings:
     topics: Topics = field(default_factory=Topics)
     weights: EventWeights = field(default_factory=EventWeights)
     query: QueryDefaults = field(default_factory=QueryDefaults)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def session_gap_ms(self) -> int:

@@ -12,13 +12,14 @@ The same code serves the stream worker and the offline evaluation. For each requ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 from typing import Any
 
 import numpy as np
 
-from models.config import EventWeights, QueryDefaults
+from models.config import EventWeights, Limits, QueryDefaults
 from models.features import F32, I64, Dims
 from models.index import ItemIndex
 from models.intent import cluster
@@ -88,22 +89,45 @@ def _unit(vector: F32) -> F32 | None:
     return (vector / norm).astype(np.float32) if norm > 1e-9 else None
 
 
-def params_from(defaults: QueryDefaults, overrides: dict[str, Any] | None) -> QueryDefaults:
-    """Apply an event's `params` to the defaults; unknown or malformed keys raise ValueError."""
+def params_from(
+    defaults: QueryDefaults, overrides: dict[str, Any] | None, limits: Limits | None = None
+) -> QueryDefaults:
+    """Apply an event's `params` to the defaults; unknown, malformed or out-of-range values
+    (beyond `limits` too) raise ValueError naming the parameter."""
     if not overrides:
         return defaults
     values: dict[str, Any] = {}
     for key, value in overrides.items():
         if not hasattr(defaults, key):
-            raise ValueError(f"params: unknown parameter {key!r}")
+            raise ValueError(f"params: unknown parameter {str(key)[:40]!r}")
         kind = type(getattr(defaults, key))
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float):
-            raise ValueError(f"params: {key} is {value!r}, expected {kind.__name__}")
+            raise ValueError(f"params: {key} is {str(value)[:40]!r}, expected {kind.__name__}")
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"params: {key} is {value!r}, expected int")
         values[key] = kind(value)
     out = QueryDefaults(**{**{f: getattr(defaults, f) for f in defaults.__slots__}, **values})
-    if not 1 <= out.k <= 1000 or not 0 <= out.diversity <= 1 or out.past_weight < 0:
-        raise ValueError("params: k must be 1..1000, diversity 0..1, past_weight >= 0")
+    problem = query_problem(out, limits or Limits())
+    if problem:
+        raise ValueError(f"params: {problem}")
     return out
+
+
+def query_problem(q: QueryDefaults, limits: Limits) -> str | None:
+    """What is wrong with query parameters (None: nothing), in words naming the parameter."""
+    for name in ("diversity", "past_weight", "name_weight", "category_weight", "brand_weight"):
+        value = getattr(q, name)
+        if not math.isfinite(value) or value < 0:
+            return f"{name} is {value!r}, expected a finite number >= 0"
+    if not math.isfinite(q.price_weight) or q.price_weight < 0:
+        return f"price_weight is {q.price_weight!r}, expected a finite number >= 0"
+    if not 1 <= q.k <= limits.max_k:
+        return f"k is {q.k}, expected 1 to {limits.max_k}"
+    if not 0 <= q.diversity <= 1:
+        return f"diversity is {q.diversity}, expected 0 to 1"
+    if not 1 <= q.max_intents <= limits.max_intents:
+        return f"max_intents is {q.max_intents}, expected 1 to {limits.max_intents}"
+    return None
 
 
 class Recommender:
@@ -199,8 +223,9 @@ class Recommender:
         plan = self.plan(requests)
         return self.finish(plan, *self.search(plan))
 
-    def plan(self, requests: list[Request]) -> Plan:
-        """Every request's queries, stacked for one index search."""
+    def plan(self, requests: list[Request], max_fetch: int | None = None) -> Plan:
+        """Every request's queries, stacked for one index search; a query fetches at most
+        `max_fetch` items (None: what its request needs)."""
         all_queries: list[_Query] = []
         per_request: list[tuple[list[IntentOut], int]] = []
         for r, req in enumerate(requests):
@@ -208,6 +233,8 @@ class Recommender:
             all_queries.extend(queries)
             per_request.append((intents, unknown))
         fetch = [self._fetch(req) for req in requests]
+        if max_fetch is not None:
+            fetch = [min(f, max_fetch) for f in fetch]
         k_search = max(fetch, default=0)
         matrix = None
         if all_queries and k_search:

@@ -6,12 +6,15 @@ The environment names come from `models.config.env_fields` (derived from the fie
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from models.config import Settings, env_fields, env_names
+from models.ranking import query_problem
 
 __all__ = ["SettingsError", "env_names", "load_settings"]
 
@@ -86,6 +89,14 @@ def load_settings(
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SettingsError(f"config file '{path}' does not exist") from None
+        except IsADirectoryError:
+            raise SettingsError(
+                f"config file '{path}' is a directory, expected a TOML file"
+            ) from None
+        except PermissionError:
+            raise SettingsError(
+                f"config file '{path}' cannot be read (permission denied)"
+            ) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SettingsError(f"config file '{path}' is not valid TOML ({exc})") from None
         settings = _apply(settings, table)
@@ -96,28 +107,42 @@ def load_settings(
     return result
 
 
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
 def _validate(settings: Settings) -> None:
-    if settings.partitions < 1:
-        raise SettingsError(f"setting 'partitions' is {settings.partitions}, expected at least 1")
-    if settings.session_gap_minutes <= 0:
+    """Every setting finite and in range, or a one-line error naming it."""
+    s, q, lim = settings, settings.query, settings.limits
+    _range("partitions", s.partitions, 1, 10_000)
+    _range("session_gap_minutes", s.session_gap_minutes, 1e-3, 525_600)  # up to a year
+    _range("max_session_len", s.max_session_len, 2, 10_000)
+    _range("index_ef", s.index_ef, 1, 10_000)
+    _range("metrics_port", s.metrics_port, 0, 65_535)
+    _range("limits.max_k", lim.max_k, 1, 10_000)
+    _range("limits.max_intents", lim.max_intents, 1, 20)
+    _range("limits.max_search_depth", lim.max_search_depth, 1, 100_000)
+    for name, value in dataclasses.asdict(s.weights).items():
+        _range(f"weights.{name}", value, -100.0, 100.0)
+    problem = query_problem(q, lim)
+    if problem:
         raise SettingsError(
-            f"setting 'session_gap_minutes' is {settings.session_gap_minutes}, expected > 0"
+            f"setting 'query.{problem.split(' ', 1)[0]}' {problem.split(' ', 1)[1]}"
         )
-    if settings.max_session_len < 2:
-        raise SettingsError(
-            f"setting 'max_session_len' is {settings.max_session_len}, expected at least 2"
-        )
-    if not 1 <= settings.index_ef <= 10_000:
-        raise SettingsError(f"setting 'index_ef' is {settings.index_ef}, expected 1 to 10000")
-    if settings.query.k < 1 or settings.query.k > 1000:
-        raise SettingsError(f"setting 'query.k' is {settings.query.k}, expected 1 to 1000")
-    if not 0.0 <= settings.query.diversity <= 1.0:
-        raise SettingsError(
-            f"setting 'query.diversity' is {settings.query.diversity}, expected 0 to 1"
-        )
-    if settings.log_format not in {"text", "json"}:
-        raise SettingsError(
-            f"setting 'log_format' is {settings.log_format!r}, expected text or json"
-        )
-    if not settings.bootstrap.strip():
+    if s.log_format not in {"text", "json"}:
+        raise SettingsError(f"setting 'log_format' is {s.log_format!r}, expected text or json")
+    if not s.bootstrap.strip():
         raise SettingsError("setting 'bootstrap' is empty, expected host:port[,host:port]")
+    for name in ("worker_group", "model_dir"):
+        if not getattr(s, name).strip():
+            raise SettingsError(f"setting '{name}' is empty")
+    for name, topic in dataclasses.asdict(s.topics).items():
+        if not _TOPIC.fullmatch(topic) or topic in {".", ".."}:
+            raise SettingsError(
+                f"setting 'topics.{name}' is {topic!r}, expected a Kafka topic name "
+                "(1 to 249 of letters, digits, '.', '_', '-')"
+            )
+
+
+def _range(name: str, value: float, low: float, high: float) -> None:
+    if not math.isfinite(value) or not low <= value <= high:
+        raise SettingsError(f"setting '{name}' is {value!r}, expected {low:g} to {high:g}")

@@ -159,18 +159,19 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
     model_dir = Path(settings.model_dir)
     if args.action == "rollback":
-        version = rollback(model_dir, args.version)
+        version = rollback(model_dir, args.version, settings)
         print(f"CURRENT -> {version}")
         return 0
     current = current_version(model_dir)
     for version in list_versions(model_dir):
-        manifest = json.loads((model_dir / version / "manifest.json").read_text())
-        holdout = manifest.get("metrics", {}).get("holdout", {})
         mark = "*" if version == current else " "
-        print(
-            f"{mark} {version}  items={manifest.get('items')}  "
-            f"holdout R@20={holdout.get('recall_at_20', '-')}"
-        )
+        try:
+            manifest = json.loads((model_dir / version / "manifest.json").read_text())
+            holdout = manifest.get("metrics", {}).get("holdout", {})
+            line = f"items={manifest.get('items')}  holdout R@20={holdout.get('recall_at_20', '-')}"
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            line = f"unreadable manifest ({str(exc).splitlines()[0][:80]})"
+        print(f"{mark} {version}  {line}")
     return 0
 
 

@@ -46,6 +46,12 @@ LAG = Gauge("sessionrec_consumer_lag", "Events not yet processed, per partition"
 INDEX_SIZE = Gauge("sessionrec_index_items", "Items live in the index")
 MODEL = Info("sessionrec_model", "The model version being served")
 MODEL_SWAPS = Counter("sessionrec_model_swaps_total", "Model versions swapped in")
+WATCHER_UP = Gauge(
+    "sessionrec_watcher_up",
+    "1 while the watcher follows items, model-updates and CURRENT; 0 after a failure until it "
+    "has started again",
+)
+WATCHER_ERRORS = Counter("sessionrec_watcher_errors_total", "Failures the watcher restarted after")
 MODEL_REFUSED = Counter("sessionrec_model_refused_total", "Model versions refused as unusable")
 ITEMS = Counter("sessionrec_item_upserts_total", "Catalog upserts applied to the live index")
 

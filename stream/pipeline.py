@@ -300,7 +300,7 @@ class Pipeline:
         try:
             event = decode_event(msg.value)
             if event.params:
-                params_from(self.settings.query, event.params)
+                params_from(self.settings.query, event.params, self.settings.limits)
         except DecodeError as exc:
             return str(exc)
         except ValueError as exc:
@@ -386,7 +386,8 @@ class Pipeline:
         requests = [self._request(w) for w in work.values()]
         plan = None
         if self.serving is not None and requests:
-            plan = self.serving.recommender.plan(requests)
+            depth = self.settings.limits.max_search_depth
+            plan = self.serving.recommender.plan(requests, max_fetch=depth)
         return Pending(incoming, out, work, requests, self.serving, plan)
 
     def _request(self, w: _UserWork) -> Request:
@@ -397,7 +398,10 @@ class Pipeline:
             for p in w.state.past
         ]
         return Request(
-            clicks, frozenset(w.state.bought), past, params_from(self.settings.query, w.params)
+            clicks,
+            frozenset(w.state.bought),
+            past,
+            params_from(self.settings.query, w.params, self.settings.limits),
         )
 
     def _start_search(self, searcher: ThreadPoolExecutor, pending: Pending) -> asyncio.Future[Any]:
@@ -484,7 +488,11 @@ class Pipeline:
             else:
                 self.upserted.add(item.item_id)
         if items and self.serving is not None:
-            metrics.ITEMS.inc(self.serving.apply_items(items))
+            try:
+                metrics.ITEMS.inc(self.serving.apply_items(items))
+            except Exception as exc:  # a verified model should not get here; keep serving
+                metrics.WATCHER_ERRORS.inc()
+                log.error("catalog upserts not applied (%s: %s)", type(exc).__name__, exc)
         if model is not None or items:
             metrics.observe_model(self.serving)
 

@@ -1,7 +1,9 @@
 """A worker's background watcher: every partition of `items`, `model-updates`, and CURRENT.
 
-Heavy work (loading a model version, composing vectors for the whole catalog) happens here, off
-the event loop; the agent only swaps finished objects in between batches.
+Heavy work (loading and verifying a model version, composing vectors for the whole catalog)
+happens here, off the event loop; the agent only swaps finished objects in between batches.
+The watcher is supervised: whatever fails inside it is logged and counted, the metric
+`sessionrec_watcher_up` drops to 0, and it starts again after RESTART_S.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from pathlib import Path
 
 import orjson
 
-from models.artifact import ArtifactError, current_version
-from models.codec import DecodeError, decode_item
+from models.artifact import ArtifactError, check_version, current_version, version_path
+from models.codec import MAX_ID_CHARS, DecodeError, decode_item
 from models.config import Settings
 from models.records import Item
 from models.serving import ServingModel, load_serving
@@ -24,6 +26,7 @@ from stream.kafka import ready_messages
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 CURRENT_CHECK_S = 2.0
+RESTART_S = 5.0
 
 
 class Watcher(threading.Thread):
@@ -38,6 +41,7 @@ class Watcher(threading.Thread):
         self._version = loaded_version
         self._stop = threading.Event()
         self.refused: set[str] = set()
+        self._offsets: dict[tuple[str, int], int] = {}  # where a restart goes on reading
 
     def stop(self) -> None:
         self._stop.set()
@@ -55,6 +59,23 @@ class Watcher(threading.Thread):
             return self._pending_model is not None or bool(self._pending_items)
 
     def run(self) -> None:
+        """Follow, and start again after any failure, until stopped."""
+        while not self._stop.is_set():
+            try:
+                metrics.WATCHER_UP.set(1)
+                self._follow()
+            except Exception as exc:
+                metrics.WATCHER_UP.set(0)
+                metrics.WATCHER_ERRORS.inc()
+                log.error(
+                    "watcher failed (%s: %s); starting again in %.0f s",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                    RESTART_S,
+                )
+                self._stop.wait(RESTART_S)
+
+    def _follow(self) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         t = self.settings.topics
@@ -71,31 +92,48 @@ class Watcher(threading.Thread):
             for topic in (t.items, t.model_updates):
                 meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
                 if meta is not None and meta.error is None:
-                    parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
+                    parts += [
+                        TopicPartition(topic, p, self._offsets.get((topic, p), 0))
+                        for p in meta.partitions
+                    ]
             consumer.assign(parts)
             last_check = 0.0
             while not self._stop.is_set():
                 for msg in ready_messages(consumer, POLL_S, 500):
                     value = msg.value()
-                    if msg.error() or value is None:
+                    if msg.error():
                         continue
+                    self._offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
                     if msg.topic() == t.items:
-                        self._on_item(value)
-                    else:
+                        self._on_item(msg.key(), value)
+                    elif value is not None:
                         self._on_update(value)
                 if time.monotonic() - last_check > CURRENT_CHECK_S:
                     last_check = time.monotonic()
-                    version = current_version(self.model_dir)
-                    if version and version != self._version and version not in self.refused:
-                        self._load(version)
-        except Exception:
-            log.exception("watcher stopped; items and model updates are no longer followed")
+                    self._check_current()
         finally:
             consumer.close()
 
-    def _on_item(self, raw: bytes) -> None:
+    def _check_current(self) -> None:
         try:
-            item = decode_item(raw)
+            version = current_version(self.model_dir)
+        except ArtifactError as exc:
+            self._refuse_once("CURRENT", str(exc))
+            return
+        if version and version != self._version and version not in self.refused:
+            self._load(version)
+
+    def _refuse_once(self, version: str, reason: str) -> None:
+        if version not in self.refused:
+            self.refused.add(version)
+            metrics.MODEL_REFUSED.inc()
+            log.error("refused model %s, still serving %s: %s", version, self._version, reason)
+
+    def _on_item(self, key: bytes | None, raw: bytes | None) -> None:
+        """An item upsert; a record with a key and no value (a compacted topic's tombstone)
+        deletes the item."""
+        try:
+            item = _tombstone(key) if raw is None else decode_item(raw)
         except DecodeError as exc:
             log.warning("refused item upsert: %s", exc)
             return
@@ -106,22 +144,27 @@ class Watcher(threading.Thread):
     def _on_update(self, raw: bytes) -> None:
         try:
             data = orjson.loads(raw)
-            version = str(data["version"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.warning('ignored model-updates message: not {"version": ...}: %r', raw[:100])
+            version = check_version(data["version"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ArtifactError) as exc:
+            log.warning(
+                'ignored model-updates message: not {"version": <plain name>} (%s): %r',
+                str(exc)[:200],
+                raw[:100],
+            )
             return
         if version != self._version and version not in self.refused:
             self._load(version)
 
     def _load(self, version: str) -> None:
-        path = self.model_dir / version
         started = time.perf_counter()
         try:
+            path = version_path(self.model_dir, version)
             serving = load_serving(path, self.settings.weights, ef=self.settings.index_ef)
         except ArtifactError as exc:
-            self.refused.add(version)
-            metrics.MODEL_REFUSED.inc()
-            log.error("refused model %s, still serving %s: %s", version, self._version, exc)
+            self._refuse_once(version, str(exc))
+            return
+        except Exception as exc:  # anything else a bad artifact can raise: refused too
+            self._refuse_once(version, f"{type(exc).__name__}: {str(exc)[:200]}")
             return
         with self._lock:
             catalog = list(self.catalog.values())
@@ -136,3 +179,13 @@ class Watcher(threading.Thread):
             len(serving.index),
             len(catalog),
         )
+
+
+def _tombstone(key: bytes | None) -> Item:
+    try:
+        item_id = (key or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("item: tombstone key is not UTF-8") from None
+    if not 0 < len(item_id) <= MAX_ID_CHARS:
+        raise DecodeError(f"item: tombstone key is {item_id[:60]!r}, expected an item id")
+    return Item(item_id, deleted=True)

@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ArtifactError, current_version, set_current
+from models.artifact import (
+    ArtifactError,
+    current_version,
+    previous_version,
+    set_current,
+    version_path,
+)
 from models.config import Settings
 from models.index import ItemIndex
 from models.serving import load_serving
@@ -56,10 +62,10 @@ def split_holdout(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpus]:
 
 def _current_ranks(model_dir: Path, cases: list[Case], settings: Settings) -> np.ndarray | None:
     """The current version's target ranks on `cases` (None if there is no usable one)."""
-    version = current_version(model_dir)
-    if version is None:
-        return None
     try:
+        version = current_version(model_dir)
+        if version is None:
+            return None
         serving = load_serving(model_dir / version, settings.weights, ef=settings.index_ef)
     except ArtifactError as exc:
         log.warning("current model %s is unusable (%s); the new one will replace it", version, exc)
@@ -234,16 +240,13 @@ def run_scheduled(
         time.sleep(max(0.0, (wake - now).total_seconds()))
 
 
-def rollback(model_dir: Path, version: str | None) -> str:
-    """Make `version` (or the newest before CURRENT) current again."""
-    from models.artifact import list_versions
-
-    versions = list_versions(model_dir)
+def rollback(model_dir: Path, version: str | None, settings: Settings) -> str:
+    """Make `version` (default: the version served before CURRENT) current again, once it
+    verifies (checksums, shapes, index); raise `ArtifactError` saying why not."""
     if version is None:
-        cur = current_version(model_dir)
-        older = [v for v in versions if cur is None or v < cur]
-        if not older:
-            raise ArtifactError(f"no version older than {cur} in {model_dir}")
-        version = older[-1]
+        version = previous_version(model_dir)
+        if version is None:
+            raise ArtifactError(f"no version was served before CURRENT in {model_dir}: name one")
+    load_serving(version_path(model_dir, version), settings.weights, ef=settings.index_ef)
     set_current(model_dir, version)
     return version

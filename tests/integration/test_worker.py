@@ -307,6 +307,58 @@ def test_hot_swap_and_corrupt_model_refused(
     assert "refused model v-broken" in log
 
 
+def test_hostile_model_updates_are_refused_and_the_watcher_keeps_following(
+    broker, unique, retailrocket_model, worker_factory, tmp_path
+):
+    """Versions outside the model directory, a corrupt graph, a manifest of the wrong shape:
+    each is refused with the reason, the served model stays, and a good version still loads."""
+    from confluent_kafka import Producer
+
+    model_dir = tmp_path / "models"
+    shutil.copytree(retailrocket_model, model_dir)
+    old = current_version(model_dir)
+    assert old is not None
+    shutil.copytree(model_dir / old, tmp_path / "evil")  # a model outside the directory
+    settings = _setup(broker, unique, model_dir)
+    worker = worker_factory(settings)
+    graph = model_dir / "v-graph"
+    shutil.copytree(model_dir / old, graph)
+    data = bytearray((graph / "index.hnsw").read_bytes())
+    data[100:4000] = b"\xff" * 3900
+    (graph / "index.hnsw").write_bytes(bytes(data))
+    shape = model_dir / "v-shape"
+    shutil.copytree(model_dir / old, shape)
+    (shape / "manifest.json").write_text('{"format": 1}')
+    good = model_dir / "v-good"
+    shutil.copytree(model_dir / old, good)
+    manifest = orjson.loads((good / "manifest.json").read_bytes())
+    (good / "manifest.json").write_bytes(orjson.dumps({**manifest, "version": "v-good"}))
+    p = Producer({"bootstrap.servers": settings.bootstrap})
+    for version in ("../evil", str(tmp_path / "evil"), "v-graph", "v-shape"):
+        p.produce(settings.topics.model_updates, value=orjson.dumps({"version": version}))
+    p.produce(settings.topics.items, key=b"i-gone", value=None)  # a tombstone: a delete
+    assert p.flush(10) == 0
+    set_current(model_dir, "v-good")  # as the training job does, then announces it
+    p.produce(settings.topics.model_updates, value=orjson.dumps({"version": "v-good"}))
+    assert p.flush(10) == 0
+    t0 = 1_700_000_000_000
+    versions: set[str] = set()
+    for i in range(40):  # keep events flowing while the versions are tried
+        produce(settings, [Event("u1", "285930", "view", t0 + i * 1000)])
+        raw = consume(
+            settings.bootstrap, settings.topics.recommendations, lambda v, n=i + 1: len(v) >= n
+        )
+        versions = {decode_recommendation(r).model_version for r in raw}
+        if "v-good" in versions:
+            break
+    assert "v-good" in versions and versions <= {old, "v-good"}
+    assert worker.proc is not None and worker.proc.poll() is None
+    log = worker.log_path.read_text()
+    assert log.count("is not a plain name") >= 2
+    assert "refused model v-graph" in log and "index.hnsw" in log
+    assert "refused model v-shape" in log and "manifest 'version' is None" in log
+
+
 def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_model, worker_factory):
     import dataclasses
     import urllib.request

@@ -179,3 +179,59 @@ def _decode_or_explain(data: dict) -> None:
 def test_event_round_trip_property(user: str, item: str, kind: str, ts: int) -> None:
     event = Event(user, item, kind, ts)  # type: ignore[arg-type]
     assert decode_event(encode(event)) == event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"user_id": "u", "item_id": "i", "type": "view", "ts": 1_700_000_000_000},
+        {"user_id": 7, "item_id": 12345, "type": "buy", "ts": 1_700_000_000_000},
+        {"user_id": "u", "item_id": "i", "type": "view", "ts": 1_700_000_000_000.5},
+        {"user_id": "u", "item_id": "i", "type": "view", "ts": "2024-01-02T03:04:05Z"},
+        {"user_id": "u", "item_id": "i", "type": "view", "ts": 1},
+        {"user_id": "", "item_id": "i", "type": "view", "ts": 1_700_000_000_000},
+        {"user_id": "u", "item_id": True, "type": "view", "ts": 1_700_000_000_000},
+        {"user_id": "u", "item_id": "i", "type": "like", "ts": 1_700_000_000_000},
+        {"user_id": "u", "item_id": "i", "type": "view", "ts": True},
+        {"user_id": "u", "item_id": "i", "type": "view", "ts": 1_700_000_000_000, "params": []},
+        {"user_id": "u" * 257, "item_id": "i", "type": "view", "ts": 1_700_000_000_000},
+    ],
+)
+def test_the_event_schema_and_the_decoder_agree(event: dict) -> None:
+    try:
+        jsonschema.validate(event, _schema("event"))
+        valid = True
+    except jsonschema.ValidationError:
+        valid = False
+    try:
+        decode_event(json.dumps(event).encode())
+        decoded = True
+    except DecodeError:
+        decoded = False
+    assert decoded == valid, event
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"item_id": "i", "name": "tent", "price": 12.5},
+        {"item_id": 5, "category": 3, "price": "12.50"},
+        {"item_id": "i", "price": "cheap"},
+        {"item_id": "i", "price": -1},
+        {"item_id": "", "name": "x"},
+        {"item_id": "i", "deleted": "yes"},
+        {"item_id": "i", "brand": ["a"]},
+    ],
+)
+def test_the_item_schema_and_the_decoder_agree(item: dict) -> None:
+    try:
+        jsonschema.validate(item, _schema("item"))
+        valid = True
+    except jsonschema.ValidationError:
+        valid = False
+    try:
+        decode_item(json.dumps(item).encode())
+        decoded = True
+    except DecodeError:
+        decoded = False
+    assert decoded == valid, item

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.config import EventWeights, QueryDefaults
+from models.config import EventWeights, Limits, QueryDefaults
 from models.features import Dims
 from models.index import ItemIndex, top_k
 from models.intent import cluster
@@ -116,8 +116,37 @@ def test_params_override_and_bad_params() -> None:
     assert params_from(QueryDefaults(), {"k": 5, "diversity": 0.2}).k == 5
     with pytest.raises(ValueError, match="unknown parameter"):
         params_from(QueryDefaults(), {"kk": 5})
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match="k is 0, expected 1 to 100"):
         params_from(QueryDefaults(), {"k": 0})
+
+
+@pytest.mark.parametrize(
+    ("params", "reason"),
+    [
+        ({"k": 1000, "diversity": 1}, "k is 1000, expected 1 to 100"),
+        ({"max_intents": 50}, "max_intents is 50, expected 1 to 5"),
+        ({"max_intents": -2}, "max_intents is -2"),
+        ({"past_weight": -1}, "past_weight is -1.0, expected a finite number >= 0"),
+        ({"name_weight": float("nan")}, "name_weight is nan"),
+        ({"price_weight": float("inf")}, "price_weight is inf"),
+        ({"k": 2.5}, "k is 2.5, expected int"),
+    ],
+)
+def test_params_beyond_the_operator_limits_are_refused(params: dict, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        params_from(QueryDefaults(), params, Limits())
+    wider = Limits(max_k=1000, max_intents=50)
+    if "k is 1000" in reason or "max_intents is 50" in reason:
+        assert params_from(QueryDefaults(), params, wider)
+
+
+def test_one_query_fetches_at_most_the_search_depth_cap() -> None:
+    rec = _world(exact=True)
+    bought = frozenset(f"c{c}-{i}" for c in range(4) for i in range(8))
+    req = Request([("c3-1", "view")], bought, params=QueryDefaults(k=10))
+    assert rec.plan([req]).k_search == 10 + len(bought)
+    capped = rec.plan([req], max_fetch=12)
+    assert capped.k_search == 12 and capped.fetch.max() == 12
 
 
 def test_a_search_run_in_another_thread_gives_the_same_answers() -> None:

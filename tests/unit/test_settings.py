@@ -32,15 +32,31 @@ def test_settings_are_frozen() -> None:
     ("env", "needle"),
     [
         ({"SESSIONREC_PARTITIONS": "many"}, "setting 'partitions' is 'many'"),
-        ({"SESSIONREC_PARTITIONS": "0"}, "expected at least 1"),
+        ({"SESSIONREC_PARTITIONS": "0"}, "setting 'partitions' is 0, expected 1 to 10000"),
         ({"SESSIONREC_QUERY_EXCLUDE_SEEN": "perhaps"}, "expected true or false"),
-        ({"SESSIONREC_QUERY_DIVERSITY": "2"}, "expected 0 to 1"),
+        ({"SESSIONREC_QUERY_DIVERSITY": "2"}, "'query.diversity' is 2.0, expected 0 to 1"),
         ({"SESSIONREC_INDEX_EF": "0"}, "setting 'index_ef' is 0, expected 1 to 10000"),
+        ({"SESSIONREC_SESSION_GAP_MINUTES": "inf"}, "'session_gap_minutes' is inf, expected"),
+        ({"SESSIONREC_SESSION_GAP_MINUTES": "nan"}, "'session_gap_minutes' is nan, expected"),
+        ({"SESSIONREC_METRICS_PORT": "70000"}, "'metrics_port' is 70000, expected 0 to 65535"),
+        ({"SESSIONREC_WEIGHTS_VIEW": "nan"}, "'weights.view' is nan"),
+        ({"SESSIONREC_QUERY_NAME_WEIGHT": "inf"}, "'query.name_weight' is inf, expected a finite"),
+        ({"SESSIONREC_QUERY_MAX_INTENTS": "-1"}, "'query.max_intents' is -1, expected 1 to 5"),
+        ({"SESSIONREC_QUERY_PAST_WEIGHT": "-0.5"}, "'query.past_weight' is -0.5"),
+        ({"SESSIONREC_QUERY_K": "500"}, "'query.k' is 500, expected 1 to 100"),
+        ({"SESSIONREC_TOPICS_EVENTS": ""}, "'topics.events' is '', expected a Kafka topic name"),
+        ({"SESSIONREC_TOPICS_DLQ": "a/b"}, "'topics.dlq' is 'a/b'"),
+        ({"SESSIONREC_LIMITS_MAX_K": "0"}, "'limits.max_k' is 0, expected 1 to 10000"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], needle: str) -> None:
     with pytest.raises(SettingsError, match=needle):
         load_settings(None, env, {})
+
+
+def test_a_config_path_that_is_a_directory_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="is a directory, expected a TOML file"):
+        load_settings(str(tmp_path), {}, {})
 
 
 def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def test_catalog_updates_wait_while_a_search_reads_the_index(tmp_path: Path) -> 
     pipeline = Pipeline(settings, None, {})
     watcher = Watcher(settings, tmp_path, None)
     pipeline.connect(_Sink(), watcher)
-    watcher._on_item(encode(Item("new-item", name="tent")))
+    watcher._on_item(b"new-item", encode(Item("new-item", name="tent")))
 
     async def scenario() -> list[bool]:
         searcher = ThreadPoolExecutor(1)

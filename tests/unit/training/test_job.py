@@ -82,7 +82,35 @@ def test_rollback_to_the_previous_version(shop_files, tmp_path: Path) -> None:
         assert _train(events, catalog, out) == 0
     first, second = list_versions(out)
     assert current_version(out) == second
-    assert rollback(out, None) == first and current_version(out) == first
+    assert rollback(out, None, Settings()) == first and current_version(out) == first
+    assert rollback(out, None, Settings()) == second  # back to the version served before
+
+
+def test_rollback_goes_only_to_a_plain_name_that_verifies(shop_files, tmp_path: Path) -> None:
+    import shutil
+
+    from models.artifact import ArtifactError
+
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    assert _train(events, catalog, out) == 0
+    good = current_version(out)
+    assert good is not None
+    with pytest.raises(ArtifactError, match="no version was served before"):
+        rollback(out, None, Settings())
+    outside = tmp_path / "evil"
+    shutil.copytree(out / good, outside)
+    for name in ("../evil", str(outside), "", "a/b"):
+        with pytest.raises(ArtifactError, match="is not a plain name"):
+            rollback(out, name, Settings())
+    corrupt = out / "v-corrupt"
+    shutil.copytree(out / good, corrupt)
+    with (corrupt / "vectors.npy").open("r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00\x01\x02\x03\x04\x05\x06\x07")
+    with pytest.raises(ArtifactError, match=r"vectors\.npy does not match its checksum"):
+        rollback(out, "v-corrupt", Settings())
+    assert current_version(out) == good
 
 
 def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:

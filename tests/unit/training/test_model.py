@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,14 +97,101 @@ def test_corrupt_or_incomplete_artifacts_are_refused(shop_corpus: Corpus, tmp_pa
     trained = train(shop_corpus, FAST)
     path, _ = export(trained, tmp_path, {}, version="v1")
     (path / "identity.npy").unlink()
-    with pytest.raises(ArtifactError, match=r"incomplete: identity\.npy is missing"):
+    with pytest.raises(ArtifactError, match=r"model v1: identity\.npy is missing"):
         load_model(path)
     path, _ = export(trained, tmp_path, {}, version="v2")
     (path / "vectors.npy").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match=r"vectors\.npy does not match its checksum"):
+        load_model(path)
+    _resign(path)  # checksums that match: the array itself is refused
     with pytest.raises(ArtifactError, match=r"vectors\.npy is unreadable"):
         load_model(path)
     with pytest.raises(ArtifactError, match="no model version"):
         set_current(tmp_path, "v404")
+
+
+def _resign(path: Path) -> None:
+    """Write the manifest's checksums anew, as if the files had been exported that way."""
+    from models.artifact import _fingerprint
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    if not isinstance(manifest, dict):
+        return
+    manifest["files"] = {
+        f.name: _fingerprint(f) for f in sorted(path.iterdir()) if f.name != "manifest.json"
+    }
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_json(path: Path, name: str, change: Any) -> None:
+    data = json.loads((path / name).read_text())
+    (path / name).write_text(json.dumps(change(data)))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: (p / "manifest.json").write_text('{"format": 1}'), "manifest 'version' is None"),
+        (lambda p: (p / "manifest.json").write_text("[]"), "manifest.json is not an object"),
+        (lambda p: (p / "vocab.json").write_text("[]"), "vocab.json is not an object"),
+        (lambda p: (p / "items.json").write_text('{"a": 1}'), "items.json is not a list"),
+        (
+            lambda p: _edit_json(p, "manifest.json", lambda m: {**m, "index": {"m": "abc"}}),
+            "manifest 'index'",
+        ),
+        (
+            lambda p: _edit_json(p, "vocab.json", lambda v: {**v, "dims": {"name": -1}}),
+            "vocab.json 'dims'",
+        ),
+        (
+            lambda p: np.save(p / "popularity.npy", np.ones(10_000, np.float32)),
+            r"popularity\.npy has shape \(10000,\)",
+        ),
+        (
+            lambda p: np.save(p / "tokens.npy", np.ones((1, 32), np.float32)),
+            r"tokens\.npy has shape \(1, 32\)",
+        ),
+        (
+            lambda p: np.save(
+                p / "item_brand.npy", np.full(np.load(p / "item_brand.npy").shape, 10**6)
+            ),
+            r"item_brand\.npy refers to rows outside",
+        ),
+        (lambda p: (p / "index.hnsw").write_bytes(b"\x00" * 64), "index.hnsw is unusable"),
+    ],
+)
+def test_an_artifact_of_the_wrong_shape_is_refused_with_the_reason(
+    shop_corpus: Corpus, tmp_path: Path, damage: Any, reason: str
+) -> None:
+    trained = train(shop_corpus, FAST)
+    path, _ = export(trained, tmp_path, {}, version="v1")
+    damage(path)
+    _resign(path)
+    with pytest.raises(ArtifactError, match=reason):
+        load_index(path, load_model(path))
+
+
+def test_a_corrupt_index_graph_is_refused_without_crashing_the_process(
+    shop_corpus: Corpus, tmp_path: Path
+) -> None:
+    """Mutated graphs can crash the process that searches them: the check runs in a child."""
+    trained = train(shop_corpus, FAST)
+    path, _ = export(trained, tmp_path, {}, version="v1")
+    model = load_model(path)
+    original = (path / "index.hnsw").read_bytes()
+    rng = np.random.default_rng(3)
+    refused = 0
+    for _ in range(12):
+        data = bytearray(original)
+        for at in rng.integers(0, len(data), 40):
+            data[at] = int(rng.integers(0, 256))
+        (path / "index.hnsw").write_bytes(bytes(data))
+        try:
+            load_index(path, model)
+        except ArtifactError as exc:
+            assert "index.hnsw is unusable" in str(exc)
+            refused += 1
+    assert refused > 0  # and this process is still here
 
 
 def test_trainer_refuses_empty_corpus() -> None:
