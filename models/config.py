@@ -84,9 +84,11 @@ class Settings:
     partitions: int = 4
     session_gap_minutes: float = 20.0
     max_session_len: int = 50
+    state_ttl_days: float = 30.0  # a user's state (past intents, bought) after the last event
     index_ef: int = DEFAULT_INDEX_EF
     model_dir: str = "var/models"
     metrics_port: int = 9100
+    metrics_address: str = "127.0.0.1"  # 0.0.0.0 in a container that Prometheus scrapes
     worker_group: str = "sessionrec-worker"
     log_format: str = "text"
     topics: Topics = field(default_factory=Topics)

@@ -116,6 +116,7 @@ def _validate(settings: Settings) -> None:
     _range("partitions", s.partitions, 1, 10_000)
     _range("session_gap_minutes", s.session_gap_minutes, 1e-3, 525_600)  # up to a year
     _range("max_session_len", s.max_session_len, 2, 10_000)
+    _range("state_ttl_days", s.state_ttl_days, 1e-3, 36_500)
     _range("index_ef", s.index_ef, 1, 10_000)
     _range("metrics_port", s.metrics_port, 0, 65_535)
     _range("limits.max_k", lim.max_k, 1, 10_000)

@@ -76,16 +76,37 @@ def train_config(args: argparse.Namespace, settings: Settings) -> Any:
     return config
 
 
+# What --data names for each format (topic: a topic name).
+DATA_KIND = {"srgnn": "directory", "jsonl": "file", "diginetica": "file", "retailrocket": "any"}
+
+
+def check_paths(fmt: str, data: str | None, catalog: str | None, out: Path) -> None:
+    """The kind of every path (file or directory), before any work starts."""
+    if data is not None and fmt in DATA_KIND:
+        path, kind = Path(data), DATA_KIND[fmt]
+        if not path.exists():
+            raise ValueError(f"--data {data}: does not exist")
+        if kind == "directory" and not path.is_dir():
+            raise ValueError(f"--data {data}: is a file, expected a directory for --format {fmt}")
+        if kind == "file" and not path.is_file():
+            raise ValueError(f"--data {data}: is a directory, expected a file for --format {fmt}")
+    if catalog is not None and not Path(catalog).is_file():
+        raise ValueError(f"--catalog {catalog}: is not a file")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, expected a model directory")
+
+
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from training.job import JobSpec, parse_every, run_once, run_scheduled
 
     if not 0 <= args.holdout < 1:
         raise ValueError(f"--holdout is {args.holdout}, expected 0 <= holdout < 1")
     out = Path(args.out or settings.model_dir)
+    config = train_config(args, settings)
+    check_paths(args.format, args.data, args.catalog, out)
     spec = JobSpec(
         args.format, args.data, args.catalog, out, holdout=args.holdout, announce=args.announce
     )
-    config = train_config(args, settings)
     if args.every:
         run_scheduled(spec, settings, config, parse_every(args.every), max_runs=args.max_runs)
         return 0

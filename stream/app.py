@@ -86,7 +86,7 @@ def build_app(settings: Settings, model_dir: Path) -> Worker:
     @app.timer(interval=IDLE_CHECK_S)
     async def close_idle_sessions() -> None:
         out = pipeline.close_idle()
-        if out.states:
+        if out.states or out.expired:
             await pipeline.publish(out)
 
     @app.timer(interval=UPDATES_CHECK_S)
@@ -115,7 +115,7 @@ def run_worker(
 ) -> None:
     """Run one worker until SIGINT/SIGTERM. `logging_config` (dictConfig) replaces faust's
     default console logging, e.g. for JSON lines."""
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_address)
     built = build_app(settings, model_dir)
     worker = faust.Worker(built.app, loglevel=loglevel, quiet=True, logging_config=logging_config)
     try:

@@ -38,7 +38,11 @@ fails loudly instead of silently skipping a patch.
    (model, libraries) are frozen out of its walks and it runs after GC_YOUNG_THRESHOLD
    allocations instead of 700, since the session table renews objects on every event.
    Reference counting still frees everything not in a cycle at once. Broker-independent.
-8. `highwater` reads a partition's high watermark from faust's consumer for the lag gauge
+8. `RepeatFilter` (installed by `on_start` on the root logger's handlers): aiokafka and faust
+   log every failed reconnect, about 100 ERROR lines a second while the broker is down; an
+   identical line (same logger and message template) is logged once, then at most once per
+   REPEAT_WINDOW_S with the number of repeats. Broker-independent.
+9. `highwater` reads a partition's high watermark from faust's consumer for the lag gauge
    (`app.consumer`, not part of faust's documented API). On the embedded broker the value
    counts record batches (see 4), so the gauge reads low there.
 """
@@ -46,8 +50,10 @@ fails loudly instead of silently skipping a patch.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -117,15 +123,19 @@ def make_app(settings: Settings, linger_ms: int) -> faust.App:
 
 
 def _datadir(group: str) -> Path:
-    path = Path(tempfile.gettempdir()) / "sessionrec-faust" / group
-    path.mkdir(parents=True, exist_ok=True)
+    """A directory of this process's own (mode 0700), removed when it exits."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in group)[:60]
+    path = Path(tempfile.mkdtemp(prefix=f"sessionrec-faust-{safe}-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
 def on_start(app: faust.App) -> None:
-    """What is applied once the app runs: the sensors are registered, the model is loaded."""
+    """What is applied once the app runs: the sensors are registered, the model is loaded,
+    faust has set up logging."""
     no_event_sensors(app)
     tune_gc()
+    quiet_repeats()
 
 
 # -- 1. Batches -------------------------------------------------------------------------------
@@ -336,7 +346,48 @@ def tune_gc() -> None:
     )
 
 
-# -- 8. High watermarks -----------------------------------------------------------------------
+# -- 8. Repeated log lines --------------------------------------------------------------------
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first of identical WARNING+ lines of the `loggers` through, then one per
+    `window_s` saying how often it was repeated."""
+
+    def __init__(
+        self, loggers: tuple[str, ...] = ("aiokafka", "faust", "mode"), window_s: float = 60.0
+    ):
+        super().__init__()
+        self.loggers = loggers
+        self.window_s = window_s
+        self.seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(self.loggers):
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        since, repeats = self.seen.get(key, (-self.window_s - 1, 0))
+        if now - since <= self.window_s:
+            self.seen[key] = (since, repeats + 1)
+            return False
+        self.seen[key] = (now, 0)
+        if repeats:
+            record.msg = (
+                f"{record.msg} (and {repeats} times more in the last {self.window_s:.0f} s)"
+            )
+        return True
+
+
+REPEAT_WINDOW_S = 60.0
+
+
+def quiet_repeats() -> None:
+    repeats = RepeatFilter(window_s=REPEAT_WINDOW_S)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(repeats)
+
+
+# -- 9. High watermarks -----------------------------------------------------------------------
 
 
 def highwater(app: faust.App, topic: str) -> Callable[[int], int | None]:

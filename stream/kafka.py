@@ -8,7 +8,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 # An output message: topic, key, value, and its partition (None: the key's partition).
-OutMessage = tuple[str, bytes | None, bytes, int | None]
+OutMessage = tuple[str, bytes | None, bytes | None, int | None]  # value None: a tombstone
 
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def produce(
     producer: Any,
     topic: str,
     key: bytes | None,
-    value: bytes,
+    value: bytes | None,
     on_delivery: Any = None,
     partition: int | None = None,
 ) -> None:
@@ -150,7 +150,7 @@ class Outbox:
         attempt: int,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         partition: int | None,
     ) -> None:
         from confluent_kafka import KafkaException
@@ -163,7 +163,7 @@ class Outbox:
         except KafkaException as exc:
             if not _undeliverable(exc.args[0]):
                 raise
-            self._drop(batch, topic, len(value), exc.args[0].str())
+            self._drop(batch, topic, len(value or b""), exc.args[0].str())
 
     def _drop(self, batch: int, topic: str, size: int, reason: str) -> None:
         self._dropped[topic] = self._dropped.get(topic, 0) + 1

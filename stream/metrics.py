@@ -13,6 +13,10 @@ EMITTED = Counter("sessionrec_recommendations_emitted_total", "Recommendation me
 UNKNOWN = Counter(
     "sessionrec_unknown_items_total", "Events whose item is not in the catalog (unknown or deleted)"
 )
+EXPIRED = Counter(
+    "sessionrec_states_expired_total", "Users' states deleted after state_ttl_days without events"
+)
+USERS = Gauge("sessionrec_users_in_memory", "Users whose state this worker holds")
 SESSIONS = Counter("sessionrec_sessions_closed_total", "Sessions closed and sent to sessions")
 ODDITIES = Counter(
     "sessionrec_oddities_total",
@@ -56,10 +60,10 @@ MODEL_REFUSED = Counter("sessionrec_model_refused_total", "Model versions refuse
 ITEMS = Counter("sessionrec_item_upserts_total", "Catalog upserts applied to the live index")
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on `port` (0 disables)."""
+def serve(port: int, address: str = "127.0.0.1") -> None:
+    """Expose /metrics on `address`:`port` (port 0 disables)."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=address)
 
 
 def observe_model(serving: Any) -> None:

@@ -77,6 +77,7 @@ class Output:
     dlq: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     sessions: list[tuple[str, bytes]] = field(default_factory=list)
     states: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    expired: list[tuple[str, int]] = field(default_factory=list)  # (user, partition)
 
 
 @dataclass
@@ -180,9 +181,11 @@ class Pipeline:
         self.upserted: set[str] = set()  # catalog items upserted and not deleted since start
         self.dedup = Deduplicator()
         self.counters: Counter[str] = Counter()
-        # user -> (end of the open session or None, partition), for every user in the store:
-        # the idle timer finds idle sessions here without decoding every state.
-        self.ends: dict[str, tuple[int | None, int]] = {}
+        # user -> (end of the open session or None, last event time or None, partition), for
+        # every user in the store: the idle timer finds idle sessions and expired states here
+        # without decoding every state.
+        self.ends: dict[str, tuple[int | None, int | None, int]] = {}
+        self.ttl_ms = int(settings.state_ttl_days * 86_400_000)
         # Users whose stored state was reported unreadable and not yet written again.
         self.unreadable: set[str] = set()
         # Event-time watermark per partition: a lagging partition's users are never closed by
@@ -466,6 +469,9 @@ class Pipeline:
             (self.changelog, orjson.dumps(user), state, partition)
             for user, (partition, state) in out.states.items()
         ]
+        messages.extend(
+            (self.changelog, orjson.dumps(user), None, partition) for user, partition in out.expired
+        )
         messages.extend(out.recommendations)
         messages.extend((t.dlq, key, value, None) for key, value in out.dlq)
         messages.extend((t.sessions, user.encode(), value, None) for user, value in out.sessions)
@@ -518,8 +524,10 @@ class Pipeline:
             await asyncio.wait(set(self.searches))
 
     def close_idle(self) -> Output:
-        """Close the sessions whose partition's event-time watermark is past their end + gap;
-        the new states are in the store, their changelog messages in the output."""
+        """Close the sessions whose partition's event-time watermark is past their end + gap
+        (the new states are in the store, their changelog messages in the output), and expire
+        the states of users idle for longer than `state_ttl_days` (deleted from the store;
+        tombstones for the changelog in the output)."""
         out = Output()
         for user, partition in self.idle_users():
             state = self._stored(user, self.store.get(user))[0]
@@ -530,7 +538,22 @@ class Pipeline:
             for closed in step.closed:
                 state = self._retire(user, closed, state, out)
             self.put_state(user, state, partition, out)
+        for user, partition in self.expired_users():
+            del self.store[user]
+            del self.ends[user]
+            out.expired.append((user, partition))
+        self.counters["expired"] += len(out.expired)
         return out
+
+    def expired_users(self) -> list[tuple[str, int]]:
+        """(user, partition) of the users with no open session whose last event is older than
+        the state's time to live, by their partition's event-time watermark."""
+        ttl, marks = self.ttl_ms, self.watermarks
+        return [
+            (user, partition)
+            for user, (end, last, partition) in self.ends.items()
+            if end is None and last is not None and last + ttl < marks.get(partition, 0)
+        ]
 
     def idle_users(self) -> list[tuple[str, int]]:
         """(user, partition) of the sessions that their partition's event-time watermark has
@@ -542,7 +565,7 @@ class Pipeline:
         gap, marks = self.gap.gap_ms, self.watermarks
         return [
             (user, partition)
-            for user, (end, partition) in self.ends.items()
+            for user, (end, _, partition) in self.ends.items()
             if end is not None and end + gap < marks.get(partition, 0)
         ]
 
@@ -552,8 +575,7 @@ class Pipeline:
             self.unreadable.discard(user)
         for user in self.store.keys() - self.ends.keys():
             state, partition = self._stored(user, self.store[user])
-            current = state.session.current
-            self.ends[user] = (current.end if current is not None else None, partition)
+            self.ends[user] = _ends(state, partition)
 
     # -- The stored state ------------------------------------------------------------------
 
@@ -579,8 +601,7 @@ class Pipeline:
         encoded = keep(state, partition)
         self.store[user_id] = encoded
         out.states[user_id] = (partition, encoded)
-        current = state.session.current
-        self.ends[user_id] = (current.end if current is not None else None, partition)
+        self.ends[user_id] = _ends(state, partition)
         if self.unreadable:
             self.unreadable.discard(user_id)
 
@@ -603,6 +624,8 @@ class Pipeline:
         metrics.EMITTED.inc(now["emitted"] - last["emitted"])
         metrics.UNKNOWN.inc(now["unknown_item"] - last["unknown_item"])
         metrics.SESSIONS.inc(now["sessions_closed"] - last["sessions_closed"])
+        metrics.EXPIRED.inc(now["expired"] - last["expired"])
+        metrics.USERS.set(len(self.store))
         for kind in ODDITIES:
             metrics.ODDITIES.labels(kind).inc(now[kind] - last[kind])
         self._counted = now.copy()
@@ -622,6 +645,14 @@ class Pipeline:
         if self.highwater is not None and time.monotonic() >= self._lag_due:
             self._lag_due = time.monotonic() + LAG_EVERY_S  # asks the consumer per partition
             metrics.observe_lag(incoming, self.highwater)
+
+
+def _ends(state: UserState, partition: int) -> tuple[int | None, int | None, int]:
+    """(end of the open session or None, last event time or None, partition)."""
+    current = state.session.current
+    if current is not None:
+        return current.end, current.end, partition
+    return None, state.session.closed_until, partition
 
 
 def keep(state: UserState, partition: int) -> bytes:

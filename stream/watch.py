@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 CURRENT_CHECK_S = 2.0
 RESTART_S = 5.0
+TOPIC_CHECK_S = 5.0  # how often a missing topic is looked for
 
 
 class Watcher(threading.Thread):
@@ -42,6 +44,7 @@ class Watcher(threading.Thread):
         self._stop = threading.Event()
         self.refused: set[str] = set()
         self._offsets: dict[tuple[str, int], int] = {}  # where a restart goes on reading
+        self._awaited: set[str] = set()  # topics said to be missing
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,18 +91,22 @@ class Watcher(threading.Thread):
             }
         )
         try:
-            parts = []
-            for topic in (t.items, t.model_updates):
-                meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
-                if meta is not None and meta.error is None:
-                    parts += [
-                        TopicPartition(topic, p, self._offsets.get((topic, p), 0))
-                        for p in meta.partitions
-                    ]
-            consumer.assign(parts)
-            last_check = 0.0
+            followed: dict[str, list[int]] = {}  # topic -> its partitions, once it exists
+            last_check = last_topics = 0.0
             while not self._stop.is_set():
-                for msg in ready_messages(consumer, POLL_S, 500):
+                if len(followed) < 2 and time.monotonic() - last_topics > TOPIC_CHECK_S:
+                    last_topics = time.monotonic()
+                    if self._find_topics(consumer, followed):
+                        consumer.assign(
+                            [
+                                TopicPartition(topic, p, self._offsets.get((topic, p), 0))
+                                for topic, parts in followed.items()
+                                for p in parts
+                            ]
+                        )
+                if not followed:
+                    self._stop.wait(POLL_S)
+                for msg in ready_messages(consumer, POLL_S, 500) if followed else []:
                     value = msg.value()
                     if msg.error():
                         continue
@@ -113,6 +120,29 @@ class Watcher(threading.Thread):
                     self._check_current()
         finally:
             consumer.close()
+
+    def _find_topics(self, consumer: Any, followed: dict[str, list[int]]) -> bool:
+        """Add the topics that exist now to `followed`; say once that a topic is awaited, and
+        when it appears. Returns whether any was added."""
+        t = self.settings.topics
+        added = False
+        for topic in (t.items, t.model_updates):
+            if topic in followed:
+                continue
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None or not meta.partitions:
+                if topic not in self._awaited:
+                    self._awaited.add(topic)
+                    log.warning(
+                        "topic %s does not exist yet: waiting for it (run 'sessionrec topics')",
+                        topic,
+                    )
+                continue
+            followed[topic] = sorted(meta.partitions)
+            added = True
+            if topic in self._awaited:
+                log.info("topic %s exists now: following it", topic)
+        return added
 
     def _check_current(self) -> None:
         try:

@@ -18,6 +18,7 @@ from models.records import Event, Item
 from models.session import SessionConfig, sessionize
 
 FORMATS = ("jsonl", "srgnn", "diginetica", "retailrocket", "topic")
+TOPIC_TIMEOUT_S = 30.0  # to reach the broker and to read a topic to its end
 
 
 class DataError(ValueError):
@@ -252,12 +253,13 @@ def load_retailrocket(path: Path, gap: SessionConfig) -> Corpus:
 
 
 def load_topic(
-    bootstrap: str, sessions_topic: str, items_topic: str, timeout_s: float = 30.0
+    bootstrap: str, sessions_topic: str, items_topic: str, timeout_s: float | None = None
 ) -> Corpus:
     """Replay the `sessions` topic (and the `items` catalog) from the beginning to its end."""
     from models.codec import decode_session
     from training.replay import read_topic
 
+    timeout_s = TOPIC_TIMEOUT_S if timeout_s is None else timeout_s
     rejected: Counter[str] = Counter()
     sessions: list[TrainSession] = []
     for raw in read_topic(bootstrap, sessions_topic, timeout_s):

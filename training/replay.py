@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[bytes]:
-    from confluent_kafka import Consumer, TopicPartition
+    """The topic's values from its beginning to its end as they were when it started; a
+    broker that cannot be reached within `timeout_s` is a one-line ValueError."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     consumer = Consumer(
         {
@@ -19,7 +21,13 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[
         }
     )
     try:
-        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        try:
+            meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            raise ValueError(
+                f"cannot read topic {topic!r} from Kafka at {bootstrap} within {timeout_s:g} s "
+                f"({exc.args[0].str()})"
+            ) from None
         if meta is None or meta.error is not None:
             raise ValueError(f"topic {topic!r} does not exist at {bootstrap}")
         ends: dict[int, int] = {}

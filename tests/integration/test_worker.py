@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -271,6 +272,29 @@ def test_cold_start_item_and_unknown_user(broker, unique, retailrocket_model, wo
     rec = next(decode_recommendation(r) for r in raw if b"new-user" in r)
     assert rec.reason == "session" and rec.items
     assert rec.intents[0].members == ["brand-new-1"]
+
+
+def test_a_worker_started_before_its_topics_waits_for_them_and_follows(
+    broker, unique, retailrocket_model, worker_factory
+):
+    settings = unique_settings(broker.bootstrap, unique, str(retailrocket_model))
+    worker = worker_factory(settings)  # no topics yet but those faust declares itself
+    deadline = time.monotonic() + 30
+    while "does not exist yet" not in worker.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert f"topic {settings.topics.items} does not exist yet" in worker.log_path.read_text()
+    create_topics(broker.bootstrap, topic_specs(settings))
+    produce_items(settings, [Item("late-item", name="trail running shoe", category="1188")])
+    t0 = 1_700_000_000_000
+    for i in range(30):  # until the upsert is followed: the item then has neighbours
+        produce(settings, [Event(f"late-user-{i}", "late-item", "view", t0 + i)])
+        raw = consume(
+            settings.bootstrap, settings.topics.recommendations, lambda v, n=i + 1: len(v) >= n
+        )
+        if any(decode_recommendation(r).reason == "session" for r in raw):
+            break
+    assert any(decode_recommendation(r).reason == "session" for r in raw)
+    assert f"topic {settings.topics.items} exists now: following it" in worker.log_path.read_text()
 
 
 def test_hot_swap_and_corrupt_model_refused(

@@ -39,3 +39,18 @@ def test_training_cronjob_and_volume() -> None:
     assert "ReadWriteMany" in claim["spec"]["accessModes"]
     config = docs["ConfigMap/sessionrec-config"]["data"]
     assert config["SESSIONREC_MODEL_DIR"] == "/models" and config["SESSIONREC_BOOTSTRAP"]
+
+
+def test_images_and_pods_run_unprivileged() -> None:
+    root = K8S.parents[1]
+    stages = (root / "Dockerfile").read_text().split("\nFROM ")
+    for stage in stages[1:]:  # [0]: the comments above the first FROM
+        users = [line.split()[1] for line in stage.splitlines() if line.startswith("USER ")]
+        assert users and users[-1] not in {"root", "0"}, stage.splitlines()[0]
+    docs = _docs()
+    worker = docs["Deployment/sessionrec-worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert worker["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e["value"] for e in worker["env"]}
+    assert env["SESSIONREC_METRICS_ADDRESS"] == "0.0.0.0"  # probes reach it from outside
+    job = docs["CronJob/sessionrec-train"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert job["securityContext"]["runAsNonRoot"] is True and job["securityContext"]["fsGroup"]

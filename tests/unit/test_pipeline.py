@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 
@@ -9,7 +10,7 @@ import pytest
 from models.codec import encode
 from models.config import Settings
 from models.records import Event, Item
-from stream.pipeline import Incoming, Pipeline, keep
+from stream.pipeline import Incoming, Output, Pipeline, keep
 
 
 def _pipeline(store: dict[str, bytes] | None = None) -> Pipeline:
@@ -212,3 +213,65 @@ def test_trending_serves_only_live_catalog_items() -> None:
     assert answer["reason"] == "trending"
     assert [i["item_id"] for i in answer["items"]] == ["i1"]
     assert proc.counters["unknown_item"] == 60 + 1
+
+
+def test_idle_users_states_expire_after_their_time_to_live() -> None:
+    import dataclasses
+
+    day = 86_400_000
+    settings = dataclasses.replace(Settings(), state_ttl_days=2.0)
+    table: dict[str, bytes] = {}
+    proc = Pipeline(settings, None, table, clock=lambda: 5)
+    t0 = 1_700_000_000_000
+    proc.process(_incoming([Event("old", "a", "view", t0), Event("recent", "b", "view", t0)]))
+    proc.process(_incoming([Event("recent", "c", "view", t0 + day)]))
+    out = proc.close_idle()  # both sessions close (the gap has passed); nobody expires yet
+    assert len(out.sessions) == 1 and out.expired == [] and set(table) == {"old", "recent"}
+    proc.process(_incoming([Event("recent", "d", "view", t0 + 2 * day + 60_000)]))
+    out = proc.close_idle()
+    assert out.expired == [("old", 0)] and set(table) == {"recent"}
+    assert proc.counters["expired"] == 1 and "old" not in proc.ends
+    proc.connect(_Sink())
+    sent = asyncio.run(_publish(proc, out))
+    assert (proc.changelog, b'"old"', None, 0) in sent
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.sent: list = []
+
+    def send(self, messages: list) -> asyncio.Future[None]:
+        self.sent.extend(messages)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def take_retried(self) -> int:
+        return 0
+
+    def take_dropped(self) -> dict[str, int]:
+        return {}
+
+
+async def _publish(proc: Pipeline, out: Output) -> list:
+    await proc.publish(out)
+    assert isinstance(proc.outbox, _Sink)
+    return proc.outbox.sent
+
+
+def test_memory_stays_flat_under_a_flood_of_one_event_users() -> None:
+    """With a time to live, the users a flood leaves behind are let go."""
+    import dataclasses
+
+    settings = dataclasses.replace(Settings(), state_ttl_days=0.01)  # 14.4 minutes
+    table: dict[str, bytes] = {}
+    proc = Pipeline(settings, None, table, clock=lambda: 5)
+    t0 = 1_700_000_000_000
+    held = []
+    for minute in range(0, 240, 2):
+        ts = t0 + minute * 60_000
+        proc.process(_incoming([Event(f"u{minute}-{n}", "a", "view", ts + n) for n in range(50)]))
+        proc.close_idle()
+        held.append(len(table))
+    assert max(held[60:]) == max(held[20:40])  # flat once the first users expire
+    assert max(held) < 50 * 30

@@ -234,3 +234,27 @@ def test_another_faust_version_stops_the_worker_at_start() -> None:
         FaustVersionError, match=f"faust-streaming is 0.16.0, expected {FAUST_VERSION}"
     ):
         check_faust_version("0.16.0")
+
+
+def test_a_line_repeated_by_a_failing_reconnect_is_logged_once_per_window() -> None:
+    import logging
+
+    from stream.faust_adapter import RepeatFilter
+
+    repeats = RepeatFilter(window_s=60.0)
+
+    def record(name: str, level: int, msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+    passed = [
+        repeats.filter(record("aiokafka.conn", logging.ERROR, "Unable connect to %r", f"node{i}"))
+        for i in range(100)
+    ]
+    assert passed == [True] + [False] * 99
+    assert repeats.filter(record("aiokafka.client", logging.ERROR, "Other failure"))
+    assert repeats.filter(record("stream.pipeline", logging.ERROR, "Unable connect to %r", "x"))
+    assert all(repeats.filter(record("aiokafka.conn", logging.INFO, "connected")) for _ in range(3))
+    since, count = repeats.seen[("aiokafka.conn", "Unable connect to %r")]
+    repeats.seen[("aiokafka.conn", "Unable connect to %r")] = (since - 61.0, count)  # a minute on
+    late = record("aiokafka.conn", logging.ERROR, "Unable connect to %r", "node")
+    assert repeats.filter(late) and "(and 99 times more in the last 60 s)" in late.getMessage()

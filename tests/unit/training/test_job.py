@@ -259,3 +259,36 @@ def test_eval_prints_its_scores_and_how_it_trained(
     # --fast's settings, but for the batch size given beside it.
     assert (out["negatives"], out["batch_negatives"], out["batch_size"]) == (128, 128, 64)
     assert (out["lr"], out["epochs"], out["seed"]) == (0.012, 15, 0)
+
+
+def test_paths_of_the_wrong_kind_are_one_line_errors_before_any_work(
+    shop_files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events, _ = shop_files
+    a_file = tmp_path / "model-file"
+    a_file.write_text("not a directory")
+    cases = [
+        (["--format", "jsonl", "--data", str(tmp_path)], "is a directory, expected a file"),
+        (["--format", "srgnn", "--data", str(events)], "is a file, expected a directory"),
+        (["--format", "jsonl", "--data", str(tmp_path / "nope")], "does not exist"),
+        (["--format", "jsonl", "--data", str(events), "--catalog", str(tmp_path)], "not a file"),
+        (["--format", "jsonl", "--data", str(events), "--out", str(a_file)], "is a file"),
+    ]
+    for flags, message in cases:
+        assert main(["train", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sessionrec: error: ") and message in err, err
+        assert len(err.splitlines()) == 1
+
+
+def test_training_from_a_topic_with_no_broker_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream.broker import free_port
+    from training import data
+
+    monkeypatch.setattr(data, "TOPIC_TIMEOUT_S", 2.0)
+    flags = ["--format", "topic", "--bootstrap", f"127.0.0.1:{free_port()}"]
+    assert main(["train", *flags, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sessionrec: error: cannot read topic 'sessions' from Kafka at")
