@@ -220,8 +220,57 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             "of the log. The worker keeps its own batches few and large for this reason "
             "(docs/operating.md).\n"
         )
+    if "reliability" in results:
+        parts.append(_reliability(results["reliability"]))
     parts.append("## Scale on paper\n\n" + _scale(results))
     shown = sorted(set(plots) | {p.name for p in out.glob("*.png")})
     parts.extend(f"\n![{p}]({p})\n" for p in shown)
     (out / "report.md").write_text("\n".join(parts))
     return summary
+
+
+def _reliability(r: dict[str, Any]) -> str:
+    """Records fuzzed, crashes, DLQ count, events answered, memory per user, kill -9 runs."""
+    f, m = r["fuzz"], r["memory"]
+    rows = [
+        {
+            "measure": "event records sent (hostile)",
+            "value": f"{f['events']:,} ({f['bad_events']:,})",
+        },
+        {
+            "measure": "catalog and model-updates records sent",
+            "value": f"{f['items']:,} + {f['updates']:,}",
+        },
+        {"measure": "worker exits", "value": f["worker_exits"]},
+        {"measure": "DLQ records (distinct offsets)", "value": f"{f['dlq']:,}"},
+        {"measure": "DLQ records without a reason", "value": f["dlq_missing_reason"]},
+        {"measure": "good events answered", "value": f"{f['good_answered']:,} of {f['good']:,}"},
+        {
+            "measure": "memory per live user",
+            "value": f"{m['bytes_per_user']:,} bytes ({m['users']:,} users)",
+        },
+    ]
+    for n, run in enumerate(r["kill9"], 1):
+        rows.append(
+            {
+                "measure": f"kill -9 run {n}: events lost, users with a split session",
+                "value": f"{run['lost']} of {run['events']:,}, {run['users_with_split_sessions']}",
+            }
+        )
+    flood = r.get("flood", [])
+    return (
+        "## Reliability\n\n"
+        + _table(rows, ["measure", "value"])
+        + "\nHostile records of many kinds (any bytes, records up to 900 KB, JSON of the wrong "
+        "shape, params beyond the limits, keys that are not the user) between good events, "
+        "through a live worker on the embedded broker (`benchmarks/reliability.py`). Memory per "
+        "user: the worker's resident memory before and after that many new users sent one "
+        "event each.\n\n"
+        + (
+            "Resident memory of a worker with `state_ttl_days` = 0.02 under rounds of one-event "
+            "users, each round an hour of event time after the last:\n\n"
+            + _table(flood, ["round", "users_sent", "rss_mb"])
+            if flood
+            else ""
+        )
+    )

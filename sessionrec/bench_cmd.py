@@ -178,11 +178,60 @@ def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return {"broker": [dataclasses.asdict(r) for r in broker_cost_as_log_fills()]}
 
 
+def part_reliability(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from benchmarks.reliability import flood, fuzz, kill9_run, memory_per_user
+    from stream.broker import EmbeddedBroker
+    from stream.launch import WorkerProcess, on_local_broker
+
+    data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
+    _ensure_model(data, model_dir, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {}
+    with EmbeddedBroker(port=0) as broker:
+        local = on_local_broker(settings, broker.bootstrap, model_dir, "bench-reliability")
+        worker = WorkerProcess(local, out / "reliability-worker.log").start()
+        try:
+            worker.wait_ready()
+            assert worker.proc is not None
+            print(f"fuzzing: {args.fuzz_events:,} event records, 2,000 items, 500 model-updates")
+            fuzzed = fuzz(local, args.fuzz_events, 2_000, 500)
+            result["fuzz"] = dataclasses.asdict(fuzzed)
+            result["fuzz"]["worker_exits"] = int(worker.proc.poll() is not None)
+            print(json.dumps(result["fuzz"]))
+            print("memory: 20,000 new users, one event each")
+            result["memory"] = memory_per_user(local, worker.proc.pid, 20_000)
+            print(json.dumps(result["memory"]))
+        finally:
+            worker.stop()
+    with EmbeddedBroker(port=0) as broker:
+        ttl = dataclasses.replace(settings, state_ttl_days=0.02)  # under half an hour
+        local = on_local_broker(ttl, broker.bootstrap, model_dir, "bench-flood")
+        worker = WorkerProcess(local, out / "flood-worker.log").start()
+        try:
+            worker.wait_ready()
+            assert worker.proc is not None
+            print("flood: 8 rounds of 5,000 one-event users, an hour of event time apart")
+            result["flood"] = flood(local, worker.proc.pid, 8, 5_000)
+            for row in result["flood"]:
+                print(json.dumps(row))
+        finally:
+            worker.stop()
+    runs = []
+    for run in range(args.kill_runs):
+        with EmbeddedBroker(port=0) as broker:
+            local = on_local_broker(settings, broker.bootstrap, model_dir, f"bench-kill-{run}")
+            runs.append(kill9_run(local, out / f"kill9-{run}.log"))
+            print(json.dumps(runs[-1]))
+    result["kill9"] = runs
+    return {"reliability": result}
+
+
 PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {
     "quality": part_quality,
     "index": part_index,
     "stream": part_stream,
     "broker": part_broker,
+    "reliability": part_reliability,
 }
 
 
@@ -225,7 +274,8 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from benchmarks.report import write_report
 
-    parts = ["quality", "index", "stream", "broker"] if args.part == "all" else [args.part]
+    everything = ["quality", "index", "stream", "broker", "reliability"]
+    parts = everything if args.part == "all" else [args.part]
     if args.part == "training":
         parts = ["quality"]  # training is measured with the quality run: same sessions/epochs
     out = Path(args.out)
@@ -272,10 +322,15 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "served by the pipeline); training: our trainer vs gensim, same "
         "sessions and epochs; index: build time, memory, recall and queries/s; "
         "stream: throughput and latency per rate through broker and worker; "
-        "broker: the embedded broker's cost as its log fills with small batches. "
+        "broker: the embedded broker's cost as its log fills with small batches; "
+        "reliability: hostile records through a live worker, memory per user, a flood of "
+        "one-event users with a state time to live, and kill -9 runs. "
         "Writes DIR/report.md, DIR/results.json and plots.",
     )
-    p.add_argument("part", choices=["quality", "training", "index", "stream", "broker", "all"])
+    p.add_argument(
+        "part",
+        choices=["quality", "training", "index", "stream", "broker", "reliability", "all"],
+    )
     p.add_argument("--data", default=DEFAULT_DATA, help=f"SR-GNN directory ({DEFAULT_DATA})")
     p.add_argument("--out", default="bench-out", help="report directory (default bench-out)")
     p.add_argument(
@@ -298,6 +353,18 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "worker would run (comma-separated; empty to skip; default 2000)",
     )
     p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
+    p.add_argument(
+        "--fuzz-events",
+        type=_positive(int),
+        default=50_000,
+        help="reliability: hostile event records to send (default 50000)",
+    )
+    p.add_argument(
+        "--kill-runs",
+        type=_positive(int),
+        default=2,
+        help="reliability: runs with the worker killed -9 under a backlog (default 2)",
+    )
     p.add_argument("--users", type=_positive(int), default=20000, help="simulated users")
     p.add_argument(
         "--one-broker",

@@ -45,6 +45,11 @@ class Watcher(threading.Thread):
         self.refused: set[str] = set()
         self._offsets: dict[tuple[str, int], int] = {}  # where a restart goes on reading
         self._awaited: set[str] = set()  # topics said to be missing
+        # While the catalog's history is read at start, refused upserts are counted and
+        # reported in one line (a compacted topic keeps them: every start reads them again).
+        self._catching_up = True
+        self._refused_items = 0
+        self._first_refusal = ""
 
     def stop(self) -> None:
         self._stop.set()
@@ -106,7 +111,10 @@ class Watcher(threading.Thread):
                         )
                 if not followed:
                     self._stop.wait(POLL_S)
-                for msg in ready_messages(consumer, POLL_S, 500) if followed else []:
+                ready = ready_messages(consumer, POLL_S, 500) if followed else []
+                if not ready and t.items in followed and self._catching_up:
+                    self._caught_up()
+                for msg in ready:
                     value = msg.value()
                     if msg.error():
                         continue
@@ -120,6 +128,16 @@ class Watcher(threading.Thread):
                     self._check_current()
         finally:
             consumer.close()
+
+    def _caught_up(self) -> None:
+        self._catching_up = False
+        if self._refused_items:
+            log.warning(
+                "%d item upserts in %s refused (first: %s)",
+                self._refused_items,
+                self.settings.topics.items,
+                self._first_refusal,
+            )
 
     def _find_topics(self, consumer: Any, followed: dict[str, list[int]]) -> bool:
         """Add the topics that exist now to `followed`; say once that a topic is awaited, and
@@ -165,7 +183,11 @@ class Watcher(threading.Thread):
         try:
             item = _tombstone(key) if raw is None else decode_item(raw)
         except DecodeError as exc:
-            log.warning("refused item upsert: %s", exc)
+            if self._catching_up:  # the topic's history: one line for all of it, at the end
+                self._refused_items += 1
+                self._first_refusal = self._first_refusal or str(exc)
+            else:
+                log.warning("refused item upsert: %s", exc)
             return
         with self._lock:
             self.catalog[item.item_id] = item

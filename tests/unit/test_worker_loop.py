@@ -258,3 +258,22 @@ def test_a_line_repeated_by_a_failing_reconnect_is_logged_once_per_window() -> N
     repeats.seen[("aiokafka.conn", "Unable connect to %r")] = (since - 61.0, count)  # a minute on
     late = record("aiokafka.conn", logging.ERROR, "Unable connect to %r", "node")
     assert repeats.filter(late) and "(and 99 times more in the last 60 s)" in late.getMessage()
+
+
+def test_refused_catalog_history_is_one_line_then_each_refusal_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    watcher = Watcher(Settings(metrics_port=0), tmp_path, None)
+    with caplog.at_level(logging.WARNING, logger="stream.watch"):
+        for n in range(50):  # what a compacted topic hands every start
+            watcher._on_item(b"k", b"{not json %d" % n)
+        watcher._on_item(b"gone", None)  # a tombstone is a delete, not a refusal
+        watcher._caught_up()
+        watcher._on_item(b"k", b"[]")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("50 item upserts in items refused (first: item: payload is not")
+    assert lines[1].startswith("refused item upsert: item: payload is JSON list")
+    assert watcher.take()[1][0] == Item("gone", deleted=True)
