@@ -37,7 +37,7 @@ from models.ranking import PastIntent, Plan, Request, Result, params_from
 from models.records import Event, Intent, Item, Recommendation, RecommendedItem
 from models.serving import ServingModel
 from models.session import Session, SessionConfig, advance, close_idle
-from models.state import MAX_BOUGHT, PastIntentState, UserState
+from models.state import MAX_BOUGHT, PastIntentState, UserState, UserTable
 from models.trending import Trending
 from stream import metrics
 from stream.delivery import Deduplicator, InOrderAcks, unless_done
@@ -173,7 +173,6 @@ class Pipeline:
         self.settings = settings
         self.topics = settings.topics
         self.serving = serving
-        self.store = store
         self.changelog = changelog
         self.gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
         self.clock = clock or (lambda: int(time.time() * 1000))
@@ -181,16 +180,8 @@ class Pipeline:
         self.upserted: set[str] = set()  # catalog items upserted and not deleted since start
         self.dedup = Deduplicator()
         self.counters: Counter[str] = Counter()
-        # user -> (end of the open session or None, last event time or None, partition), for
-        # every user in the store: the idle timer finds idle sessions and expired states here
-        # without decoding every state.
-        self.ends: dict[str, tuple[int | None, int | None, int]] = {}
-        self.ttl_ms = int(settings.state_ttl_days * 86_400_000)
-        # Users whose stored state was reported unreadable and not yet written again.
-        self.unreadable: set[str] = set()
-        # Event-time watermark per partition: a lagging partition's users are never closed by
-        # the progress of another one.
-        self.watermarks: dict[int, int] = {}
+        ttl_ms = int(settings.state_ttl_days * 86_400_000)
+        self.table = UserTable(store, settings.session_gap_ms, ttl_ms, self.counters)
         self.outbox: Sink | None = None
         self.updates: Updates | None = None
         self.highwater: Callable[[int], int | None] | None = None
@@ -327,15 +318,14 @@ class Pipeline:
         for event, msg in admitted:
             user = work.get(event.user_id)
             if user is None:
-                state = self._stored(event.user_id, self.store.get(event.user_id))[0]
+                state = self.table.get(event.user_id)[0]
                 user = work[event.user_id] = _UserWork(msg.partition, state)
             user.events.append(event)
             user.params = event.params or user.params
         for user_id, w in work.items():
             w.state = self._advance(user_id, w, out)
             self.put_state(user_id, w.state, w.partition, out)
-            last = max(e.ts for e in w.events)
-            self.watermarks[w.partition] = max(self.watermarks.get(w.partition, 0), last)
+            self.table.saw(w.partition, max(e.ts for e in w.events))
         return work
 
     def _advance(self, user_id: str, w: _UserWork, out: Output) -> UserState:
@@ -529,81 +519,24 @@ class Pipeline:
         the states of users idle for longer than `state_ttl_days` (deleted from the store;
         tombstones for the changelog in the output)."""
         out = Output()
-        for user, partition in self.idle_users():
-            state = self._stored(user, self.store.get(user))[0]
-            step = close_idle(state.session, self.watermarks.get(partition, 0), self.gap)
+        for user, partition in self.table.idle_users():
+            state = self.table.get(user)[0]
+            step = close_idle(state.session, self.table.watermarks.get(partition, 0), self.gap)
             if not step.closed:
                 continue
             state = UserState(step.state, state.past, state.bought)
             for closed in step.closed:
                 state = self._retire(user, closed, state, out)
             self.put_state(user, state, partition, out)
-        for user, partition in self.expired_users():
-            del self.store[user]
-            del self.ends[user]
+        for user, partition in self.table.expired_users():
+            self.table.delete(user)
             out.expired.append((user, partition))
         self.counters["expired"] += len(out.expired)
         return out
 
-    def expired_users(self) -> list[tuple[str, int]]:
-        """(user, partition) of the users with no open session whose last event is older than
-        the state's time to live, by their partition's event-time watermark."""
-        ttl, marks = self.ttl_ms, self.watermarks
-        return [
-            (user, partition)
-            for user, (end, last, partition) in self.ends.items()
-            if end is None and last is not None and last + ttl < marks.get(partition, 0)
-        ]
-
-    def idle_users(self) -> list[tuple[str, int]]:
-        """(user, partition) of the sessions that their partition's event-time watermark has
-        passed by more than the gap. Users the store gained without this pipeline (restored
-        from the changelog) are read once; users it lost (partitions taken away) are
-        forgotten."""
-        if len(self.ends) != len(self.store) or not self.ends.keys() <= self.store.keys():
-            self._index()
-        gap, marks = self.gap.gap_ms, self.watermarks
-        return [
-            (user, partition)
-            for user, (end, _, partition) in self.ends.items()
-            if end is not None and end + gap < marks.get(partition, 0)
-        ]
-
-    def _index(self) -> None:
-        for user in self.ends.keys() - self.store.keys():
-            del self.ends[user]
-            self.unreadable.discard(user)
-        for user in self.store.keys() - self.ends.keys():
-            state, partition = self._stored(user, self.store[user])
-            self.ends[user] = _ends(state, partition)
-
-    # -- The stored state ------------------------------------------------------------------
-
-    def _stored(self, user_id: str, raw: bytes | None) -> tuple[UserState, int]:
-        """A stored state decoded, and the partition it was stored for. One that cannot be read
-        is logged, counted and started afresh (the user's next events still get answers)."""
-        if not raw:
-            return UserState(), 0
-        try:
-            data = orjson.loads(raw)
-            return UserState.from_json(data), int(data.get("partition", 0))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # Reported once, whether the idle index or the user's next event finds it first.
-            if user_id not in self.unreadable:
-                self.unreadable.add(user_id)
-                self.counters["bad_state"] += 1
-                log.warning("user %r: stored state unreadable (%s); starting afresh", user_id, exc)
-            return UserState(), 0
-
     def put_state(self, user_id: str, state: UserState, partition: int, out: Output) -> None:
-        """Write the state to the store, encoded (bytes: nothing for Python's garbage collector
-        to walk), and its changelog message to `out`."""
-        encoded = keep(state, partition)
-        self.store[user_id] = encoded
-        out.states[user_id] = (partition, encoded)
-        self.ends[user_id] = _ends(state, partition)
-        if self.unreadable:
-            self.unreadable.discard(user_id)
+        """Store the state, and its changelog message in `out`."""
+        out.states[user_id] = (partition, self.table.put(user_id, state, partition))
 
     # -- Metrics ---------------------------------------------------------------------------
 
@@ -625,7 +558,7 @@ class Pipeline:
         metrics.UNKNOWN.inc(now["unknown_item"] - last["unknown_item"])
         metrics.SESSIONS.inc(now["sessions_closed"] - last["sessions_closed"])
         metrics.EXPIRED.inc(now["expired"] - last["expired"])
-        metrics.USERS.set(len(self.store))
+        metrics.USERS.set(len(self.table))
         for kind in ODDITIES:
             metrics.ODDITIES.labels(kind).inc(now[kind] - last[kind])
         self._counted = now.copy()
@@ -645,19 +578,3 @@ class Pipeline:
         if self.highwater is not None and time.monotonic() >= self._lag_due:
             self._lag_due = time.monotonic() + LAG_EVERY_S  # asks the consumer per partition
             metrics.observe_lag(incoming, self.highwater)
-
-
-def _ends(state: UserState, partition: int) -> tuple[int | None, int | None, int]:
-    """(end of the open session or None, last event time or None, partition)."""
-    current = state.session.current
-    if current is not None:
-        return current.end, current.end, partition
-    return None, state.session.closed_until, partition
-
-
-def keep(state: UserState, partition: int) -> bytes:
-    """A state as the store and its changelog hold it: JSON with the partition it is for."""
-    data = state.to_json()
-    data["partition"] = partition
-    # A copy of orjson's output: its bytes keep the 4 KB buffer they were written in.
-    return bytes(memoryview(encode(data)))

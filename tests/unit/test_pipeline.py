@@ -10,7 +10,8 @@ import pytest
 from models.codec import encode
 from models.config import Settings
 from models.records import Event, Item
-from stream.pipeline import Incoming, Output, Pipeline, keep
+from models.state import encode_state
+from stream.pipeline import Incoming, Output, Pipeline
 
 
 def _pipeline(store: dict[str, bytes] | None = None) -> Pipeline:
@@ -38,7 +39,7 @@ def test_a_prepared_batch_has_its_states_before_its_recommendations() -> None:
     batch.append(Incoming(b"u3", b"{not json", 0, 3))
     pending = proc.prepare(batch)
     assert set(pending.out.states) == {"u1", "u2"} and len(pending.out.dlq) == 1
-    assert set(proc.store) == {"u1", "u2"}  # written before the search starts
+    assert set(proc.table.store) == {"u1", "u2"}  # written before the search starts
     assert pending.out.recommendations == [] and pending.search() is None  # no model: trending
     clicks = orjson.loads(pending.out.states["u1"][1])["current"]["clicks"]
     assert [c[2] for c in clicks] == ["a", "c"]
@@ -74,8 +75,8 @@ def test_an_unreadable_state_is_reported_once(caplog: pytest.LogCaptureFixture) 
     t0 = 1_700_000_000_000
     table = {"u1": b"not json", "u2": b"neither"}  # as restored from a damaged changelog
     proc = _pipeline(table)
-    with caplog.at_level(logging.WARNING, logger="stream.pipeline"):
-        assert proc.idle_users() == []  # the idle index reads both first
+    with caplog.at_level(logging.WARNING, logger="models.state"):
+        assert proc.table.idle_users() == []  # the idle index reads both first
         for n, ts in enumerate((t0, t0 + 1)):
             event = Event("u1", "a", "view", ts)
             proc.process([Incoming(b"u1", encode(event), 0, n)])
@@ -89,7 +90,7 @@ def test_an_unreadable_state_is_reported_once(caplog: pytest.LogCaptureFixture) 
     assert proc.counters["bad_state"] == 3
 
 
-def test_idle_users_come_from_the_processors_writes_and_from_a_restored_table() -> None:
+def test_idle_users_come_from_the_pipelines_writes_and_from_a_restored_table() -> None:
     gap = Settings().session_gap_ms
     t0 = 1_700_000_000_000
     table: dict[str, bytes] = {}
@@ -102,22 +103,22 @@ def test_idle_users_come_from_the_processors_writes_and_from_a_restored_table() 
 
     run([Event("early", "a", "view", t0), Event("late", "b", "view", t0 + gap)])
     run([Event("other", "c", "view", t0)], partition=1)
-    assert proc.idle_users() == []
+    assert proc.table.idle_users() == []
     run([Event("late", "d", "view", t0 + gap + 1)])  # partition 0's watermark passes early's gap
-    assert proc.idle_users() == [("early", 0)]  # not "other": partition 1 has not moved
+    assert proc.table.idle_users() == [("early", 0)]  # not "other": partition 1 has not moved
 
     # A worker that restored the same table from the changelog finds the same users.
     restored = Pipeline(Settings(), None, table)
-    restored.watermarks = dict(proc.watermarks)
-    assert restored.idle_users() == [("early", 0)]
+    restored.table.watermarks = dict(proc.table.watermarks)
+    assert restored.table.idle_users() == [("early", 0)]
     out = restored.close_idle()
     assert orjson.loads(out.states["early"][1])["current"] is None
     assert orjson.loads(table["early"])["current"] is None
     assert len(out.sessions) == 1
-    assert restored.idle_users() == []
+    assert restored.table.idle_users() == []
 
     del table["early"]  # its partition went to another worker
-    assert proc.idle_users() == [] and "early" not in proc.ends
+    assert proc.table.idle_users() == [] and "early" not in proc.table.ends
 
 
 def test_a_stored_state_takes_its_size_in_memory() -> None:
@@ -132,7 +133,7 @@ def test_a_stored_state_takes_its_size_in_memory() -> None:
         state = advance(state, event, SessionConfig()).state
     tracemalloc.start()
     try:
-        stored = [keep(UserState(state), 0) for _ in range(1000)]
+        stored = [encode_state(UserState(state), 0) for _ in range(1000)]
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -230,7 +231,7 @@ def test_idle_users_states_expire_after_their_time_to_live() -> None:
     proc.process(_incoming([Event("recent", "d", "view", t0 + 2 * day + 60_000)]))
     out = proc.close_idle()
     assert out.expired == [("old", 0)] and set(table) == {"recent"}
-    assert proc.counters["expired"] == 1 and "old" not in proc.ends
+    assert proc.counters["expired"] == 1 and "old" not in proc.table.ends
     proc.connect(_Sink())
     sent = asyncio.run(_publish(proc, out))
     assert (proc.changelog, b'"old"', None, 0) in sent

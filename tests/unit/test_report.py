@@ -37,3 +37,25 @@ def test_the_report_weighs_the_fastest_fixed_rate_against_the_cpu_budget(tmp_pat
     assert "3 cores give 600 us of CPU per event" in text
     assert "At 2,000 events/s (4 partitions) the worker used 300 us per event" in text
     assert "(its own code 120 us of that" in text and "500 us together" in text
+
+
+def test_the_report_has_a_reliability_section_from_the_measured_run(tmp_path: Path) -> None:
+    import json
+
+    results = json.loads(
+        """{"machine": "test", "cores": 2, "reliability": {
+        "fuzz": {"events": 50000, "bad_events": 34852, "items": 2000, "updates": 500,
+                 "dlq": 34852, "dlq_missing_reason": 0, "good": 15148, "good_answered": 15148,
+                 "seconds": 18.6, "worker_exits": 0},
+        "memory": {"users": 20000, "rss_before_mb": 252.5, "rss_after_mb": 333.9,
+                   "bytes_per_user": 4265},
+        "flood": [{"round": 1, "users_sent": 5000, "rss_mb": 167.5}],
+        "kill9": [{"events": 6000, "lost": 0, "users_with_split_sessions": 0}]}}"""
+    )
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "| event records sent (hostile) | 50,000 (34,852) |" in text
+    assert "| worker exits | 0 |" in text and "| good events answered | 15,148 of 15,148 |" in text
+    assert "| memory per live user | 4,265 bytes (20,000 users) |" in text
+    assert "| kill -9 run 1: events lost, users with a split session | 0 of 6,000, 0 |" in text
+    assert "| 1 | 5000 | 167.5 |" in text

@@ -277,3 +277,51 @@ def test_refused_catalog_history_is_one_line_then_each_refusal_its_own(
     assert lines[0].startswith("50 item upserts in items refused (first: item: payload is not")
     assert lines[1].startswith("refused item upsert: item: payload is JSON list")
     assert watcher.take()[1][0] == Item("gone", deleted=True)
+
+
+def test_the_watcher_starts_again_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream import metrics, watch
+
+    monkeypatch.setattr(watch, "RESTART_S", 0.01)
+    watcher = Watcher(Settings(metrics_port=0), tmp_path, None)
+    calls: list[int] = []
+
+    def follow() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("the broker said something odd")
+        watcher.stop()
+
+    monkeypatch.setattr(watcher, "_follow", follow)
+    errors = metrics.WATCHER_ERRORS._value.get()
+    watcher.run()
+    assert len(calls) == 3 and metrics.WATCHER_ERRORS._value.get() == errors + 2
+    assert metrics.WATCHER_UP._value.get() == 1
+
+
+def test_faust_gets_a_private_data_directory_of_its_own() -> None:
+    import stat
+
+    from stream.faust_adapter import _datadir
+
+    first, second = _datadir("group/with:odd chars"), _datadir("group/with:odd chars")
+    assert first != second and first.is_dir()
+    assert stat.S_IMODE(first.stat().st_mode) == 0o700
+
+
+def test_metrics_listen_on_the_address_they_are_given() -> None:
+    import socket
+    import urllib.request
+
+    from stream import metrics
+    from stream.broker import free_port
+
+    port = free_port()
+    metrics.serve(port, "127.0.0.1")
+    assert b"sessionrec_" in urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read()
+    other = [a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    for address in {a for a in other if not a.startswith("127.")}:
+        with pytest.raises(OSError), socket.create_connection((address, port), timeout=2):
+            pass

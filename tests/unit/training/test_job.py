@@ -292,3 +292,18 @@ def test_training_from_a_topic_with_no_broker_is_a_one_line_error(
     assert main(["train", *flags, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sessionrec: error: cannot read topic 'sessions' from Kafka at")
+
+
+def test_models_lists_a_malformed_manifest_as_unreadable(
+    shop_files, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    assert _train(events, catalog, out) == 0
+    (out / "v-bad").mkdir()
+    (out / "v-bad" / "manifest.json").write_text("[1, 2")
+    capsys.readouterr()
+    assert main(["models", "--model-dir", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("  v-bad  unreadable manifest") for line in lines), lines
+    assert any(line.startswith("* v") for line in lines)
