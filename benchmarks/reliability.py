@@ -194,13 +194,13 @@ class FuzzResult:
     seconds: float
 
 
-def produce_records(bootstrap: str, topic: str, records: list[Record]) -> None:
+def produce_records(settings: Settings, topic: str, records: list[Record]) -> None:
     """Produce the records in order; fails unless the broker took every one."""
     from confluent_kafka import Producer
 
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5}
-    )
+    from stream.kafka import producer_config
+
+    producer = Producer(producer_config(settings, **{"linger.ms": 5}))
     errors: list[str] = []
 
     def report(err: Any, msg: Any) -> None:
@@ -220,21 +220,15 @@ def produce_records(bootstrap: str, topic: str, records: list[Record]) -> None:
 
 
 def read_until(
-    bootstrap: str, topic: str, done: Callable[[list[bytes]], bool], idle_s: float
+    settings: Settings, topic: str, done: Callable[[list[bytes]], bool], idle_s: float
 ) -> list[bytes]:
     """Values of `topic` from its beginning until `done(values)` or nothing came for idle_s."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"fuzz-read-{time.time_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-            "max.poll.interval.ms": 10000,
-        }
-    )
+    from stream.kafka import consumer_config
+
+    group = f"fuzz-read-{time.time_ns()}"
+    consumer = Consumer(consumer_config(settings, group, **{"enable.auto.commit": False}))
     consumer.subscribe([topic])
     values: list[bytes] = []
     last = time.monotonic()
@@ -255,10 +249,10 @@ def fuzz(settings: Settings, events: int, items: int, updates: int, seed: int = 
     read back the DLQ and the recommendations."""
     t = settings.topics
     started = time.monotonic()
-    produce_records(settings.bootstrap, t.items, hostile_items(items, seed + 1))
-    produce_records(settings.bootstrap, t.model_updates, hostile_updates(updates, seed + 2))
+    produce_records(settings, t.items, hostile_items(items, seed + 1))
+    produce_records(settings, t.model_updates, hostile_updates(updates, seed + 2))
     records = hostile_events(events, seed)
-    produce_records(settings.bootstrap, t.events, records)
+    produce_records(settings, t.events, records)
     good = {(r.user, r.ts) for r in records if r.good}
     bad = sum(not r.good for r in records)
 
@@ -269,10 +263,8 @@ def fuzz(settings: Settings, events: int, items: int, updates: int, seed: int = 
             found.add((rec["user_id"], rec["event_ts"]))
         return found
 
-    recs = read_until(
-        settings.bootstrap, t.recommendations, lambda v: good <= answered(v), READ_IDLE_S
-    )
-    dlq = read_until(settings.bootstrap, t.dlq, lambda v: len(v) >= bad, READ_IDLE_S)
+    recs = read_until(settings, t.recommendations, lambda v: good <= answered(v), READ_IDLE_S)
+    dlq = read_until(settings, t.dlq, lambda v: len(v) >= bad, READ_IDLE_S)
     positions = {(d["partition"], d["offset"]) for d in map(orjson.loads, dlq)}
     return FuzzResult(
         events=events,
@@ -307,7 +299,7 @@ def memory_per_user(settings: Settings, pid: int, users: int, batch: int = 5000)
             user = f"mem-{u}"
             event = Event(user, f"i{u % 97}", "view", T0 + u)
             records.append(Record(user.encode(), encode(event), True, user, T0 + u))
-        produce_records(settings.bootstrap, t.events, records)
+        produce_records(settings, t.events, records)
         sent += len(records)
         _read_count(settings, sent)
     after = rss_mb(pid)
@@ -332,7 +324,7 @@ def flood(settings: Settings, pid: int, rounds: int, per_round: int) -> list[dic
             user = f"flood-{r}-{u}"
             event = Event(user, f"i{u % 97}", "view", ts + u)
             records.append(Record(user.encode(), encode(event), True, user, ts + u))
-        produce_records(settings.bootstrap, t.events, records)
+        produce_records(settings, t.events, records)
         sent += per_round
         _read_count(settings, sent)
         time.sleep(11)  # the idle timer (every 10 s) closes and expires what it can
@@ -346,7 +338,7 @@ def _read_count(settings: Settings, count: int) -> None:
     def enough(values: list[bytes]) -> bool:
         return len(values) >= count
 
-    read_until(settings.bootstrap, settings.topics.recommendations, enough, 60)
+    read_until(settings, settings.topics.recommendations, enough, 60)
 
 
 def kill9_run(
@@ -365,8 +357,8 @@ def kill9_run(
         records.append(
             Record(user.encode(), encode(Event(user, f"i{i % 97}", "view", ts)), True, user, ts)
         )
-    produce_records(settings.bootstrap, t.events, records)
-    read_until(settings.bootstrap, t.recommendations, lambda v: len(v) >= events // 10, 60)
+    produce_records(settings, t.events, records)
+    read_until(settings, t.recommendations, lambda v: len(v) >= events // 10, 60)
     first.kill9()
     second = WorkerProcess(settings, log_path).start()
     try:
@@ -377,7 +369,7 @@ def kill9_run(
             return {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
 
         values = read_until(
-            settings.bootstrap, t.recommendations, lambda v: wanted <= answered(v), READ_IDLE_S
+            settings, t.recommendations, lambda v: wanted <= answered(v), READ_IDLE_S
         )
     finally:
         second.stop()

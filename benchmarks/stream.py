@@ -92,7 +92,7 @@ class Walkers:
 
 
 def _generate(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     sessions: list[list[str]],
     rate: float,
@@ -106,7 +106,7 @@ def _generate(
 
     # A shop's producer as librdkafka configures it by default (linger 5 ms): events of a few
     # milliseconds go out together, not one request each.
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": LOADGEN_LINGER_MS}))
+    producer = Producer(producer_config(settings, **{"linger.ms": LOADGEN_LINGER_MS}))
     walkers = Walkers(sessions, users, seed)
     start = time.perf_counter()
     n = 0
@@ -133,7 +133,7 @@ def _generate(
 
 
 def _consume(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     stop: threading.Event,
     out: list[tuple[float, int]],
@@ -144,7 +144,7 @@ def _consume(
 
     consumer = Consumer(
         consumer_config(
-            bootstrap,
+            settings,
             f"bench-{time.time_ns()}",
             **{"auto.offset.reset": "earliest", "fetch.wait.max.ms": 5},
         )
@@ -172,7 +172,7 @@ def run_rate(
     reader = threading.Thread(
         target=_consume,
         args=(
-            settings.bootstrap,
+            settings,
             settings.topics.recommendations,
             stop,
             received,
@@ -191,7 +191,7 @@ def run_rate(
     sent = ctx.Value("i", 0)
     gen = ctx.Process(
         target=_generate,
-        args=(settings.bootstrap, settings.topics.events, sessions, rate, seconds, users, 7, sent),
+        args=(settings, settings.topics.events, sessions, rate, seconds, users, 7, sent),
     )
     gen.start()
     gen.join()
@@ -397,14 +397,14 @@ def serve_prefixes(
         worker = WorkerProcess(settings, log_dir / "quality-worker.log").start()
         try:
             worker.wait_ready()
-            producer = Producer(producer_config(broker.bootstrap))
+            producer = Producer(producer_config(settings))
             for i, prefix in enumerate(prefixes):
                 for j, item in enumerate(prefix):
                     event = Event(f"case-{i}", item, "view", t0 + 1000 * j)
                     produce(producer, settings.topics.events, event.user_id.encode(), encode(event))
                 producer.poll(0)
             producer.flush(60)
-            consumer = Consumer(consumer_config(broker.bootstrap, "bench-quality-reader"))
+            consumer = Consumer(consumer_config(settings, "bench-quality-reader"))
             consumer.subscribe([settings.topics.recommendations])
             deadline = time.monotonic() + timeout_s
             while len(answers) < len(prefixes) and time.monotonic() < deadline:
@@ -441,12 +441,13 @@ def broker_cost_as_log_fills(
     rows = []
     with EmbeddedBroker(port=0) as broker:
         cpu = broker.cpu_seconds
-        create_topics(broker.bootstrap, [TopicSpec("cost", partitions)])
-        producer = Producer(producer_config(broker.bootstrap, **{"linger.ms": 0}))
+        local = Settings(bootstrap=broker.bootstrap)
+        create_topics(local, [TopicSpec("cost", partitions)])
+        producer = Producer(producer_config(local, **{"linger.ms": 0}))
         # A reader following the head of the log, as the worker follows `events`.
         consumer = Consumer(
             consumer_config(
-                broker.bootstrap,
+                local,
                 "cost-reader",
                 **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 10},
             )

@@ -1,7 +1,10 @@
 """Frozen configuration records. Built once by the CLI; nothing here reads the environment.
 
 Each setting's environment name is derived from its field path, here and nowhere else:
-`SESSIONREC_BOOTSTRAP`, `SESSIONREC_TOPICS_EVENTS`, `SESSIONREC_WEIGHTS_VIEW`, ...
+`SESSIONREC_BOOTSTRAP`, `SESSIONREC_TOPICS_EVENTS`, `SESSIONREC_WEIGHTS_VIEW`, ... The
+`[kafka]` table holds librdkafka client properties by their documented names; in the
+environment a property is `SESSIONREC_KAFKA_` and its name in capitals with `_` for `.`
+(`SESSIONREC_KAFKA_SECURITY_PROTOCOL` is `security.protocol`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENV_PREFIX = "SESSIONREC_"
+KAFKA_ENV_PREFIX = f"{ENV_PREFIX}KAFKA_"
+# Client properties whose values are never shown (logs, errors, --help, repr).
+SECRET_PROPERTIES = frozenset(
+    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
+)
+
+
+class Secret(str):
+    """A setting's value that must never be shown: its repr is masked."""
+
+    def __repr__(self) -> str:
+        return "'***'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +110,21 @@ class Settings:
     weights: EventWeights = field(default_factory=EventWeights)
     query: QueryDefaults = field(default_factory=QueryDefaults)
     limits: Limits = field(default_factory=Limits)
+    # librdkafka client properties ([kafka] table), sorted by name; secrets are `Secret`s.
+    kafka: tuple[tuple[str, str], ...] = ()
+
+    def client_config(
+        self, defaults: dict[str, Any] | None = None, **required: Any
+    ) -> dict[str, Any]:
+        """Properties for a confluent-kafka client: bootstrap, then `defaults`, then the
+        [kafka] table (which may override them), then `required` (the client's own: group,
+        offsets). Every client the project builds takes its configuration from here."""
+        return {
+            "bootstrap.servers": self.bootstrap,
+            **(defaults or {}),
+            **dict(self.kafka),
+            **required,
+        }
 
     @property
     def session_gap_ms(self) -> int:
@@ -105,6 +135,8 @@ def env_fields(obj: Any = None, prefix: str = ENV_PREFIX) -> Iterator[tuple[str,
     """(environment name, field path) of every setting of `obj` (default: `Settings()`)."""
     obj = obj if obj is not None else Settings()
     for f in dataclasses.fields(obj):
+        if f.name == "kafka":  # a table of any client properties: see kafka_env_name
+            continue
         name, value = f"{prefix}{f.name.upper()}", getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             for nested, path in env_fields(value, f"{name}_"):
@@ -126,4 +158,17 @@ def to_env(settings: Settings) -> dict[str, str]:
         for part in path:
             value = getattr(value, part)
         out[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    for prop, value in settings.kafka:
+        out[kafka_env_name(prop)] = value
     return out
+
+
+def kafka_env_name(prop: str) -> str:
+    """`security.protocol` -> `SESSIONREC_KAFKA_SECURITY_PROTOCOL`."""
+    return KAFKA_ENV_PREFIX + prop.replace(".", "_").upper()
+
+
+def kafka_property(env_name: str) -> str:
+    """`SESSIONREC_KAFKA_SECURITY_PROTOCOL` -> `security.protocol` (librdkafka's names use
+    dots, never underscores)."""
+    return env_name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")

@@ -61,9 +61,9 @@ def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from stream.broker import wait_for_kafka
     from stream.topics import create_topics, topic_specs
 
-    wait_for_kafka(settings.bootstrap, timeout_s=args.timeout)
+    wait_for_kafka(settings.client_config(), timeout_s=args.timeout)
     specs = topic_specs(settings)
-    created = create_topics(settings.bootstrap, specs)
+    created = create_topics(settings, specs)
     for spec in specs:
         state = "created" if spec.name in created else "exists"
         print(f"{spec.name:<20} partitions={spec.partitions:<3} {state}")

@@ -92,9 +92,7 @@ class Live:
         from confluent_kafka import Consumer
 
         consumer = Consumer(
-            consumer_config(
-                self.settings.bootstrap, f"demo-{time.time_ns()}", **{"fetch.wait.max.ms": 10}
-            )
+            consumer_config(self.settings, f"demo-{time.time_ns()}", **{"fetch.wait.max.ms": 10})
         )
         consumer.subscribe(
             [self.settings.topics.recommendations], on_assign=lambda _c, _p: self.assigned.set()
@@ -158,7 +156,7 @@ def run_demo(settings: Settings, seconds: float, seed: int) -> int:
         print("2. topics created; training a model on the shop's history ...")
         version = _train(shop, history, settings, model_dir)
         print(f"3. model {version} written to {model_dir}")
-        produce_items(settings.bootstrap, settings.topics.items, shop.items)
+        produce_items(settings, settings.topics.items, shop.items)
         worker = WorkerProcess(settings, DEMO_DIR / "worker.log").start()
         try:
             worker.wait_ready()
@@ -180,7 +178,7 @@ def _replay(
 ) -> dict[str, int]:
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(settings.bootstrap, **{"linger.ms": 0}))
+    producer = Producer(producer_config(settings, **{"linger.ms": 0}))
     # Keep the users' real event-time gaps (sessions are cut by event time), shifted to now.
     shift = int(time.time() * 1000) - events[0].ts
     rate = LIVE_RATE

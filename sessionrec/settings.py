@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from models.config import Settings, env_fields, env_names
+from models.config import (
+    KAFKA_ENV_PREFIX,
+    SECRET_PROPERTIES,
+    Secret,
+    Settings,
+    env_fields,
+    env_names,
+    kafka_property,
+)
 from models.ranking import query_problem
 
 __all__ = ["SettingsError", "env_names", "load_settings"]
@@ -57,7 +65,9 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
         if key not in types:
             raise SettingsError(f"unknown setting '{path}'")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if path == "kafka":
+            changes[key] = _kafka_table(current, value)
+        elif dataclasses.is_dataclass(current):
             if not isinstance(value, Mapping):
                 raise SettingsError(f"setting '{path}' is {value!r}, expected a table")
             changes[key] = _apply(current, value, f"{path}.")
@@ -75,7 +85,46 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             for part in path[:-1]:
                 table = table.setdefault(part, {})
             table[path[-1]] = env[name]
+    kafka = {kafka_property(n): v for n, v in env.items() if n.startswith(KAFKA_ENV_PREFIX)}
+    if kafka:
+        out["kafka"] = kafka
     return out
+
+
+_PROPERTY = re.compile(r"[a-z][a-z0-9]*(\.[a-z0-9]+)*")
+# Not librdkafka's: the file a secret is read from (its first line), e.g. a mounted secret.
+FILE_SUFFIX = ".file"
+
+
+def _kafka_table(current: tuple[tuple[str, str], ...], table: Any) -> tuple[tuple[str, str], ...]:
+    """[kafka] properties merged over `current`: names as librdkafka documents them, scalar
+    values; `<secret>.file` reads a secret from a file. Secret values are never shown."""
+    if not isinstance(table, Mapping):
+        raise SettingsError("setting 'kafka' is not a table, expected librdkafka properties")
+    props = dict(current)
+    for name, value in table.items():
+        if not isinstance(name, str) or not _PROPERTY.fullmatch(name):
+            raise SettingsError(f"setting 'kafka.{name}' is not a client property name")
+        if isinstance(value, Mapping | list) or value is None:
+            raise SettingsError(f"setting 'kafka.{name}' is not a single value")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        if name.endswith(FILE_SUFFIX) and name[: -len(FILE_SUFFIX)] in SECRET_PROPERTIES:
+            name, text = name[: -len(FILE_SUFFIX)], _read_secret(name, text)
+        if name == "bootstrap.servers":
+            raise SettingsError("setting 'kafka.bootstrap.servers': use 'bootstrap' instead")
+        props[name] = Secret(text) if name in SECRET_PROPERTIES else text
+    return tuple(sorted(props.items()))
+
+
+def _read_secret(name: str, path: str) -> str:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise SettingsError(f"setting 'kafka.{name}': cannot read {path} ({reason})") from None
+    if not lines or not lines[0]:
+        raise SettingsError(f"setting 'kafka.{name}': {path} is empty")
+    return lines[0]
 
 
 def load_settings(

@@ -49,12 +49,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
     if items and not args.no_items:
-        produce_items(settings.bootstrap, settings.topics.items, items)
+        produce_items(settings, settings.topics.items, items)
         print(f"produced {len(items)} catalog items to {settings.topics.items}", file=sys.stderr)
     bar = tqdm(total=len(events), unit="ev", desc="replay", file=sys.stderr)
     started = time.perf_counter()
     n = produce_events(
-        settings.bootstrap,
+        settings,
         settings.topics.events,
         events,
         rate=args.rate,

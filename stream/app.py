@@ -63,9 +63,7 @@ def build_app(settings: Settings, model_dir: Path) -> Worker:
     store, changelog = faust_adapter.session_store(table)
     pipeline = Pipeline(settings, serving, store, changelog)
     watcher = Watcher(settings, model_dir, serving.version if serving else None)
-    outbox = Outbox(
-        producer_config(settings.bootstrap, **{"linger.ms": LINGER_MS}), DELIVERY_ATTEMPTS
-    )
+    outbox = Outbox(producer_config(settings, **{"linger.ms": LINGER_MS}), DELIVERY_ATTEMPTS)
     events_topic = settings.topics.events
     pipeline.connect(outbox, watcher, faust_adapter.highwater(app, events_topic))
     metrics.observe_model(serving)

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,12 @@ def _check_port_free(host: str, port: int) -> None:
             raise BrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def wait_for_kafka(bootstrap: str, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Block until a Kafka metadata request to `bootstrap` succeeds."""
+def wait_for_kafka(client: dict[str, Any], timeout_s: float = START_TIMEOUT_S) -> None:
+    """Block until a Kafka metadata request with `client`'s properties succeeds."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    bootstrap = client["bootstrap.servers"]
+    admin = AdminClient({"log_level": 0, **client})
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -141,7 +143,9 @@ class EmbeddedBroker:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"broker did not listen on {self.bootstrap}") from None
                 time.sleep(0.05)
-        wait_for_kafka(self.bootstrap, max(1.0, deadline - time.monotonic()))
+        # Its own plaintext listener on this machine: no [kafka] settings apply.
+        local = {"bootstrap.servers": self.bootstrap}
+        wait_for_kafka(local, max(1.0, deadline - time.monotonic()))
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

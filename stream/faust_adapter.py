@@ -45,6 +45,10 @@ fails loudly instead of silently skipping a patch.
 9. `highwater` reads a partition's high watermark from faust's consumer for the lag gauge
    (`app.consumer`, not part of faust's documented API). On the embedded broker the value
    counts record batches (see 4), so the gauge reads low there.
+10. `broker_credentials` maps the `[kafka]` table's TLS and SASL properties (librdkafka's
+   names, which the confluent-kafka clients take as they are) to faust's credentials
+   (SSL, SASL PLAIN and SCRAM-SHA-256/512, over TLS or not), and refuses at start any
+   `ssl.*`/`sasl.*` property that faust's aiokafka client cannot honour. Broker-independent.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import atexit
 import gc
 import logging
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -93,8 +98,10 @@ def check_faust_version(installed: str | None = None) -> None:
 def make_app(settings: Settings, linger_ms: int) -> faust.App:
     """The faust app, with every workaround applied that must precede its consumer."""
     check_faust_version()
+    kafka = dict(settings.kafka)
+    credentials = broker_credentials(kafka)  # refuses what faust's client cannot honour
     short_fetch_wait()
-    true_changelog_ends(settings.bootstrap)
+    true_changelog_ends(settings)
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
     app = faust.App(
         settings.worker_group,
@@ -117,6 +124,8 @@ def make_app(settings: Settings, linger_ms: int) -> faust.App:
         stream_wait_empty=False,
         broker_commit_interval=1.0,
         producer_linger_ms=linger_ms,
+        broker_credentials=credentials,
+        broker_client_id=kafka.get("client.id", "sessionrec-worker"),
     )
     keep_queued_on_resume(app)
     return app
@@ -226,7 +235,7 @@ def short_fetch_wait() -> None:
 # -- 4. Changelog ends ------------------------------------------------------------------------
 
 
-def true_changelog_ends(bootstrap: str) -> None:
+def true_changelog_ends(settings: Settings) -> None:
     """Restore tables up to the real end of their changelog partitions."""
     from faust.tables.recovery import Recovery
 
@@ -237,7 +246,7 @@ def true_changelog_ends(bootstrap: str) -> None:
     async def _build_highwaters(
         self: Any, consumer: Any, tps: Any, destination: Any, title: str
     ) -> None:
-        ends = cast(Any, _TrueEnds(consumer, bootstrap))
+        ends = cast(Any, _TrueEnds(consumer, settings))
         await original(self, ends, tps, destination, title)
 
     Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
@@ -247,17 +256,17 @@ def true_changelog_ends(bootstrap: str) -> None:
 class _TrueEnds:
     """A faust consumer whose `highwaters` are the partitions' real log ends."""
 
-    def __init__(self, consumer: Any, bootstrap: str):
+    def __init__(self, consumer: Any, settings: Settings):
         self.consumer = consumer
-        self.bootstrap = bootstrap
+        self.settings = settings
 
     async def highwaters(self, *tps: Any) -> dict[Any, int | None]:
         reported = dict(await self.consumer.highwaters(*tps))
-        return await asyncio.to_thread(log_ends, self.bootstrap, reported)
+        return await asyncio.to_thread(log_ends, self.settings, reported)
 
 
 def log_ends(
-    bootstrap: str, reported: dict[Any, int | None], timeout_s: float = PROBE_TIMEOUT_S
+    settings: Settings, reported: dict[Any, int | None], timeout_s: float = PROBE_TIMEOUT_S
 ) -> dict[Any, int | None]:
     """The offset after the last record of each partition, reading from `reported` - 1.
     `reported` maps faust TPs (topic, partition) to the broker's high watermarks."""
@@ -268,7 +277,7 @@ def log_ends(
         return reported
     consumer = Consumer(
         consumer_config(
-            bootstrap,
+            settings,
             "sessionrec-log-ends",
             **{"enable.auto.commit": False, "fetch.wait.max.ms": 10},
         )
@@ -402,3 +411,80 @@ def highwater(app: faust.App, topic: str) -> Callable[[int], int | None]:
         return None if high is None else int(high)
 
     return of
+
+
+# -- 10. Secured clusters ---------------------------------------------------------------------
+
+# [kafka] properties the worker's faust (aiokafka) client honours, besides the confluent-kafka
+# clients; any other `ssl.*`/`sasl.*`/`security.*` property is refused at start (the worker
+# would otherwise connect without it), and other properties apply to confluent-kafka only.
+FAUST_PROPERTIES = frozenset(
+    {
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "ssl.key.password",
+        "ssl.endpoint.identification.algorithm",
+        "client.id",
+    }
+)
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+
+
+def broker_credentials(kafka: dict[str, str]) -> Any:
+    """faust's credentials for the [kafka] table's security properties (None: plaintext);
+    ValueError naming a property the worker's faust client cannot honour."""
+    refused = [
+        name
+        for name in kafka
+        if name.startswith(("ssl.", "sasl.", "security.")) and name not in FAUST_PROPERTIES
+    ]
+    if refused:
+        raise ValueError(
+            f"setting 'kafka.{refused[0]}' cannot be honoured by the worker's Kafka client "
+            "(faust/aiokafka); see docs/kafka.md for what it takes"
+        )
+    protocol = kafka.get("security.protocol", "PLAINTEXT").upper()
+    if protocol not in PROTOCOLS:
+        raise ValueError(
+            f"setting 'kafka.security.protocol' is {protocol!r}, expected one of {PROTOCOLS}"
+        )
+    context = _ssl_context(kafka) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    mechanism = kafka.get("sasl.mechanism", kafka.get("sasl.mechanisms", "PLAIN")).upper()
+    if mechanism not in SASL_MECHANISMS:
+        raise ValueError(
+            f"setting 'kafka.sasl.mechanism' is {mechanism!r}: the worker's Kafka client takes "
+            f"{', '.join(SASL_MECHANISMS)}"
+        )
+    return faust.SASLCredentials(
+        username=kafka.get("sasl.username"),
+        password=kafka.get("sasl.password"),
+        ssl_context=context,
+        mechanism=mechanism,
+    )
+
+
+def _ssl_context(kafka: dict[str, str]) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=kafka.get("ssl.ca.location"))
+        if "ssl.certificate.location" in kafka:
+            context.load_cert_chain(
+                kafka["ssl.certificate.location"],
+                kafka.get("ssl.key.location"),
+                kafka.get("ssl.key.password"),
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"setting 'kafka.ssl.*': cannot load the TLS files ({exc})") from None
+    if kafka.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+        context.check_hostname = False
+    return context

@@ -6,35 +6,30 @@ import asyncio
 import logging
 from typing import Any
 
+from models.config import Settings
+
 log = logging.getLogger(__name__)
 # An output message: topic, key, value, and its partition (None: the key's partition).
 OutMessage = tuple[str, bytes | None, bytes | None, int | None]  # value None: a tombstone
 
 
-def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """murmur2 partitioning, as the Java client and faust do, so every producer of a user's
     events (whatever its language) agrees on that user's partition."""
-    return {
-        "bootstrap.servers": bootstrap,
-        "linger.ms": 2,
-        "log_level": 3,
-        "partitioner": "murmur2_random",
-        **extra,
-    }
+    defaults = {"linger.ms": 2, "log_level": 3, **extra}
+    return settings.client_config(defaults, partitioner="murmur2_random")
 
 
-def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
+def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, Any]:
     """A consumer that joins fast: a short poll interval bounds the broker's join wait."""
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": group,
+    defaults = {
         "auto.offset.reset": "earliest",
         "enable.auto.commit": True,
         "session.timeout.ms": 6000,
         "max.poll.interval.ms": 10000,
         "log_level": 3,
-        **extra,
     }
+    return settings.client_config(defaults, **{"group.id": group, **extra})
 
 
 def ready_messages(consumer: Any, wait_s: float, most: int = 1000) -> list[Any]:

@@ -29,7 +29,7 @@ def on_local_broker(
         metrics_port=0,
         worker_group=group or settings.worker_group,
     )
-    create_topics(bootstrap, topic_specs(local))
+    create_topics(local, topic_specs(local))
     return local
 
 

@@ -6,14 +6,15 @@ import time
 from collections.abc import Iterable
 
 from models.codec import encode
+from models.config import Settings
 from models.records import Event, Item
 from stream.kafka import produce, producer_config
 
 
-def produce_items(bootstrap: str, topic: str, items: Iterable[Item]) -> int:
+def produce_items(settings: Settings, topic: str, items: Iterable[Item]) -> int:
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(bootstrap))
+    producer = Producer(producer_config(settings))
     n = 0
     for item in items:
         produce(producer, topic, item.item_id.encode(), encode(item))
@@ -24,7 +25,7 @@ def produce_items(bootstrap: str, topic: str, items: Iterable[Item]) -> int:
 
 
 def produce_events(
-    bootstrap: str,
+    settings: Settings,
     topic: str,
     events: Iterable[Event],
     rate: float | None = None,
@@ -33,7 +34,7 @@ def produce_events(
     """Produce events keyed by user id; `rate` is events per second (None: as fast as it can)."""
     from confluent_kafka import Producer
 
-    producer = Producer(producer_config(bootstrap))
+    producer = Producer(producer_config(settings))
     start = time.perf_counter()
     n = 0
     for event in events:

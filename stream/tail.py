@@ -32,7 +32,7 @@ def tail(
 
     consumer = Consumer(
         consumer_config(
-            settings.bootstrap,
+            settings,
             f"sessionrec-tail-{time.time_ns()}",
             **{"auto.offset.reset": "earliest" if from_beginning else "latest"},
         )

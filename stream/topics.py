@@ -30,12 +30,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def create_topics(bootstrap: str, specs: list[TopicSpec], timeout_s: float = 15.0) -> list[str]:
+def create_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float = 15.0) -> list[str]:
     """Create missing topics; existing ones are left as they are. Returns the names created."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # untyped re-export
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(settings.client_config())
     new = [NewTopic(s.name, s.partitions, 1, config=dict(s.config)) for s in specs]
     created: list[str] = []
     for name, future in admin.create_topics(new, request_timeout=timeout_s).items():

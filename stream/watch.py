@@ -22,7 +22,7 @@ from models.config import Settings
 from models.records import Item
 from models.serving import ServingModel, load_serving
 from stream import metrics
-from stream.kafka import ready_messages
+from stream.kafka import consumer_config, ready_messages
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
@@ -87,14 +87,9 @@ class Watcher(threading.Thread):
         from confluent_kafka import Consumer, TopicPartition
 
         t = self.settings.topics
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.bootstrap,
-                "group.id": f"sessionrec-watch-{id(self)}",
-                "enable.auto.commit": False,
-                "log_level": 3,
-            }
-        )
+        # Partitions are assigned, not subscribed: the group id is never joined.
+        group = f"sessionrec-watch-{id(self)}"
+        consumer = Consumer(consumer_config(self.settings, group, **{"enable.auto.commit": False}))
         try:
             followed: dict[str, list[int]] = {}  # topic -> its partitions, once it exists
             last_check = last_topics = 0.0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.codec import DecodeError, decode_event, decode_item
+from models.config import Settings
 from models.records import Event, Item
 from models.session import SessionConfig, sessionize
 
@@ -253,7 +254,7 @@ def load_retailrocket(path: Path, gap: SessionConfig) -> Corpus:
 
 
 def load_topic(
-    bootstrap: str, sessions_topic: str, items_topic: str, timeout_s: float | None = None
+    settings: Settings, sessions_topic: str, items_topic: str, timeout_s: float | None = None
 ) -> Corpus:
     """Replay the `sessions` topic (and the `items` catalog) from the beginning to its end."""
     from models.codec import decode_session
@@ -262,7 +263,7 @@ def load_topic(
     timeout_s = TOPIC_TIMEOUT_S if timeout_s is None else timeout_s
     rejected: Counter[str] = Counter()
     sessions: list[TrainSession] = []
-    for raw in read_topic(bootstrap, sessions_topic, timeout_s):
+    for raw in read_topic(settings, sessions_topic, timeout_s):
         try:
             _, items, types, start = decode_session(raw)
         except DecodeError as exc:
@@ -271,7 +272,7 @@ def load_topic(
         if len(items) >= 2:
             sessions.append(TrainSession(tuple(items), tuple(types), start))
     catalog: dict[str, Item] = {}
-    for raw in read_topic(bootstrap, items_topic, timeout_s):
+    for raw in read_topic(settings, items_topic, timeout_s):
         try:
             item = decode_item(raw)
         except DecodeError as exc:
@@ -293,13 +294,15 @@ def load_corpus(
     data: str | None,
     catalog: str | None,
     gap: SessionConfig,
-    bootstrap: str = "",
+    settings: Settings | None = None,
     sessions_topic: str = "sessions",
     items_topic: str = "items",
 ) -> Corpus:
     """Dispatch on `--format`; raise `DataError` with one line for unusable input."""
     if fmt == "topic":
-        return load_topic(bootstrap, data or sessions_topic, items_topic)
+        if settings is None:
+            raise DataError("--format topic needs the Kafka settings (bootstrap, [kafka])")
+        return load_topic(settings, data or sessions_topic, items_topic)
     if data is None:
         raise DataError(f"--data is required for --format {fmt}")
     path = Path(data)

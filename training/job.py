@@ -99,7 +99,7 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
         spec.data,
         spec.catalog,
         gap,
-        settings.bootstrap,
+        settings,
         settings.topics.sessions,
         settings.topics.items,
     )
@@ -164,7 +164,7 @@ def announce(settings: Settings, version: str) -> None:
 
     from models.codec import encode
 
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "log_level": 3})
+    producer = Producer(settings.client_config({"log_level": 3}))
     producer.produce(
         settings.topics.model_updates,
         value=encode(

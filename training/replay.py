@@ -5,20 +5,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+from models.config import Settings
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> Iterator[bytes]:
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[bytes]:
     """The topic's values from its beginning to its end as they were when it started; a
     broker that cannot be reached within `timeout_s` is a one-line ValueError."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+    bootstrap = settings.bootstrap
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"sessionrec-train-{topic}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "log_level": 3,
-        }
+        settings.client_config(
+            {"log_level": 3},
+            **{
+                "group.id": f"sessionrec-train-{topic}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            },
+        )
     )
     try:
         try:

@@ -25,7 +25,7 @@ READ_TIMEOUT_S = 30.0
 def test_events_round_trip_through_the_broker(broker: EmbeddedBroker, unique: str) -> None:
     settings = unique_settings(broker.bootstrap, unique, "unused")
     topic = settings.topics.events
-    create_topics(broker.bootstrap, topic_specs(settings))
+    create_topics(settings, topic_specs(settings))
     sent = [Event(f"u{i % 7}", f"i{i}", "view", 1_700_000_000_000 + i) for i in range(200)]
     producer = Producer({"bootstrap.servers": broker.bootstrap})
     for e in sent:
@@ -33,7 +33,7 @@ def test_events_round_trip_through_the_broker(broker: EmbeddedBroker, unique: st
     producer.produce(topic, key=b"bad", value=b'{"user_id":"u"}')
     assert producer.flush(10) == 0
 
-    consumer = Consumer(consumer_config(broker.bootstrap, f"g-{unique}"))
+    consumer = Consumer(consumer_config(settings, f"g-{unique}"))
     consumer.subscribe([topic])
     got: list[Event] = []
     errors: list[str] = []
@@ -51,8 +51,8 @@ def test_events_round_trip_through_the_broker(broker: EmbeddedBroker, unique: st
 
 def test_topics_are_created_idempotently(broker: EmbeddedBroker, unique: str) -> None:
     settings = unique_settings(broker.bootstrap, unique, "unused", partitions=2)
-    first = create_topics(broker.bootstrap, topic_specs(settings))
-    second = create_topics(broker.bootstrap, topic_specs(settings))
+    first = create_topics(settings, topic_specs(settings))
+    second = create_topics(settings, topic_specs(settings))
     assert len(first) == 6 and second == []
     meta = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
     assert len(meta.topics[settings.topics.events].partitions) == 2
@@ -104,8 +104,8 @@ def test_outbox_resolves_each_batch_once_the_broker_has_it(
 ) -> None:
     settings = unique_settings(broker.bootstrap, unique, "unused")
     topic = settings.topics.recommendations
-    create_topics(broker.bootstrap, topic_specs(settings))
-    outbox = Outbox(producer_config(broker.bootstrap))
+    create_topics(settings, topic_specs(settings))
+    outbox = Outbox(producer_config(settings))
 
     async def send_all() -> list[bool]:
         batches = [
@@ -121,7 +121,7 @@ def test_outbox_resolves_each_batch_once_the_broker_has_it(
         assert outbox.take_retried() == 0
     finally:
         assert outbox.close() == 0
-    consumer = Consumer(consumer_config(broker.bootstrap, f"g-{unique}"))
+    consumer = Consumer(consumer_config(settings, f"g-{unique}"))
     consumer.subscribe([topic])
     got: set[bytes] = set()
     deadline = time.monotonic() + READ_TIMEOUT_S
@@ -136,15 +136,15 @@ def test_log_ends_reads_past_a_short_high_watermark(broker: EmbeddedBroker, uniq
     base offset + 1: restoring a table up to it would miss the rest of that batch."""
     settings = unique_settings(broker.bootstrap, unique, "unused", partitions=1)
     topic = settings.topics.sessions
-    create_topics(broker.bootstrap, topic_specs(settings))
+    create_topics(settings, topic_specs(settings))
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
     for i in range(10):  # one record batch
         producer.produce(topic, key=b"u", value=str(i).encode(), partition=0)
     assert producer.flush(10) == 0
-    consumer = Consumer(consumer_config(broker.bootstrap, f"g-{unique}"))
+    consumer = Consumer(consumer_config(settings, f"g-{unique}"))
     _, reported = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     consumer.close()
     assert reported < 10  # the broker's view, short of the end
     tp = TP(topic, 0)
-    assert log_ends(broker.bootstrap, {tp: reported}) == {tp: 10}
-    assert log_ends(broker.bootstrap, {tp: 0}) == {tp: 0}  # empty: nothing to read
+    assert log_ends(settings, {tp: reported}) == {tp: 10}
+    assert log_ends(settings, {tp: 0}) == {tp: 0}  # empty: nothing to read

@@ -19,7 +19,7 @@ def test_hostile_records_never_stop_the_worker_nor_lose_a_good_event(
     broker: EmbeddedBroker, unique: str, retailrocket_model: Path, tmp_path: Path
 ) -> None:
     settings = unique_settings(broker.bootstrap, unique, str(retailrocket_model))
-    create_topics(broker.bootstrap, topic_specs(settings))
+    create_topics(settings, topic_specs(settings))
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         worker.wait_ready()

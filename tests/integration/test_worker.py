@@ -41,7 +41,7 @@ def worker_factory(tmp_path: Path):
 
 def _setup(broker: EmbeddedBroker, unique: str, model_dir: Path) -> Settings:
     settings = unique_settings(broker.bootstrap, unique, str(model_dir))
-    create_topics(broker.bootstrap, topic_specs(settings))
+    create_topics(settings, topic_specs(settings))
     return settings
 
 
@@ -283,7 +283,7 @@ def test_a_worker_started_before_its_topics_waits_for_them_and_follows(
     while "does not exist yet" not in worker.log_path.read_text() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert f"topic {settings.topics.items} does not exist yet" in worker.log_path.read_text()
-    create_topics(broker.bootstrap, topic_specs(settings))
+    create_topics(settings, topic_specs(settings))
     produce_items(settings, [Item("late-item", name="trail running shoe", category="1188")])
     t0 = 1_700_000_000_000
     for i in range(30):  # until the upsert is followed: the item then has neighbours

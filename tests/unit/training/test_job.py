@@ -200,7 +200,7 @@ def test_the_holdout_score_is_the_saved_artifacts(
     monkeypatch.setattr(ItemIndex, "build", classmethod(counted))
     metrics = run_once(spec, settings, TrainConfig(epochs=2, batch_size=128, progress=False))
     gap = SessionConfig(settings.session_gap_ms, settings.max_session_len)
-    corpus = load_corpus("jsonl", str(events), str(catalog), gap, "", "", "")
+    corpus = load_corpus("jsonl", str(events), str(catalog), gap, None, "", "")
     _, holdout = split_holdout(corpus, spec.holdout)
     model = load_model(out / metrics["version"])
     rec = Recommender(
