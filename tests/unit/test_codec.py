@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -198,17 +199,23 @@ def test_event_round_trip_property(user: str, item: str, kind: str, ts: int) -> 
     ],
 )
 def test_the_event_schema_and_the_decoder_agree(event: dict) -> None:
+    assert _accepted_by_schema(event, "event") == _decodes(decode_event, event), event
+
+
+def _accepted_by_schema(record: dict, name: str) -> bool:
     try:
-        jsonschema.validate(event, _schema("event"))
-        valid = True
+        jsonschema.validate(record, _schema(name))
     except jsonschema.ValidationError:
-        valid = False
+        return False
+    return True
+
+
+def _decodes(decoder: Any, record: dict) -> bool:
     try:
-        decode_event(json.dumps(event).encode())
-        decoded = True
+        decoder(json.dumps(record).encode())
     except DecodeError:
-        decoded = False
-    assert decoded == valid, event
+        return False
+    return True
 
 
 @pytest.mark.parametrize(
@@ -224,14 +231,4 @@ def test_the_event_schema_and_the_decoder_agree(event: dict) -> None:
     ],
 )
 def test_the_item_schema_and_the_decoder_agree(item: dict) -> None:
-    try:
-        jsonschema.validate(item, _schema("item"))
-        valid = True
-    except jsonschema.ValidationError:
-        valid = False
-    try:
-        decode_item(json.dumps(item).encode())
-        decoded = True
-    except DecodeError:
-        decoded = False
-    assert decoded == valid, item
+    assert _accepted_by_schema(item, "item") == _decodes(decode_item, item), item
