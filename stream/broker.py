@@ -66,15 +66,23 @@ def wait_for_kafka(client: dict[str, Any], timeout_s: float = START_TIMEOUT_S) -
     from confluent_kafka.admin import AdminClient
 
     bootstrap = client["bootstrap.servers"]
-    admin = AdminClient({"log_level": 0, **client})
+    errors: list[str] = []  # what librdkafka said, e.g. why a TLS handshake failed
+
+    def on_error(err: Any) -> None:
+        errors.append(str(err.str()))
+
+    config: dict[str, Any] = {"log_level": 0, **client, "error_cb": on_error}
+    admin = AdminClient(config)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
             admin.list_topics(timeout=1.0)
             return
         except Exception as exc:  # KafkaException while the broker boots
+            admin.poll(0)  # serves error_cb
             if time.monotonic() > deadline:
-                raise BrokerError(f"no Kafka broker answered at {bootstrap} ({exc})") from None
+                cause = errors[-1] if errors else str(exc)
+                raise BrokerError(f"no Kafka broker answered at {bootstrap}: {cause}") from None
             time.sleep(0.1)
 
 
@@ -86,10 +94,20 @@ class EmbeddedBroker:
             print(broker.bootstrap)
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9092,
+        log_path: Path | None = None,
+        advertised: str | None = None,
+    ):
+        """`advertised` (host:port): the address the broker tells clients to use, when they
+        reach it through something in front of it (a TLS-terminating proxy in the tests);
+        by default its own."""
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        self.advertised = advertised
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -111,7 +129,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.advertised}" if self.advertised else url,
             "--storage-engine",
             "memory://tansu/",
             "--silent",
@@ -143,6 +161,8 @@ class EmbeddedBroker:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"broker did not listen on {self.bootstrap}") from None
                 time.sleep(0.05)
+        if self.advertised:  # metadata would send the check to the proxy, not started yet
+            return
         # Its own plaintext listener on this machine: no [kafka] settings apply.
         local = {"bootstrap.servers": self.bootstrap}
         wait_for_kafka(local, max(1.0, deadline - time.monotonic()))

@@ -1,0 +1,138 @@
+"""Kafka over TLS: the embedded broker behind stunnel (Debian's stunnel4) terminating TLS,
+advertising stunnel's port, so every client reaches it only through TLS."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from models.config import Settings
+from models.records import Event
+from sessionrec.cli import main
+from stream.broker import EmbeddedBroker, free_port, wait_for_kafka
+from stream.launch import WorkerProcess
+from stream.replay import produce_events
+from stream.topics import create_topics, topic_specs
+from tests.integration.kafka_io import unique_settings
+
+STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
+READY_S = 60.0
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _certificates(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate it signed for localhost and 127.0.0.1."""
+    ca, ca_key = directory / f"{name}-ca.pem", directory / f"{name}-ca.key"
+    key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.pem"
+    san = directory / f"{name}.ext"
+    san.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             f"/CN={name}-ca", "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+             "-keyout", str(key), "-out", str(csr))  # fmt: skip
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+             "-CAcreateserial", "-days", "2", "-extfile", str(san), "-out", str(cert))  # fmt: skip
+    return ca, cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """(TLS bootstrap, the CA that signed the broker's certificate, another CA)."""
+    if STUNNEL is None:  # CI installs it (.ci/run); elsewhere `apt-get install stunnel4`
+        if os.environ.get("CI"):
+            pytest.fail("stunnel4 is not installed")
+        pytest.skip("stunnel4 is not installed: apt-get install stunnel4 to run the TLS tests")
+    directory = tmp_path_factory.mktemp("tls")
+    ca, cert, key = _certificates(directory, "broker")
+    other_ca, _, _ = _certificates(directory, "other")
+    port = free_port()
+    with EmbeddedBroker(port=0, advertised=f"127.0.0.1:{port}") as broker:
+        conf = directory / "stunnel.conf"
+        conf.write_text(
+            f"foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{port}\n"
+            f"connect = {broker.bootstrap}\ncert = {cert}\nkey = {key}\n"
+        )
+        proxy = subprocess.Popen(
+            [STUNNEL, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        try:
+            tls = Settings(bootstrap=f"127.0.0.1:{port}", kafka=_tls(ca))
+            wait_for_kafka(tls.client_config(), 20)
+            yield f"127.0.0.1:{port}", ca, other_ca
+        finally:
+            proxy.terminate()
+            proxy.wait(10)
+
+
+def _tls(ca: Path) -> tuple[tuple[str, str], ...]:
+    return (("security.protocol", "SSL"), ("ssl.ca.location", str(ca)))
+
+
+def test_the_worker_and_the_tools_work_over_tls(
+    tls_broker: tuple[str, Path, Path], unique: str, retailrocket_model: Path, tmp_path: Path
+) -> None:
+    bootstrap, ca, _ = tls_broker
+    plain = unique_settings(bootstrap, unique, str(retailrocket_model))
+    settings = dataclasses.replace(plain, kafka=_tls(ca))
+    assert create_topics(settings, topic_specs(settings))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(READY_S)
+        t0 = 1_700_000_000_000
+        events = [Event(f"tls-{i % 7}", "285930", "view", t0 + i * 1000) for i in range(40)]
+        assert produce_events(settings, settings.topics.events, events) == 40
+        values = _consume_tls(settings, settings.topics.recommendations, 40)
+        answered = {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
+        assert {(e.user_id, e.ts) for e in events} <= answered
+    finally:
+        worker.stop()
+
+
+def _consume_tls(settings: Settings, topic: str, count: int) -> list[bytes]:
+    from confluent_kafka import Consumer
+
+    from stream.kafka import consumer_config
+
+    consumer = Consumer(consumer_config(settings, f"tls-{time.time_ns()}"))
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(values) < count and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.5):
+                if not msg.error() and msg.value() is not None:
+                    values.append(msg.value())
+    finally:
+        consumer.close()
+    return values
+
+
+def test_an_untrusted_certificate_or_plaintext_fails_in_one_line(
+    tls_broker: tuple[str, Path, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bootstrap, _, other_ca = tls_broker
+    monkeypatch.setenv("SESSIONREC_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("SESSIONREC_KAFKA_SSL_CA_LOCATION", str(other_ca))
+    started = time.monotonic()
+    assert main(["topics", "--timeout", "5", "--bootstrap", bootstrap]) == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sessionrec: error: no Kafka broker answered")
+    assert "certificate verify failed" in err[0]
+    monkeypatch.delenv("SESSIONREC_KAFKA_SECURITY_PROTOCOL")
+    monkeypatch.delenv("SESSIONREC_KAFKA_SSL_CA_LOCATION")
+    assert main(["topics", "--timeout", "5", "--bootstrap", bootstrap]) == 2  # plaintext
+    assert capsys.readouterr().err.strip().startswith("sessionrec: error: no Kafka broker")
