@@ -81,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sessionrec",
         description="Session-aware streaming recommender on Kafka. Interaction events in, "
         "fresh explained recommendations out.",
-        epilog="Environment: " + ", ".join(env_names()),
+        epilog="Environment: "
+        + ", ".join(env_names())
+        + ", and SESSIONREC_KAFKA_<PROPERTY> for any Kafka client property "
+        "(e.g. SESSIONREC_KAFKA_SECURITY_PROTOCOL; docs/kafka.md).",
     )
     parser.add_argument("--version", action="version", version=f"sessionrec {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
