@@ -136,3 +136,54 @@ def test_an_untrusted_certificate_or_plaintext_fails_in_one_line(
     monkeypatch.delenv("SESSIONREC_KAFKA_SSL_CA_LOCATION")
     assert main(["topics", "--timeout", "5", "--bootstrap", bootstrap]) == 2  # plaintext
     assert capsys.readouterr().err.strip().startswith("sessionrec: error: no Kafka broker")
+
+
+def test_tail_and_training_from_topics_work_over_tls(
+    tls_broker: tuple[str, Path, Path],
+    unique: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from confluent_kafka import Producer
+
+    from models.codec import encode, encode_session
+    from models.records import Item
+    from models.session import Click, Session
+    from stream.kafka import producer_config
+    from stream.tail import tail
+
+    bootstrap, ca, _ = tls_broker
+    settings = dataclasses.replace(
+        unique_settings(bootstrap, unique, str(tmp_path / "models")), kafka=_tls(ca)
+    )
+    create_topics(settings, topic_specs(settings))
+    producer = Producer(producer_config(settings))
+    t0 = 1_700_000_000_000
+    for s in range(120):  # sessions over a ring of 12 items, as the worker closes them
+        items = [f"ring-{(s + j) % 12}" for j in range(4)]
+        clicks = tuple(Click(t0 + 1000 * j, j, item, "view") for j, item in enumerate(items))
+        producer.produce(
+            settings.topics.sessions, key=b"u", value=encode_session(Session(f"s{s}", "u", clicks))
+        )
+        answer = {"user_id": "u", "session_id": "s", "items": [], "intents": [],
+                  "model_version": "v", "event_ts": t0 + s, "emitted_ts": t0 + s}  # fmt: skip
+        producer.produce(settings.topics.recommendations, key=b"u", value=encode(answer))
+    for n in range(12):
+        item = Item(f"ring-{n}", name=f"ring {n}", category="rings")
+        producer.produce(settings.topics.items, key=item.item_id.encode(), value=encode(item))
+    assert producer.flush(20) == 0
+    capsys.readouterr()
+    assert tail(settings, as_json=True, from_beginning=True, limit=5, timeout_s=30) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
+    for name, value in _env(settings).items():
+        monkeypatch.setenv(name, value)
+    flags = ["--format", "topic", "--out", str(tmp_path / "models"), "--epochs", "2"]
+    assert main(["train", *flags, "--holdout", "0", "--no-progress"]) == 0
+    assert list((tmp_path / "models").glob("*/manifest.json"))
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    from models.config import to_env
+
+    return to_env(settings)
