@@ -86,6 +86,7 @@ def build_app(settings: Settings, model_dir: Path) -> Worker:
         out = pipeline.close_idle()
         if out.states or out.expired:
             await pipeline.publish(out)
+            pipeline.count()
 
     @app.timer(interval=UPDATES_CHECK_S)
     async def follow_updates() -> None:

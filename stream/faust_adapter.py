@@ -39,8 +39,8 @@ fails loudly instead of silently skipping a patch.
    allocations instead of 700, since the session table renews objects on every event.
    Reference counting still frees everything not in a cycle at once. Broker-independent.
 8. `RepeatFilter` (installed by `on_start` on the root logger's handlers): aiokafka and faust
-   log every failed reconnect, about 100 ERROR lines a second while the broker is down; an
-   identical line (same logger and message template) is logged once, then at most once per
+   log every failed reconnect while the broker is down, many lines a second; an identical
+   line (same logger and message template) is logged once, then at most once per
    REPEAT_WINDOW_S with the number of repeats. Broker-independent.
 9. `highwater` reads a partition's high watermark from faust's consumer for the lag gauge
    (`app.consumer`, not part of faust's documented API). On the embedded broker the value

@@ -487,7 +487,7 @@ class Pipeline:
             try:
                 metrics.ITEMS.inc(self.serving.apply_items(items))
             except Exception as exc:  # a verified model should not get here; keep serving
-                metrics.WATCHER_ERRORS.inc()
+                metrics.ITEMS_FAILED.inc(len(items))
                 log.error("catalog upserts not applied (%s: %s)", type(exc).__name__, exc)
         if model is not None or items:
             metrics.observe_model(self.serving)
@@ -550,6 +550,15 @@ class Pipeline:
 
     def _observe(self, incoming: list[Incoming]) -> None:
         """Counters, latencies and consumer lag of a finished batch."""
+        self.count()
+        metrics.observe_batch(incoming)
+        if self.highwater is not None and time.monotonic() >= self._lag_due:
+            self._lag_due = time.monotonic() + LAG_EVERY_S  # asks the consumer per partition
+            metrics.observe_lag(incoming, self.highwater)
+
+    def count(self) -> None:
+        """Add what the counters gained since the last call to the metrics (after a batch,
+        and after the idle timer closed or expired anything)."""
         assert self.outbox is not None
         now, last = self.counters, self._counted
         for outcome in ("accepted", "rejected"):
@@ -574,7 +583,3 @@ class Pipeline:
                 offset,
                 highest,
             )
-        metrics.observe_batch(incoming)
-        if self.highwater is not None and time.monotonic() >= self._lag_due:
-            self._lag_due = time.monotonic() + LAG_EVERY_S  # asks the consumer per partition
-            metrics.observe_lag(incoming, self.highwater)

@@ -235,6 +235,11 @@ def test_idle_users_states_expire_after_their_time_to_live() -> None:
     proc.connect(_Sink())
     sent = asyncio.run(_publish(proc, out))
     assert (proc.changelog, b'"old"', None, 0) in sent
+    from stream import metrics
+
+    expired = metrics.EXPIRED._value.get()
+    proc.count()  # as the idle timer does after publishing
+    assert metrics.EXPIRED._value.get() == expired + 1 and metrics.USERS._value.get() == 1
 
 
 class _Sink:
