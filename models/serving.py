@@ -1,8 +1,9 @@
 """A model version loaded for serving: artifact + live index + recommender, as one object.
 
-The one way to turn a version into a recommender: the stream worker, the training job's
-holdout and `sessionrec eval` all go through `serving_model` (and `load_serving` for a version
-on disk).
+The one way to turn a saved version into a recommender: the stream worker, its watcher, the
+training job (the current version on the holdout) and rollback all use `load_serving`.
+Vectors not yet saved (a model just trained, a benchmark's peers) become a recommender through
+`training.evaluate.recommender_for`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.artifact import Model, current_version, load_index, load_model
+from models.artifact import Model, current_version, load_index, load_model, version_path
 from models.config import EventWeights
 from models.features import compose, encode_items
 from models.index import ItemIndex
@@ -123,4 +124,4 @@ def load_current(
     version = current_version(model_dir)
     if version is None:
         return None
-    return load_serving(model_dir / version, weights, threads, ef)
+    return load_serving(version_path(model_dir, version), weights, threads, ef)
