@@ -188,7 +188,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             "the same CPU per recommendation received, in microseconds (at low rates it "
             "includes what each spends idle). partitions: of every topic, all read by the "
             "one worker; the embedded broker does more work per partition "
-            "(docs/operating.md). "
+            "(docs/operating.md). pipeline echo: the faust floor (`benchmarks/floor.py`), the "
+            "same worker whose pipeline only echoes each event's time, with no sessions, "
+            "model or state: what faust, the Kafka clients and the broker cost whatever the "
+            "pipeline does. "
             + (
                 "All rates ran on one broker and worker (`--one-broker`): each rate also paid "
                 "for the broker's log of the rates before it.\n"

@@ -48,13 +48,16 @@ class RateResult:
     # The same CPU per recommendation received, in microseconds.
     worker_us_per_event: float = 0.0
     broker_us_per_event: float = 0.0
+    # "sessionrec", or "echo": the faust floor (`benchmarks.floor`), the worker with a pipeline
+    # that only echoes each event's time
+    pipeline: str = "sessionrec"
 
     def row(self) -> str:
         return (
             f"{self.target():>8} {self.sent:>8} {self.received:>9} {self.throughput:>10,.0f} "
             f"{self.p50_ms:>8.1f} {self.p95_ms:>8.1f} {self.p99_ms:>8.1f} {self.max_ms:>8.1f} "
             f"{self.worker_cpu_pct:>7.0f}% {self.broker_cpu_pct:>7.0f}% {self.partitions:>10} "
-            f"{self.worker_us_per_event:>9.0f} {self.broker_us_per_event:>9.0f}"
+            f"{self.worker_us_per_event:>9.0f} {self.broker_us_per_event:>9.0f} {self.pipeline:>10}"
         )
 
     def target(self) -> str:
@@ -63,13 +66,14 @@ class RateResult:
     def label(self) -> str:
         """The run in words, as plots and raw latencies name it."""
         rate = "max rate" if self.rate <= 0 else f"{self.target()} events/s"
-        return f"{rate}, {self.partitions} partition{'s' if self.partitions != 1 else ''}"
+        label = f"{rate}, {self.partitions} partition{'s' if self.partitions != 1 else ''}"
+        return label if self.pipeline == "sessionrec" else f"{label}, {self.pipeline} pipeline"
 
 
 HEADER = (
     f"{'rate/s':>8} {'sent':>8} {'received':>9} {'recs/s':>10} {'p50 ms':>8} "
     f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'worker':>8} {'broker':>8} {'partitions':>10} "
-    f"{'worker us':>9} {'broker us':>9}"
+    f"{'worker us':>9} {'broker us':>9} {'pipeline':>10}"
 )
 
 
@@ -250,13 +254,15 @@ def bench_stream(
     users: int,
     log_dir: Path,
     one_broker: bool = False,
+    echo: bool = False,
 ) -> tuple[list[RateResult], dict[str, list[float]], str]:
     """Run each rate on a broker and worker of its own (started, warmed up, stopped), or all
     rates on one with `one_broker`; return results and raw latencies (by `RateResult.label`).
-
     The embedded broker serves a reader more slowly as a partition fills with record batches
     (`broker_cost_as_log_fills`), so on one broker each rate would also pay for the logs of the
-    rates before it."""
+    rates before it. With `echo`, the worker is the faust floor (`benchmarks.floor`) instead."""
+    from benchmarks import floor
+
     results: list[RateResult] = []
     raw: dict[str, list[float]] = {}
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +271,8 @@ def bench_stream(
     for group in groups:
         with EmbeddedBroker(port=0) as broker:
             on_broker = on_local_broker(settings, broker.bootstrap, model_dir)
-            worker = WorkerProcess(on_broker, log_dir / "bench-worker.log").start()
+            command = floor.command(on_broker, log_dir / "floor-settings") if echo else None
+            worker = WorkerProcess(on_broker, log_dir / "bench-worker.log", command).start()
             try:
                 worker.wait_ready()
                 run_rate(on_broker, sessions, 200, 3.0, users)  # warm the worker up
@@ -284,6 +291,7 @@ def bench_stream(
                         partitions=on_broker.partitions,
                         worker_us_per_event=worker_s * per_event,
                         broker_us_per_event=broker_s * per_event,
+                        pipeline="echo" if echo else "sessionrec",
                     )
                     print(result.row(), flush=True)
                     results.append(result)

@@ -156,6 +156,20 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             args.one_broker,
         )
         results, raw = results + more, {**raw, **more_raw}
+    if args.echo_rates:
+        # The faust floor: the same worker with a pipeline that only echoes (benchmarks/floor.py).
+        more, more_raw, _ = bench_stream(
+            settings,
+            model_dir,
+            sessions,
+            args.echo_rates,
+            args.seconds,
+            args.users,
+            out,
+            args.one_broker,
+            echo=True,
+        )
+        results, raw = results + more, {**raw, **more_raw}
     print("the worker's own code per event, without broker or faust (microseconds of CPU):")
     costs = worker_cost(settings, model_dir, sessions, args.users, COST_BATCHES)
     for cost in costs:
@@ -351,6 +365,14 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         default="2000",
         help="stream: these rates again with every topic on one partition, as a single local "
         "worker would run (comma-separated; empty to skip; default 2000)",
+    )
+    p.add_argument(
+        "--echo-rates",
+        type=_rates,
+        default="2000",
+        help="stream: these rates again with the faust floor, the worker whose pipeline only "
+        "echoes each event's time, to show what faust, the clients and the broker cost "
+        "(comma-separated; empty to skip; default 2000)",
     )
     p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
     p.add_argument(

@@ -56,12 +56,15 @@ class Worker(NamedTuple):
     outbox: Outbox
 
 
-def build_app(settings: Settings, model_dir: Path) -> Worker:
+def build_app(
+    settings: Settings, model_dir: Path, pipeline_type: type[Pipeline] = Pipeline
+) -> Worker:
+    """The worker; `pipeline_type` replaces the pipeline (the benchmarks' faust floor)."""
     app = faust_adapter.make_app(settings, LINGER_MS)
     serving = load_model(settings, model_dir)
     table = app.Table("user-sessions", partitions=settings.partitions, value_type=bytes)
     store, changelog = faust_adapter.session_store(table)
-    pipeline = Pipeline(settings, serving, store, changelog)
+    pipeline = pipeline_type(settings, serving, store, changelog)
     watcher = Watcher(settings, model_dir, serving.version if serving else None)
     outbox = Outbox(producer_config(settings, **{"linger.ms": LINGER_MS}), DELIVERY_ATTEMPTS)
     events_topic = settings.topics.events
@@ -111,11 +114,12 @@ def run_worker(
     model_dir: Path,
     loglevel: str = "info",
     logging_config: dict[str, Any] | None = None,
+    pipeline_type: type[Pipeline] = Pipeline,
 ) -> None:
     """Run one worker until SIGINT/SIGTERM. `logging_config` (dictConfig) replaces faust's
     default console logging, e.g. for JSON lines."""
     metrics.serve(settings.metrics_port, settings.metrics_address)
-    built = build_app(settings, model_dir)
+    built = build_app(settings, model_dir, pipeline_type)
     worker = faust.Worker(built.app, loglevel=loglevel, quiet=True, logging_config=logging_config)
     try:
         worker.execute_from_commandline()

@@ -34,18 +34,19 @@ def on_local_broker(
 
 
 class WorkerProcess:
-    """`sessionrec worker` as a child process whose log goes to a file."""
+    """`sessionrec worker` (or another `command`) as a child process whose log goes to a file."""
 
-    def __init__(self, settings: Settings, log_path: Path):
+    def __init__(self, settings: Settings, log_path: Path, command: list[str] | None = None):
         self.settings = settings
         self.log_path = log_path
+        self.command = command or [sys.executable, "-m", "sessionrec.cli", "worker"]
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "ab")  # noqa: SIM115  # handed to the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sessionrec.cli", "worker"],
+            self.command,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
