@@ -50,6 +50,30 @@ class Topics:
 
 
 @dataclass(frozen=True, slots=True)
+class TopicConfig:
+    """How `sessionrec topics` creates one topic."""
+
+    partitions: int = 0  # 0: the `partitions` setting
+    retention_hours: float = 0.0  # 0: the broker's default; -1: kept forever
+    compact: bool = False  # keep the latest message per key (cleanup.policy=compact)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLayout:
+    """Each topic's partitions, retention and compaction, and the replication factor of every
+    topic and of the session table's changelog. The defaults suit one local broker; docs/kafka.md
+    gives values for a 3-broker cluster."""
+
+    replication_factor: int = 1
+    events: TopicConfig = field(default_factory=TopicConfig)
+    items: TopicConfig = field(default_factory=lambda: TopicConfig(compact=True))
+    sessions: TopicConfig = field(default_factory=TopicConfig)
+    recommendations: TopicConfig = field(default_factory=TopicConfig)
+    dlq: TopicConfig = field(default_factory=TopicConfig)
+    model_updates: TopicConfig = field(default_factory=lambda: TopicConfig(partitions=1))
+
+
+@dataclass(frozen=True, slots=True)
 class EventWeights:
     """How much each event type says about interest; negative pushes away."""
 
@@ -96,7 +120,7 @@ class Settings:
     """Everything configurable, in one frozen object (defaults < TOML < env < flags)."""
 
     bootstrap: str = "127.0.0.1:9092"
-    partitions: int = 4
+    partitions: int = 4  # of `events` and the session table; other topics' by default
     session_gap_minutes: float = 20.0
     max_session_len: int = 50
     state_ttl_days: float = 30.0  # a user's state (past intents, bought) after the last event
@@ -107,6 +131,7 @@ class Settings:
     worker_group: str = "sessionrec-worker"
     log_format: str = "text"
     topics: Topics = field(default_factory=Topics)
+    topic_layout: TopicLayout = field(default_factory=TopicLayout)
     weights: EventWeights = field(default_factory=EventWeights)
     query: QueryDefaults = field(default_factory=QueryDefaults)
     limits: Limits = field(default_factory=Limits)

@@ -59,14 +59,23 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from stream.broker import wait_for_kafka
-    from stream.topics import create_topics, topic_specs
+    from stream.topics import create_topics, topic_differences, topic_specs
 
     wait_for_kafka(settings.client_config(), timeout_s=args.timeout)
     specs = topic_specs(settings)
-    created = create_topics(settings, specs)
+    created = create_topics(settings, specs, timeout_s=args.timeout)
     for spec in specs:
         state = "created" if spec.name in created else "exists"
-        print(f"{spec.name:<20} partitions={spec.partitions:<3} {state}")
+        config = " ".join(f"{k}={v}" for k, v in spec.config)
+        print(
+            f"{spec.name:<20} {state:<8} partitions={spec.partitions:<3} "
+            f"replication={spec.replication_factor} {config}".rstrip()
+        )
+    differing = topic_differences(settings, specs, timeout_s=args.timeout)
+    for line in differing:
+        print(f"differs: {line}")
+    if differing and args.check:
+        return 1
     return 0
 
 
@@ -105,9 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         "topics",
         help="create the topics (idempotent)",
         description="Create events, items (compacted), sessions, recommendations, "
-        "events.dlq and model-updates; existing topics are left alone.",
+        "events.dlq and model-updates with the partitions, replication factor, retention and "
+        "compaction of the [topic_layout] settings (docs/kafka.md). Existing topics are "
+        "left alone; each way one differs from the settings is printed.",
     )
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with status 1 when an existing topic differs from the settings",
+    )
     _common(p)
     p.set_defaults(handler=_cmd_topics)
 

@@ -185,6 +185,20 @@ def _validate(settings: Settings) -> None:
     for name in ("worker_group", "model_dir"):
         if not getattr(s, name).strip():
             raise SettingsError(f"setting '{name}' is empty")
+    layout = s.topic_layout
+    _range("topic_layout.replication_factor", layout.replication_factor, 1, 100)
+    for name in dataclasses.asdict(s.topics):
+        topic = getattr(layout, name)
+        _range(f"topic_layout.{name}.partitions", topic.partitions, 0, 10_000)
+        hours = topic.retention_hours
+        if hours != -1:
+            _range(f"topic_layout.{name}.retention_hours (-1: forever)", hours, 0, 876_000)
+    if layout.events.partitions not in (0, s.partitions):
+        raise SettingsError(
+            f"setting 'topic_layout.events.partitions' is {layout.events.partitions}, but "
+            f"'partitions' is {s.partitions}: the session table is partitioned as events, "
+            "set 'partitions' instead"
+        )
     for name, topic in dataclasses.asdict(s.topics).items():
         if not _TOPIC.fullmatch(topic) or topic in {".", ".."}:
             raise SettingsError(

@@ -113,7 +113,7 @@ def make_app(settings: Settings, linger_ms: int) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_layout.replication_factor,  # the changelog too
         table_standby_replicas=0,
         web_enabled=False,
         broker_session_timeout=10.0,

@@ -15,8 +15,10 @@ OutMessage = tuple[str, bytes | None, bytes | None, int | None]  # value None: a
 
 def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """murmur2 partitioning, as the Java client and faust do, so every producer of a user's
-    events (whatever its language) agrees on that user's partition."""
-    defaults = {"linger.ms": 2, "log_level": 3, **extra}
+    events (whatever its language) agrees on that user's partition. Idempotent: a retried
+    send is not written twice, and a partition's messages stay in order (a broker without
+    idempotent producers needs `enable.idempotence = false` in [kafka])."""
+    defaults = {"linger.ms": 2, "log_level": 3, "enable.idempotence": True, **extra}
     return settings.client_config(defaults, partitioner="murmur2_random")
 
 

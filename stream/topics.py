@@ -1,13 +1,14 @@
-"""Topic definitions and idempotent creation."""
+"""Topic definitions, idempotent creation, and what differs in topics that already exist."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from models.config import Settings
+from models.config import Settings, TopicConfig
 
 log = logging.getLogger(__name__)
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,28 +16,49 @@ class TopicSpec:
     name: str
     partitions: int
     config: tuple[tuple[str, str], ...] = ()
+    replication_factor: int = 1
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The topics sessionrec uses; `items` is compacted (latest upsert per item wins)."""
-    t, p = settings.topics, settings.partitions
+    """The topics sessionrec uses, as `settings.topic_layout` describes them (by default
+    `items` is compacted: the latest upsert per item wins)."""
+    layout = settings.topic_layout
     return [
-        TopicSpec(t.events, p),
-        TopicSpec(t.items, p, (("cleanup.policy", "compact"),)),
-        TopicSpec(t.sessions, p),
-        TopicSpec(t.recommendations, p),
-        TopicSpec(t.dlq, p),
-        TopicSpec(t.model_updates, 1),
+        _spec(name, getattr(layout, field), settings)
+        for field, name in zip(
+            ("events", "items", "sessions", "recommendations", "dlq", "model_updates"),
+            settings.topics.all(),
+            strict=True,
+        )
     ]
 
 
+def _spec(name: str, topic: TopicConfig, settings: Settings) -> TopicSpec:
+    config: dict[str, str] = {}
+    if topic.compact:
+        # With a retention, compaction also deletes what is older than it.
+        config["cleanup.policy"] = "compact,delete" if topic.retention_hours > 0 else "compact"
+    if topic.retention_hours:
+        retention = -1 if topic.retention_hours < 0 else round(topic.retention_hours * HOUR_MS)
+        config["retention.ms"] = str(retention)
+    return TopicSpec(
+        name,
+        topic.partitions or settings.partitions,
+        tuple(sorted(config.items())),
+        settings.topic_layout.replication_factor,
+    )
+
+
 def create_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float = 15.0) -> list[str]:
-    """Create missing topics; existing ones are left as they are. Returns the names created."""
+    """Create missing topics; existing ones are left as they are (see `topic_differences`).
+    Returns the names created."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # untyped re-export
 
     admin = AdminClient(settings.client_config())
-    new = [NewTopic(s.name, s.partitions, 1, config=dict(s.config)) for s in specs]
+    new = [
+        NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config)) for s in specs
+    ]
     created: list[str] = []
     for name, future in admin.create_topics(new, request_timeout=timeout_s).items():
         try:
@@ -47,3 +69,59 @@ def create_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float =
                 raise
     log.info("topics: created %s, %d already existed", created or "none", len(specs) - len(created))
     return created
+
+
+def topic_differences(
+    settings: Settings, specs: list[TopicSpec], timeout_s: float = 15.0
+) -> list[str]:
+    """For each existing topic whose partitions, replication factor, cleanup policy or
+    retention differ from its spec, a line saying what it has and what the settings ask for.
+    Nothing is changed: partitions can only grow, and a topic's key -> partition mapping
+    changes when they do, so that is the operator's call."""
+    from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]  # untyped re-export
+
+    admin = AdminClient(settings.client_config())
+    topics = admin.list_topics(timeout=timeout_s).topics
+    existing = [s for s in specs if s.name in topics]
+    resources = [ConfigResource("topic", s.name) for s in existing]
+    configs: dict[str, dict[str, str]] = {}
+    if resources:
+        for resource, future in admin.describe_configs(
+            resources, request_timeout=timeout_s
+        ).items():
+            entries = future.result(timeout=timeout_s)
+            configs[resource.name] = {k: str(v.value) for k, v in entries.items()}
+    out: list[str] = []
+    for spec in existing:
+        partitions = topics[spec.name].partitions
+        replicas = min((len(p.replicas) for p in partitions.values()), default=0)
+        has = configs.get(spec.name, {})
+        found = _differences(spec, len(partitions), replicas, has)
+        out.extend(f"topic '{spec.name}': {line}" for line in found)
+    for line in out:
+        log.warning("%s", line)
+    return out
+
+
+def _differences(spec: TopicSpec, partitions: int, replicas: int, has: dict[str, str]) -> list[str]:
+    out = []
+    if partitions != spec.partitions:
+        out.append(f"{partitions} partitions, the settings ask for {spec.partitions}")
+    if replicas != spec.replication_factor:
+        out.append(f"replication factor {replicas}, the settings ask for {spec.replication_factor}")
+    want = dict(spec.config)
+    policy = has.get("cleanup.policy", "delete")
+    if _policy(policy) != _policy(want.get("cleanup.policy", "delete")):
+        out.append(
+            f"cleanup.policy {policy}, the settings ask for {want.get('cleanup.policy', 'delete')}"
+        )
+    if "retention.ms" in want and has.get("retention.ms") != want["retention.ms"]:
+        out.append(
+            f"retention.ms {has.get('retention.ms', 'unset')}, the settings ask for "
+            f"{want['retention.ms']}"
+        )
+    return out
+
+
+def _policy(value: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in value.split(",") if p.strip())

@@ -164,7 +164,7 @@ def announce(settings: Settings, version: str) -> None:
 
     from models.codec import encode
 
-    producer = Producer(settings.client_config({"log_level": 3}))
+    producer = Producer(settings.client_config({"log_level": 3, "enable.idempotence": True}))
     producer.produce(
         settings.topics.model_updates,
         value=encode(

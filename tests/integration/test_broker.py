@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import signal
 import socket
 import subprocess
@@ -8,10 +10,11 @@ import sys
 import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from faust.types import TP
 
 from models.codec import DecodeError, decode_event, encode
+from models.config import TopicConfig, to_env
 from models.records import Event
 from stream.broker import EmbeddedBroker, free_port
 from stream.faust_adapter import log_ends
@@ -148,3 +151,54 @@ def test_log_ends_reads_past_a_short_high_watermark(broker: EmbeddedBroker, uniq
     tp = TP(topic, 0)
     assert log_ends(settings, {tp: reported}) == {tp: 10}
     assert log_ends(settings, {tp: 0}) == {tp: 0}  # empty: nothing to read
+
+
+def test_topics_follow_the_layout_and_differences_are_reported(
+    broker: EmbeddedBroker, unique: str
+) -> None:
+    settings = unique_settings(broker.bootstrap, unique, "unused", partitions=3)
+    layout = settings.topic_layout
+    settings = dataclasses.replace(
+        settings,
+        topic_layout=dataclasses.replace(
+            layout,
+            recommendations=TopicConfig(compact=True),
+            events=TopicConfig(retention_hours=168),
+            dlq=TopicConfig(partitions=1, retention_hours=-1),
+        ),
+    )
+    # An existing topic made before, with 2 partitions and no compaction.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic(settings.topics.recommendations, 2, 1)])[
+        settings.topics.recommendations
+    ].result(10)
+
+    env = {**os.environ, **to_env(settings)}
+    run = [sys.executable, "-m", "sessionrec.cli", "topics", "--check"]
+    done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"topic '{settings.topics.recommendations}': 2 partitions, the settings ask for 3" in (
+        "\n".join(lines)
+    )
+    assert any("cleanup.policy delete, the settings ask for compact" in x for x in lines), lines
+    meta = admin.list_topics(timeout=10).topics
+    assert len(meta[settings.topics.dlq].partitions) == 1
+    assert len(meta[settings.topics.events].partitions) == 3
+    found = {
+        r.name: {k: v.value for k, v in f.result(10).items()}
+        for r, f in admin.describe_configs(
+            [
+                ConfigResource("topic", settings.topics.events),
+                ConfigResource("topic", settings.topics.dlq),
+            ]
+        ).items()
+    }
+    assert found[settings.topics.events]["retention.ms"] == str(168 * 3_600_000)
+    assert found[settings.topics.dlq]["retention.ms"] == "-1"
+
+    # Without --check the same differences are printed, and the command succeeds.
+    again = subprocess.run(run[:-1], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0
+    assert again.stdout.count("differs:") == done.stdout.count("differs:") == 2

@@ -11,8 +11,9 @@ import pytest
 from models.config import Settings, to_env
 from sessionrec.cli import main
 from sessionrec.settings import SettingsError, load_settings
-from stream.faust_adapter import broker_credentials
+from stream.faust_adapter import broker_credentials, make_app
 from stream.kafka import consumer_config, producer_config
+from stream.topics import TopicSpec, _differences, topic_specs
 
 SECRET = "hunter2-do-not-show"
 
@@ -142,3 +143,54 @@ def test_every_client_is_built_from_the_settings() -> None:
             if path not in allowed:
                 assert '"bootstrap.servers"' not in path.read_text(), path
     assert Settings().client_config()["bootstrap.servers"] == Settings().bootstrap
+
+
+def test_the_topic_layout_comes_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        "partitions = 12\n[topic_layout]\nreplication_factor = 3\n"
+        "[topic_layout.recommendations]\ncompact = true\nretention_hours = 72\n"
+        "[topic_layout.events]\nretention_hours = 168\n"
+    )
+    env = {"SESSIONREC_TOPIC_LAYOUT_DLQ_PARTITIONS": "2"}
+    settings = load_settings(str(cfg), env, {})
+    specs = {s.name: s for s in topic_specs(settings)}
+    recs, events = specs["recommendations"], specs["events"]
+    assert recs.replication_factor == events.replication_factor == 3
+    assert dict(recs.config) == {"cleanup.policy": "compact,delete", "retention.ms": "259200000"}
+    assert dict(events.config) == {"retention.ms": str(168 * 3_600_000)}
+    assert (events.partitions, specs["events.dlq"].partitions) == (12, 2)
+    assert specs["model-updates"].partitions == 1
+    assert dict(specs["items"].config) == {"cleanup.policy": "compact"}
+    assert make_app(settings, 5).conf.topic_replication_factor == 3  # the table's changelog
+    assert load_settings(None, to_env(settings), {}) == settings
+
+
+@pytest.mark.parametrize(
+    ("toml", "reason"),
+    [
+        ("[topic_layout.events]\npartitions = 8\n", "the session table is partitioned as events"),
+        ("[topic_layout]\nreplication_factor = 0\n", "'topic_layout.replication_factor' is 0"),
+        ("[topic_layout.dlq]\nretention_hours = -5\n", "'topic_layout.dlq.retention_hours"),
+        ("[topic_layout.sessions]\ncompact = 2\n", "expected true or false"),
+    ],
+)
+def test_bad_topic_layouts_are_one_line_errors(tmp_path: Path, toml: str, reason: str) -> None:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(toml)
+    with pytest.raises(SettingsError, match=reason):
+        load_settings(str(cfg), {}, {})
+
+
+def test_existing_topics_are_compared_with_their_spec() -> None:
+    spec = TopicSpec("t", 6, (("cleanup.policy", "compact"), ("retention.ms", "-1")), 3)
+    same = {"cleanup.policy": "compact", "retention.ms": "-1"}
+    assert _differences(spec, 6, 3, same) == []
+    assert _differences(spec, 4, 1, {"cleanup.policy": "delete"}) == [
+        "4 partitions, the settings ask for 6",
+        "replication factor 1, the settings ask for 3",
+        "cleanup.policy delete, the settings ask for compact",
+        "retention.ms unset, the settings ask for -1",
+    ]
+    # No retention in the spec: whatever the broker keeps is not a difference.
+    assert _differences(TopicSpec("t", 1), 1, 1, {"retention.ms": "604800000"}) == []
