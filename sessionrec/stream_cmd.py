@@ -13,6 +13,14 @@ from typing import Any
 from models.config import Settings
 
 
+def reach_kafka(settings: Settings) -> None:
+    """Stop with one line naming the cause (wrong credentials, untrusted certificate, no
+    broker) within CONNECT_TIMEOUT_S, before a client library would retry for ever."""
+    from stream.broker import CONNECT_TIMEOUT_S, wait_for_kafka
+
+    wait_for_kafka(settings.client_config(), CONNECT_TIMEOUT_S)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from stream.app import run_worker
 
@@ -28,6 +36,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
             "root": {"level": level.upper(), "handlers": ["console"]},
         }
+    reach_kafka(settings)
     run_worker(settings, Path(settings.model_dir), loglevel=level, logging_config=config)
     return 0
 
@@ -43,6 +52,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     )
     if args.limit:
         events = events[: args.limit]
+    reach_kafka(settings)
     if rejected:
         print(
             "skipped rows: " + ", ".join(f"{n} {r}" for r, n in rejected.most_common()),
@@ -71,6 +81,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     from stream.tail import tail
 
+    reach_kafka(settings)
     return tail(
         settings,
         as_json=args.json,

@@ -107,6 +107,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     spec = JobSpec(
         args.format, args.data, args.catalog, out, holdout=args.holdout, announce=args.announce
     )
+    if args.format == "topic" or args.announce:
+        from sessionrec.stream_cmd import reach_kafka
+
+        reach_kafka(settings)
     if args.every:
         run_scheduled(spec, settings, config, parse_every(args.every), max_runs=args.max_runs)
         return 0

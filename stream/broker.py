@@ -18,6 +18,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 20.0
+CONNECT_TIMEOUT_S = 30.0  # how long a command waits for Kafka before it gives up
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,16 +63,17 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def wait_for_kafka(client: dict[str, Any], timeout_s: float = START_TIMEOUT_S) -> None:
-    """Block until a Kafka metadata request with `client`'s properties succeeds."""
+    """Block until a Kafka metadata request with `client`'s properties succeeds. Gives up at
+    once when the broker refused the credentials or the TLS handshake failed (retrying cannot
+    help), else after `timeout_s`, with a BrokerError naming librdkafka's reason."""
+    from confluent_kafka import KafkaError
     from confluent_kafka.admin import AdminClient
 
     bootstrap = client["bootstrap.servers"]
-    errors: list[str] = []  # what librdkafka said, e.g. why a TLS handshake failed
+    errors: list[Any] = []  # what librdkafka said, e.g. why a TLS handshake failed
+    final = {KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED}
 
-    def on_error(err: Any) -> None:
-        errors.append(str(err.str()))
-
-    config: dict[str, Any] = {"log_level": 0, **client, "error_cb": on_error}
+    config: dict[str, Any] = {"log_level": 0, **client, "error_cb": errors.append}
     admin = AdminClient(config)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -80,9 +82,11 @@ def wait_for_kafka(client: dict[str, Any], timeout_s: float = START_TIMEOUT_S) -
             return
         except Exception as exc:  # KafkaException while the broker boots
             admin.poll(0)  # serves error_cb
-            if time.monotonic() > deadline:
-                cause = errors[-1] if errors else str(exc)
-                raise BrokerError(f"no Kafka broker answered at {bootstrap}: {cause}") from None
+            given_up = any(e.code() in final for e in errors)
+            if given_up or time.monotonic() > deadline:
+                cause = str(errors[-1].str()) if errors else str(exc)
+                what = "refused the connection" if given_up else "did not answer"
+                raise BrokerError(f"Kafka at {bootstrap} {what}: {cause}") from None
             time.sleep(0.1)
 
 
@@ -100,14 +104,17 @@ class EmbeddedBroker:
         port: int = 9092,
         log_path: Path | None = None,
         advertised: str | None = None,
+        authentication: bool = False,
     ):
         """`advertised` (host:port): the address the broker tells clients to use, when they
         reach it through something in front of it (a TLS-terminating proxy in the tests);
-        by default its own."""
+        by default its own. `authentication`: every client must authenticate (SASL); the
+        tests use it to see how clients fail against it (in-memory storage keeps no users)."""
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
         self.advertised = advertised
+        self.authentication = authentication
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -133,6 +140,7 @@ class EmbeddedBroker:
             "--storage-engine",
             "memory://tansu/",
             "--silent",
+            *(["--authentication"] if self.authentication else []),
         ]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
@@ -161,8 +169,8 @@ class EmbeddedBroker:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"broker did not listen on {self.bootstrap}") from None
                 time.sleep(0.05)
-        if self.advertised:  # metadata would send the check to the proxy, not started yet
-            return
+        if self.advertised or self.authentication:
+            return  # the check would go to a proxy not started yet, or need credentials
         # Its own plaintext listener on this machine: no [kafka] settings apply.
         local = {"bootstrap.servers": self.bootstrap}
         wait_for_kafka(local, max(1.0, deadline - time.monotonic()))

@@ -1,0 +1,90 @@
+"""Each command that talks to Kafka fails in one line, within a bounded time and without a
+traceback or the password, when the broker refuses its credentials, does not offer its SASL
+mechanism, or does not answer: against real brokers (the embedded broker with and without
+SASL authentication)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stream.broker import CONNECT_TIMEOUT_S, EmbeddedBroker, free_port
+
+PASSWORD = "not-a-real-password-7d1f"
+COMMANDS = {
+    "worker": ["worker"],
+    "tail": ["tail", "--max", "1"],
+    "topics": ["topics"],
+    "train": ["train", "--format", "topic", "--epochs", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def sasl_broker() -> Iterator[EmbeddedBroker]:
+    """A broker that requires SASL (SCRAM) from every client; it knows no users."""
+    with EmbeddedBroker(port=0, authentication=True) as running:
+        yield running
+
+
+def _run(command: list[str], bootstrap: str, tmp_path: Path, mechanism: str) -> tuple[int, str]:
+    env = {
+        **os.environ,
+        "SESSIONREC_BOOTSTRAP": bootstrap,
+        "SESSIONREC_MODEL_DIR": str(tmp_path / "models"),
+        "SESSIONREC_METRICS_PORT": "0",
+        "SESSIONREC_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "SESSIONREC_KAFKA_SASL_MECHANISM": mechanism,
+        "SESSIONREC_KAFKA_SASL_USERNAME": "shop",
+        "SESSIONREC_KAFKA_SASL_PASSWORD": PASSWORD,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionrec.cli", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CONNECT_TIMEOUT_S + 30,
+        cwd=tmp_path,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_wrong_credentials_fail_in_one_line(
+    sasl_broker: EmbeddedBroker, tmp_path: Path, name: str
+) -> None:
+    started = time.monotonic()
+    code, out = _run(COMMANDS[name], sasl_broker.bootstrap, tmp_path, "SCRAM-SHA-256")
+    assert time.monotonic() - started < 20  # refused credentials are not retried
+    assert code == 2, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out, out
+    assert lines[0].startswith(f"sessionrec: error: Kafka at {sasl_broker.bootstrap} refused")
+    assert "SASL authentication error" in lines[0]
+    assert PASSWORD not in out
+
+
+def test_a_mechanism_the_broker_does_not_offer_fails_in_one_line(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    code, out = _run(COMMANDS["worker"], broker.bootstrap, tmp_path, "SCRAM-SHA-512")
+    assert code == 2, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and "Unsupported SASL mechanism" in lines[0], out
+    assert PASSWORD not in out
+
+
+def test_a_worker_with_no_broker_gives_up_in_bounded_time(tmp_path: Path) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code, out = _run(COMMANDS["worker"], nobody, tmp_path, "SCRAM-SHA-256")
+    took = time.monotonic() - started
+    assert code == 2 and CONNECT_TIMEOUT_S <= took < CONNECT_TIMEOUT_S + 15, (took, out)
+    lines = out.strip().splitlines()
+    assert lines == [lines[0]] and f"Kafka at {nobody} did not answer" in lines[0], out
+    assert PASSWORD not in out
