@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -46,33 +47,43 @@ def _certificates(directory: Path, name: str) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-@pytest.fixture(scope="module")
-def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
-    """(TLS bootstrap, the CA that signed the broker's certificate, another CA)."""
+@contextmanager
+def _behind_stunnel(
+    directory: Path, ca: Path, cert: Path, key: Path, client_ca: Path | None = None
+) -> Iterator[str]:
+    """An embedded broker reachable only through stunnel's TLS port (which it advertises);
+    with `client_ca`, stunnel also asks every client for a certificate that CA signed."""
     if STUNNEL is None:  # CI installs it (.ci/run); elsewhere `apt-get install stunnel4`
         if os.environ.get("CI"):
             pytest.fail("stunnel4 is not installed")
         pytest.skip("stunnel4 is not installed: apt-get install stunnel4 to run the TLS tests")
-    directory = tmp_path_factory.mktemp("tls")
-    ca, cert, key = _certificates(directory, "broker")
-    other_ca, _, _ = _certificates(directory, "other")
     port = free_port()
     with EmbeddedBroker(port=0, advertised=f"127.0.0.1:{port}") as broker:
-        conf = directory / "stunnel.conf"
+        conf = directory / f"stunnel-{port}.conf"
+        mutual = f"verify = 2\nCAfile = {client_ca}\n" if client_ca else ""
         conf.write_text(
             f"foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{port}\n"
-            f"connect = {broker.bootstrap}\ncert = {cert}\nkey = {key}\n"
+            f"connect = {broker.bootstrap}\ncert = {cert}\nkey = {key}\n{mutual}"
         )
         proxy = subprocess.Popen(
             [STUNNEL, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
         try:
-            tls = Settings(bootstrap=f"127.0.0.1:{port}", kafka=_tls(ca))
-            wait_for_kafka(tls.client_config(), 20)
-            yield f"127.0.0.1:{port}", ca, other_ca
+            yield f"127.0.0.1:{port}"
         finally:
             proxy.terminate()
             proxy.wait(10)
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """(TLS bootstrap, the CA that signed the broker's certificate, another CA)."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca, cert, key = _certificates(directory, "broker")
+    other_ca, _, _ = _certificates(directory, "other")
+    with _behind_stunnel(directory, ca, cert, key) as bootstrap:
+        wait_for_kafka(Settings(bootstrap=bootstrap, kafka=_tls(ca)).client_config(), 20)
+        yield bootstrap, ca, other_ca
 
 
 def _tls(ca: Path) -> tuple[tuple[str, str], ...]:
@@ -187,3 +198,46 @@ def _env(settings: Settings) -> dict[str, str]:
     from models.config import to_env
 
     return to_env(settings)
+
+
+def test_the_worker_and_the_tools_work_over_mutual_tls(
+    tmp_path: Path,
+    unique: str,
+    retailrocket_model: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mutual TLS as Aiven asks for it: the client shows a certificate signed by a CA the
+    broker's side trusts; a client without one is refused in one line."""
+    ca, cert, key = _certificates(tmp_path, "broker")
+    client_ca, client_cert, client_key = _certificates(tmp_path, "client")
+    with _behind_stunnel(tmp_path, ca, cert, key, client_ca=client_ca) as bootstrap:
+        mutual = (
+            *_tls(ca),
+            ("ssl.certificate.location", str(client_cert)),
+            ("ssl.key.location", str(client_key)),
+        )
+        plain = unique_settings(bootstrap, unique, str(retailrocket_model))
+        settings = dataclasses.replace(plain, kafka=tuple(sorted(mutual)))
+        wait_for_kafka(settings.client_config(), 20)
+        assert create_topics(settings, topic_specs(settings))
+        worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+        try:
+            worker.wait_ready(READY_S)
+            t0 = 1_700_000_000_000
+            events = [Event(f"mtls-{i % 5}", "285930", "view", t0 + i * 1000) for i in range(20)]
+            assert produce_events(settings, settings.topics.events, events) == 20
+            values = _consume_tls(settings, settings.topics.recommendations, 20)
+            answered = {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
+            assert {(e.user_id, e.ts) for e in events} <= answered
+        finally:
+            worker.stop()
+
+        capsys.readouterr()
+        no_certificate = dataclasses.replace(settings, kafka=_tls(ca))
+        for name, value in _env(no_certificate).items():
+            monkeypatch.setenv(name, value)
+        assert main(["topics", "--timeout", "5"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"sessionrec: error: Kafka at {bootstrap}"), err
+        assert "certificate required" in err[0]
