@@ -288,6 +288,16 @@ def _check_arrays(path: Path, a: dict[str, np.ndarray], n: int, dims: Dims, voca
             raise _bad(path, f"{name}.npy refers to rows outside its vocabulary of {rows}")
 
 
+def verify_files(path: Path) -> dict[str, Any]:
+    """Check a version directory's files against its manifest's sizes and sha256 (format 2
+    and later: a copied version must have them); return the manifest."""
+    manifest = _check_manifest(path, _load_json(path, "manifest.json"))
+    if manifest["format"] < 2:
+        raise _bad(path, "its manifest lists no checksums (format 1): train it again")
+    _verify_files(path, manifest["files"])
+    return manifest
+
+
 def load_model(path: Path) -> Model:
     """Load and verify a model version directory; raise `ArtifactError` if anything is off."""
     if not path.is_dir():

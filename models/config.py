@@ -125,7 +125,8 @@ class Settings:
     max_session_len: int = 50
     state_ttl_days: float = 30.0  # a user's state (past intents, bought) after the last event
     index_ef: int = DEFAULT_INDEX_EF
-    model_dir: str = "var/models"
+    model_dir: str = "var/models"  # or a remote store's URL: s3://bucket/prefix (models/store.py)
+    model_cache: str = "var/model-cache"  # where a worker keeps copies from a remote store
     metrics_port: int = 9100
     metrics_address: str = "127.0.0.1"  # 0.0.0.0 in a container that Prometheus scrapes
     worker_group: str = "sessionrec-worker"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from models.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 def reach_kafka(settings: Settings) -> None:
@@ -22,6 +25,7 @@ def reach_kafka(settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from models.store import RemoteStore, is_remote, mirror
     from stream.app import run_worker
 
     if args.metrics_port is not None:
@@ -37,7 +41,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             "root": {"level": level.upper(), "handlers": ["console"]},
         }
     reach_kafka(settings)
-    run_worker(settings, Path(settings.model_dir), loglevel=level, logging_config=config)
+    model_dir, store = Path(settings.model_dir), None
+    if is_remote(settings.model_dir):
+        store, model_dir = RemoteStore(settings.model_dir), Path(settings.model_cache)
+        try:
+            mirror(store, model_dir)
+        except Exception as exc:  # serve what the cache has; the watcher tries again
+            log.error("model store %s: %s; serving what %s has", store.url, exc, model_dir)
+    run_worker(settings, model_dir, loglevel=level, logging_config=config, model_store=store)
     return 0
 
 

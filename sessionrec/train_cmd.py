@@ -97,15 +97,24 @@ def check_paths(fmt: str, data: str | None, catalog: str | None, out: Path) -> N
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from models.store import RemoteStore, is_remote
     from training.job import JobSpec, parse_every, run_once, run_scheduled
 
     if not 0 <= args.holdout < 1:
         raise ValueError(f"--holdout is {args.holdout}, expected 0 <= holdout < 1")
-    out = Path(args.out or settings.model_dir)
+    location = args.out or settings.model_dir
+    store = RemoteStore(location) if is_remote(location) else None
+    out = Path(settings.model_cache) if store is not None else Path(location)
     config = train_config(args, settings)
     check_paths(args.format, args.data, args.catalog, out)
     spec = JobSpec(
-        args.format, args.data, args.catalog, out, holdout=args.holdout, announce=args.announce
+        args.format,
+        args.data,
+        args.catalog,
+        out,
+        holdout=args.holdout,
+        announce=args.announce,
+        store=store,
     )
     if args.format == "topic" or args.announce:
         from sessionrec.stream_cmd import reach_kafka
@@ -180,18 +189,29 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.artifact import current_version, list_versions
+    from models.store import RemoteStore, is_remote
     from training.job import rollback
 
-    model_dir = Path(settings.model_dir)
+    store = RemoteStore(settings.model_dir) if is_remote(settings.model_dir) else None
+    model_dir = Path(settings.model_cache if store is not None else settings.model_dir)
     if args.action == "rollback":
-        version = rollback(model_dir, args.version, settings)
+        version = rollback(model_dir, args.version, settings, store)
         print(f"CURRENT -> {version}")
         return 0
-    current = current_version(model_dir)
-    for version in list_versions(model_dir):
+
+    def manifest_of(version: str) -> bytes:
+        if store is not None:
+            return store.manifest_text(version)
+        return (model_dir / version / "manifest.json").read_bytes()
+
+    if store is not None:
+        current, versions = store.current(), store.versions()
+    else:
+        current, versions = current_version(model_dir), list_versions(model_dir)
+    for version in versions:
         mark = "*" if version == current else " "
         try:
-            manifest = json.loads((model_dir / version / "manifest.json").read_text())
+            manifest = json.loads(manifest_of(version))
             holdout = manifest.get("metrics", {}).get("holdout", {})
             line = f"items={manifest.get('items')}  holdout R@20={holdout.get('recall_at_20', '-')}"
         except (ValueError, UnicodeDecodeError, AttributeError) as exc:

@@ -18,6 +18,7 @@ import faust
 from models.artifact import ArtifactError
 from models.config import Settings
 from models.serving import ServingModel, load_current
+from models.store import RemoteStore
 from stream import faust_adapter, metrics
 from stream.kafka import Outbox, producer_config
 from stream.pipeline import Pipeline
@@ -57,15 +58,20 @@ class Worker(NamedTuple):
 
 
 def build_app(
-    settings: Settings, model_dir: Path, pipeline_type: type[Pipeline] = Pipeline
+    settings: Settings,
+    model_dir: Path,
+    pipeline_type: type[Pipeline] = Pipeline,
+    model_store: RemoteStore | None = None,
 ) -> Worker:
-    """The worker; `pipeline_type` replaces the pipeline (the benchmarks' faust floor)."""
+    """The worker, serving versions from `model_dir` (with a remote `model_store`: the cache
+    its versions are copied into); `pipeline_type` replaces the pipeline (the benchmarks'
+    faust floor)."""
     app = faust_adapter.make_app(settings, LINGER_MS)
     serving = load_model(settings, model_dir)
     table = app.Table("user-sessions", partitions=settings.partitions, value_type=bytes)
-    store, changelog = faust_adapter.session_store(table)
-    pipeline = pipeline_type(settings, serving, store, changelog)
-    watcher = Watcher(settings, model_dir, serving.version if serving else None)
+    sessions, changelog = faust_adapter.session_store(table)
+    pipeline = pipeline_type(settings, serving, sessions, changelog)
+    watcher = Watcher(settings, model_dir, serving.version if serving else None, model_store)
     outbox = Outbox(producer_config(settings, **{"linger.ms": LINGER_MS}), DELIVERY_ATTEMPTS)
     events_topic = settings.topics.events
     pipeline.connect(outbox, watcher, faust_adapter.highwater(app, events_topic))
@@ -115,11 +121,12 @@ def run_worker(
     loglevel: str = "info",
     logging_config: dict[str, Any] | None = None,
     pipeline_type: type[Pipeline] = Pipeline,
+    model_store: RemoteStore | None = None,
 ) -> None:
     """Run one worker until SIGINT/SIGTERM. `logging_config` (dictConfig) replaces faust's
     default console logging, e.g. for JSON lines."""
     metrics.serve(settings.metrics_port, settings.metrics_address)
-    built = build_app(settings, model_dir, pipeline_type)
+    built = build_app(settings, model_dir, pipeline_type, model_store)
     worker = faust.Worker(built.app, loglevel=loglevel, quiet=True, logging_config=logging_config)
     try:
         worker.execute_from_commandline()

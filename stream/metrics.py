@@ -57,6 +57,9 @@ WATCHER_UP = Gauge(
 )
 WATCHER_ERRORS = Counter("sessionrec_watcher_errors_total", "Failures the watcher restarted after")
 MODEL_REFUSED = Counter("sessionrec_model_refused_total", "Model versions refused as unusable")
+MODEL_FETCH_FAILED = Counter(
+    "sessionrec_model_fetch_failed_total", "Failed reads of the remote model store (retried)"
+)
 ITEMS = Counter("sessionrec_item_upserts_total", "Catalog upserts applied to the live index")
 ITEMS_FAILED = Counter(
     "sessionrec_item_upserts_failed_total", "Catalog upserts the live index could not take"

@@ -16,26 +16,45 @@ from typing import Any
 
 import orjson
 
-from models.artifact import ArtifactError, check_version, current_version, version_path
+from models.artifact import (
+    ArtifactError,
+    check_version,
+    current_version,
+    set_current,
+    version_path,
+)
 from models.codec import MAX_ID_CHARS, DecodeError, decode_item
 from models.config import Settings
 from models.records import Item
 from models.serving import ServingModel, load_serving
+from models.store import RemoteStore
 from stream import metrics
 from stream.kafka import consumer_config, ready_messages
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2
 CURRENT_CHECK_S = 2.0
+STORE_CHECK_S = 10.0  # how often a remote store's CURRENT is read (and on every announcement)
 RESTART_S = 5.0
 TOPIC_CHECK_S = 5.0  # how often a missing topic is looked for
 
 
 class Watcher(threading.Thread):
-    def __init__(self, settings: Settings, model_dir: Path, loaded_version: str | None):
+    """`model_dir`: where versions are loaded from; with a remote `store`, the local cache
+    the watcher copies the store's current version into (checked) before loading it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model_dir: Path,
+        loaded_version: str | None,
+        store: RemoteStore | None = None,
+    ):
         super().__init__(name="sessionrec-watcher", daemon=True)
         self.settings = settings
         self.model_dir = model_dir
+        self.store = store
+        self._store_checked = 0.0
         self.catalog: dict[str, Item] = {}
         self._lock = threading.Lock()
         self._pending_items: list[Item] = []
@@ -158,6 +177,8 @@ class Watcher(threading.Thread):
         return added
 
     def _check_current(self) -> None:
+        if self.store is not None and time.monotonic() - self._store_checked > STORE_CHECK_S:
+            self._fetch_from_store()
         try:
             version = current_version(self.model_dir)
         except ArtifactError as exc:
@@ -165,6 +186,33 @@ class Watcher(threading.Thread):
             return
         if version and version != self._version and version not in self.refused:
             self._load(version)
+
+    def _fetch_from_store(self) -> None:
+        """Copy the version the remote store's CURRENT names into the cache, checked against
+        its manifest, and point the cache's CURRENT at it (`_check_current` then loads it).
+        A version that fails its check is refused; an unreachable store is tried again."""
+        assert self.store is not None
+        self._store_checked = time.monotonic()
+        version = None
+        try:
+            version = self.store.current()
+            if version is None or version in self.refused:
+                return
+            if version != current_version(self.model_dir):
+                self.store.download(version, self.model_dir)
+                set_current(self.model_dir, version)
+                log.info("model %s copied from %s", version, self.store.url)
+        except ArtifactError as exc:
+            self._refuse_once(version or "CURRENT", str(exc))
+        except Exception as exc:  # the store unreachable, a network error: next time
+            metrics.MODEL_FETCH_FAILED.inc()
+            log.warning(
+                "cannot read the model store %s (%s: %s); still serving %s",
+                self.store.url,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+                self._version,
+            )
 
     def _refuse_once(self, version: str, reason: str) -> None:
         if version not in self.refused:
@@ -199,7 +247,12 @@ class Watcher(threading.Thread):
                 raw[:100],
             )
             return
-        if version != self._version and version not in self.refused:
+        if version == self._version or version in self.refused:
+            return
+        if self.store is not None:  # copied into the cache first; loaded once it is current
+            self._fetch_from_store()
+            self._check_current()
+        else:
             self._load(version)
 
     def _load(self, version: str) -> None:

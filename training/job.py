@@ -23,6 +23,7 @@ from models.config import Settings
 from models.index import ItemIndex
 from models.serving import load_serving
 from models.session import SessionConfig
+from models.store import RemoteStore, is_remote, mirror
 from training.data import Corpus, load_corpus
 from training.evaluate import (
     Case,
@@ -43,9 +44,10 @@ class JobSpec:
     fmt: str
     data: str | None
     catalog: str | None
-    out: Path
+    out: Path  # with a remote `store`: the local directory versions are made in first
     holdout: float = 0.05
     announce: bool = False
+    store: RemoteStore | None = None
 
 
 def split_holdout(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpus]:
@@ -71,6 +73,14 @@ def _current_ranks(model_dir: Path, cases: list[Case], settings: Settings) -> np
         log.warning("current model %s is unusable (%s); the new one will replace it", version, exc)
         return None
     return target_ranks(serving.recommender, cases)
+
+
+def _copy_current(store: RemoteStore, directory: Path) -> None:
+    """The store's current version into `directory`, to compare the new one with."""
+    try:
+        mirror(store, directory)
+    except Exception as exc:  # the new version is made anyway, without a comparison
+        log.warning("cannot copy the current model from %s (%s)", store.url, exc)
 
 
 def compare(new_ranks: np.ndarray, old_ranks: np.ndarray, k: int = 20) -> dict[str, Any]:
@@ -122,6 +132,8 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
         cases = cases_from_sessions(holdout.sessions)
         ranks = target_ranks(rec, cases)
         metrics["holdout"] = metrics_of(rec, cases, ranks)
+        if spec.store is not None:
+            _copy_current(spec.store, spec.out)
         old_ranks = _current_ranks(spec.out, cases, settings)
         if old_ranks is not None:
             versus = compare(ranks, old_ranks)
@@ -144,6 +156,10 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
         "versus_current": versus,
     }
     path, _ = export(trained, spec.out, manifest, make_current=promote, index=index)
+    if spec.store is not None:  # the version complete in the store before CURRENT names it
+        spec.store.upload(path)
+        if promote:
+            spec.store.set_current(path.name)
     metrics.update(version=path.name, promoted=promote, seconds=time.perf_counter() - started)
     if versus is not None and versus["worse"]:
         log.warning(
@@ -170,7 +186,9 @@ def announce(settings: Settings, version: str) -> None:
         value=encode(
             {
                 "version": version,
-                "model_dir": str(Path(settings.model_dir).resolve()),
+                "model_dir": settings.model_dir
+                if is_remote(settings.model_dir)
+                else str(Path(settings.model_dir).resolve()),
                 "ts": int(time.time() * 1000),
             }
         ),
@@ -240,13 +258,23 @@ def run_scheduled(
         time.sleep(max(0.0, (wake - now).total_seconds()))
 
 
-def rollback(model_dir: Path, version: str | None, settings: Settings) -> str:
+def rollback(
+    model_dir: Path, version: str | None, settings: Settings, store: RemoteStore | None = None
+) -> str:
     """Make `version` (default: the version served before CURRENT) current again, once it
-    verifies (checksums, shapes, index); raise `ArtifactError` saying why not."""
+    verifies (checksums, shapes, index); raise `ArtifactError` saying why not. With a remote
+    `store`, the store's CURRENT is switched, after the version is copied into `model_dir`
+    and checked there."""
     if version is None:
-        version = previous_version(model_dir)
+        version = store.previous() if store is not None else previous_version(model_dir)
         if version is None:
-            raise ArtifactError(f"no version was served before CURRENT in {model_dir}: name one")
+            where = store.url if store is not None else model_dir
+            raise ArtifactError(f"no version was served before CURRENT in {where}: name one")
+    if store is not None:
+        store.download(version, model_dir)
     load_serving(version_path(model_dir, version), settings.weights, ef=settings.index_ef)
-    set_current(model_dir, version)
+    if store is not None:
+        store.set_current(version)
+    else:
+        set_current(model_dir, version)
     return version
