@@ -24,21 +24,23 @@ def test_worker_deployment() -> None:
     container = pod["containers"][0]
     assert container["args"][:2] == ["sessionrec", "worker"]
     assert {"containerPort": 9100, "name": "metrics"} in container["ports"]
-    assert any(m["mountPath"] == "/models" and m["readOnly"] for m in container["volumeMounts"])
+    assert any(m["mountPath"] == "/cache" for m in container["volumeMounts"])
+    assert {"secretRef": {"name": "sessionrec-model-store"}} in container["envFrom"]
     assert dep["spec"]["selector"]["matchLabels"] == dep["spec"]["template"]["metadata"]["labels"]
     assert "torch" not in container["image"] and container["image"].startswith("sessionrec:")
 
 
-def test_training_cronjob_and_volume() -> None:
+def test_training_cronjob_and_the_model_store() -> None:
     docs = _docs()
     job = docs["CronJob/sessionrec-train"]
     assert len(job["spec"]["schedule"].split()) == 5
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["sessionrec", "train"] and "--announce" in container["args"]
-    claim = docs["PersistentVolumeClaim/sessionrec-models"]
-    assert "ReadWriteMany" in claim["spec"]["accessModes"]
+    assert {"secretRef": {"name": "sessionrec-model-store"}} in container["envFrom"]
+    assert not [d for d in docs if d.startswith("PersistentVolumeClaim/")]  # no shared volume
     config = docs["ConfigMap/sessionrec-config"]["data"]
-    assert config["SESSIONREC_MODEL_DIR"] == "/models" and config["SESSIONREC_BOOTSTRAP"]
+    assert config["SESSIONREC_MODEL_DIR"].startswith("s3://") and config["SESSIONREC_BOOTSTRAP"]
+    assert config["SESSIONREC_MODEL_CACHE"] == "/cache"
 
 
 def test_images_and_pods_run_unprivileged() -> None:
