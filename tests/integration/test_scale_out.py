@@ -1,0 +1,160 @@
+"""Several workers in one consumer group, under a steady load of real sessions: a worker
+joins, one stops cleanly, one is killed -9, and a new model is made current meanwhile.
+Nothing accepted is lost, no session is split or reset by a move, no bought item comes back,
+and the model reaches every worker that ran then. How long each partition waited for its
+answers is printed (run with -s to see it)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from models.artifact import current_version, set_current
+from models.codec import decode_recommendation, encode
+from models.session import SessionConfig, sessionize
+from stream.broker import EmbeddedBroker
+from stream.launch import WorkerProcess
+from stream.topics import create_topics, topic_specs
+from tests.integration.kafka_io import consume, producer, unique_settings
+from tests.integration.test_worker import READY_S, _check_bought_never_return
+from training.data import read_events
+
+PARTITIONS = 6
+EVENTS = 3_000
+RATE = 75.0  # events/s: 40 s of load
+# Seconds into the load: a 4th worker joins, a new model is made current, worker 0 stops
+# cleanly, worker 1 is killed -9.
+JOIN_S, SWAP_S, STOP_S, KILL_S = 6.0, 12.0, 18.0, 28.0
+
+
+@pytest.mark.slow
+def test_workers_share_the_load_and_survive_each_other(
+    broker: EmbeddedBroker,
+    unique: str,
+    retailrocket_model: Path,
+    shared_data: Path,
+    tmp_path: Path,
+) -> None:
+    model_dir = tmp_path / "models"
+    shutil.copytree(retailrocket_model, model_dir)
+    old = str(current_version(model_dir))
+    settings = unique_settings(broker.bootstrap, unique, str(model_dir), partitions=PARTITIONS)
+    create_topics(settings, topic_specs(settings))
+    events, _, _ = read_events("retailrocket", shared_data / "retailrocket-events")
+    events = events[:EVENTS]
+
+    workers = [WorkerProcess(settings, tmp_path / f"worker-{i}.log") for i in range(4)]
+    for w in workers[:3]:
+        w.start()
+    try:
+        for w in workers[:3]:
+            w.wait_ready(READY_S)
+        produced: dict[tuple[str, int], tuple[float, int]] = {}  # -> (wall ms, partition)
+        load = threading.Thread(target=_steady_load, args=(settings, events, produced))
+        started = time.monotonic()
+        load.start()
+        changes = {}
+        for at, change in ((JOIN_S, "join"), (SWAP_S, "swap"), (STOP_S, "stop"), (KILL_S, "kill")):
+            time.sleep(max(0.0, started + at - time.monotonic()))
+            changes[change] = time.time() * 1000
+            if change == "join":
+                workers[3].start()
+            elif change == "swap":
+                swapped = model_dir / "v-swapped"
+                shutil.copytree(model_dir / old, swapped)
+                manifest = orjson.loads((swapped / "manifest.json").read_bytes())
+                data = orjson.dumps({**manifest, "version": "v-swapped"})
+                (swapped / "manifest.json").write_bytes(data)
+                set_current(model_dir, "v-swapped")
+            elif change == "stop":
+                workers[0].stop()
+            else:
+                workers[1].kill9()
+        load.join()
+        wanted = set(produced)
+
+        def all_answered(values: list[bytes]) -> bool:
+            got = {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
+            return wanted <= got
+
+        raw = consume(settings.bootstrap, settings.topics.recommendations, all_answered, idle_s=90)
+        recs = [decode_recommendation(r) for r in raw]
+    finally:
+        for w in workers:
+            w.stop()
+
+    answered: dict[tuple[str, int], float] = {}
+    for r in recs:  # at least once: the first answer counts
+        key = (r.user_id, r.event_ts)
+        answered[key] = min(answered.get(key, float("inf")), float(r.emitted_ts))
+    missing = wanted - set(answered)
+    assert not missing, f"{len(missing)} of {len(wanted)} accepted events never answered"
+    assert _check_bought_never_return(events, recs) > 0
+
+    # No session split or reset by a move: every closed session is the one the data has.
+    offline, _ = sessionize(list(events), SessionConfig(settings.session_gap_ms))
+    expected = {s.session_id: [c.item_id for c in s.clicks] for s in offline}
+    closed = consume(settings.bootstrap, settings.topics.sessions, lambda v: False, idle_s=8)
+    assert len(closed) > 100
+    for value in closed:
+        data = orjson.loads(value)
+        assert data["items"] == expected.get(data["session_id"]), data["session_id"]
+
+    # The new model reached every worker that ran when it was made current.
+    for i, w in enumerate(workers):
+        assert "model v-swapped loaded" in w.log_path.read_text(), f"worker {i}"
+    assert "v-swapped" in {r.model_version for r in recs}
+
+    _print_waits(produced, answered, changes)
+
+
+def _steady_load(
+    settings: Any, events: list[Any], produced: dict[tuple[str, int], tuple[float, int]]
+) -> None:
+    p = producer(settings.bootstrap)
+    start = time.monotonic()
+    for i, e in enumerate(events):
+        time.sleep(max(0.0, start + i / RATE - time.monotonic()))
+        sent = time.time() * 1000
+
+        def report(
+            err: Any, msg: Any, key: tuple[str, int] = (e.user_id, e.ts), at: float = sent
+        ) -> None:
+            if err is None:
+                produced.setdefault(key, (at, msg.partition()))
+
+        p.produce(
+            settings.topics.events, key=e.user_id.encode(), value=encode(e), on_delivery=report
+        )
+        p.poll(0)
+    assert p.flush(30) == 0
+
+
+def _print_waits(
+    produced: dict[tuple[str, int], tuple[float, int]],
+    answered: dict[tuple[str, int], float],
+    changes: dict[str, float],
+) -> None:
+    waits: dict[int, list[tuple[float, float]]] = defaultdict(list)  # partition -> (sent, wait)
+    for key, (sent, partition) in produced.items():
+        waits[partition].append((sent, answered[key] - sent))
+    everything = np.array([w for rows in waits.values() for _, w in rows])
+    print(
+        f"\n{len(everything)} events: wait p50 {np.percentile(everything, 50):.0f} ms, "
+        f"p99 {np.percentile(everything, 99):.0f} ms, longest {everything.max():.0f} ms"
+    )
+    names = sorted(changes, key=changes.__getitem__)
+    for partition in sorted(waits):
+        row = []
+        for name in names:
+            after = [w for sent, w in waits[partition] if 0 <= sent - changes[name] < 10_000]
+            row.append(f"{name} {max(after, default=0) / 1000:.1f}s")
+        print(f"partition {partition}: longest wait within 10 s after " + ", ".join(row))
