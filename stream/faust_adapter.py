@@ -75,6 +75,7 @@ from stream.pipeline import Incoming
 log = logging.getLogger(__name__)
 FAUST_VERSION = "0.15.3"
 FETCH_MAX_WAIT_MS = 10
+SESSION_TIMEOUT_S = 6.0
 PROBE_TIMEOUT_S = 10.0
 GC_YOUNG_THRESHOLD = 100_000
 QUIET_BATCH = 4  # a batch smaller than this means light load (see take_batches)
@@ -116,8 +117,11 @@ def make_app(settings: Settings, linger_ms: int) -> faust.App:
         topic_replication_factor=settings.topic_layout.replication_factor,  # the changelog too
         table_standby_replicas=0,
         web_enabled=False,
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
+        # A worker killed without leaving is noticed after this long: Apache Kafka's
+        # smallest allowed (group.min.session.timeout.ms); heartbeats come from aiokafka's
+        # own thread, so a busy event loop does not miss them.
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=1.0,
         broker_max_poll_interval=300.0,
         broker_rebalance_timeout=6.0,
         consumer_auto_offset_reset="earliest",
