@@ -203,6 +203,22 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         )
         if not summary:
             summary = _table(rows, list(rows[0]))
+    if results.get("scale"):
+        rows = _rounded(results["scale"])
+        parts.append(
+            "## Scale out: one load, 1 to 3 workers in one consumer group\n\n"
+            + _table(rows, list(rows[0]))
+            + "\nThe same offered load on a fresh broker each time, its topics on "
+            f"{rows[0]['partitions']} partitions shared by the workers. worker: the CPU of all "
+            "workers together. On two cores the workers and the broker compete for the same "
+            "CPU, so throughput cannot grow here. What the table shows is the cost of "
+            "sharing: the CPU per event that each added worker brings (its own fetching, "
+            "heartbeats, timers and watcher, paid whatever its share of the load), and that "
+            "every event was answered. For ten workers on machines of their own: each takes a "
+            "tenth of the events, and the whole sustains about ten times what one worker "
+            "sustains alone (the stream table's max rate) less that fixed cost per worker, "
+            "with at least ten partitions.\n"
+        )
     if results.get("worker_cost"):
         rows = _rounded(results["worker_cost"])
         parts.append(

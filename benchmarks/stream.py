@@ -51,13 +51,15 @@ class RateResult:
     # "sessionrec", or "echo": the faust floor (`benchmarks.floor`), the worker with a pipeline
     # that only echoes each event's time
     pipeline: str = "sessionrec"
+    workers: int = 1  # worker processes in the consumer group; CPU figures add them up
 
     def row(self) -> str:
         return (
             f"{self.target():>8} {self.sent:>8} {self.received:>9} {self.throughput:>10,.0f} "
             f"{self.p50_ms:>8.1f} {self.p95_ms:>8.1f} {self.p99_ms:>8.1f} {self.max_ms:>8.1f} "
             f"{self.worker_cpu_pct:>7.0f}% {self.broker_cpu_pct:>7.0f}% {self.partitions:>10} "
-            f"{self.worker_us_per_event:>9.0f} {self.broker_us_per_event:>9.0f} {self.pipeline:>10}"
+            f"{self.worker_us_per_event:>9.0f} {self.broker_us_per_event:>9.0f} "
+            f"{self.pipeline:>10} {self.workers:>7}"
         )
 
     def target(self) -> str:
@@ -67,13 +69,15 @@ class RateResult:
         """The run in words, as plots and raw latencies name it."""
         rate = "max rate" if self.rate <= 0 else f"{self.target()} events/s"
         label = f"{rate}, {self.partitions} partition{'s' if self.partitions != 1 else ''}"
+        if self.workers > 1:
+            label += f", {self.workers} workers"
         return label if self.pipeline == "sessionrec" else f"{label}, {self.pipeline} pipeline"
 
 
 HEADER = (
     f"{'rate/s':>8} {'sent':>8} {'received':>9} {'recs/s':>10} {'p50 ms':>8} "
     f"{'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'worker':>8} {'broker':>8} {'partitions':>10} "
-    f"{'worker us':>9} {'broker us':>9} {'pipeline':>10}"
+    f"{'worker us':>9} {'broker us':>9} {'pipeline':>10} {'workers':>7}"
 )
 
 
@@ -255,12 +259,15 @@ def bench_stream(
     log_dir: Path,
     one_broker: bool = False,
     echo: bool = False,
+    workers: int = 1,
 ) -> tuple[list[RateResult], dict[str, list[float]], str]:
     """Run each rate on a broker and worker of its own (started, warmed up, stopped), or all
     rates on one with `one_broker`; return results and raw latencies (by `RateResult.label`).
     The embedded broker serves a reader more slowly as a partition fills with record batches
     (`broker_cost_as_log_fills`), so on one broker each rate would also pay for the logs of the
-    rates before it. With `echo`, the worker is the faust floor (`benchmarks.floor`) instead."""
+    rates before it. With `echo`, the worker is the faust floor (`benchmarks.floor`) instead.
+    With several `workers`, they share the partitions as one consumer group; their CPU is
+    added up."""
     from benchmarks import floor
 
     results: list[RateResult] = []
@@ -272,16 +279,22 @@ def bench_stream(
         with EmbeddedBroker(port=0) as broker:
             on_broker = on_local_broker(settings, broker.bootstrap, model_dir)
             command = floor.command(on_broker, log_dir / "floor-settings") if echo else None
-            worker = WorkerProcess(on_broker, log_dir / "bench-worker.log", command).start()
+            group_of = [
+                WorkerProcess(on_broker, log_dir / f"bench-worker-{i}.log", command).start()
+                for i in range(workers)
+            ]
             try:
-                worker.wait_ready()
-                run_rate(on_broker, sessions, 200, 3.0, users)  # warm the worker up
+                for worker in group_of:
+                    worker.wait_ready()
+                # Warm up; with several workers, also past the rebalance the last join began.
+                run_rate(on_broker, sessions, 200, 3.0 + 4.0 * (workers - 1), users)
                 for rate in group:
-                    worker_s, broker_s = worker.cpu_seconds(), broker.cpu_seconds()
+                    worker_s = sum(w.cpu_seconds() for w in group_of)
+                    broker_s = broker.cpu_seconds()
                     started = time.monotonic()
                     result, lat = run_rate(on_broker, sessions, rate, seconds, users)
                     wall = max(time.monotonic() - started, 1e-9)
-                    worker_s = worker.cpu_seconds() - worker_s
+                    worker_s = sum(w.cpu_seconds() for w in group_of) - worker_s
                     broker_s = broker.cpu_seconds() - broker_s
                     per_event = 1e6 / max(result.received, 1)
                     result = replace(
@@ -292,13 +305,15 @@ def bench_stream(
                         worker_us_per_event=worker_s * per_event,
                         broker_us_per_event=broker_s * per_event,
                         pipeline="echo" if echo else "sessionrec",
+                        workers=workers,
                     )
                     print(result.row(), flush=True)
                     results.append(result)
                     raw[result.label()] = lat
             finally:
-                worker.stop()
-            tail = worker.tail_log(3)
+                for worker in group_of:
+                    worker.stop()
+            tail = group_of[0].tail_log(3)
     return results, raw, tail
 
 

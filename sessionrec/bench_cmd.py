@@ -22,6 +22,7 @@ PIPELINE_CASES = 3000
 # Batch sizes the worker's own cost is measured at: about what the worker takes at 2,000
 # events/s (a batch per 20 ms), and its largest (under a backlog).
 COST_BATCHES = (40, 500)
+SCALE_PARTITIONS = 6  # divides evenly among 1, 2 and 3 workers
 
 
 def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
@@ -182,6 +183,34 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     }
 
 
+def part_scale(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from benchmarks.stream import HEADER, bench_stream, srgnn_sessions
+
+    data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
+    _ensure_model(data, model_dir, settings)
+    layout = dataclasses.replace(settings, partitions=SCALE_PARTITIONS)
+    print(
+        f"scale: {args.scale_rate:,.0f} events/s for {args.seconds:.0f}s to 1, 2 and 3 workers "
+        f"in one group, {SCALE_PARTITIONS} partitions, a fresh broker each"
+    )
+    print(HEADER)
+    sessions = srgnn_sessions(data)
+    rows: list[dict[str, Any]] = []
+    for workers in (1, 2, 3):
+        results, _, _ = bench_stream(
+            layout,
+            model_dir,
+            sessions,
+            [args.scale_rate],
+            args.seconds,
+            args.users,
+            out,
+            workers=workers,
+        )
+        rows.extend(dataclasses.asdict(r) for r in results)
+    return {"scale": rows}
+
+
 def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from benchmarks.stream import broker_cost_as_log_fills
 
@@ -244,6 +273,7 @@ PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {
     "quality": part_quality,
     "index": part_index,
     "stream": part_stream,
+    "scale": part_scale,
     "broker": part_broker,
     "reliability": part_reliability,
 }
@@ -288,7 +318,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from benchmarks.report import write_report
 
-    everything = ["quality", "index", "stream", "broker", "reliability"]
+    everything = ["quality", "index", "stream", "scale", "broker", "reliability"]
     parts = everything if args.part == "all" else [args.part]
     if args.part == "training":
         parts = ["quality"]  # training is measured with the quality run: same sessions/epochs
@@ -336,6 +366,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "served by the pipeline); training: our trainer vs gensim, same "
         "sessions and epochs; index: build time, memory, recall and queries/s; "
         "stream: throughput and latency per rate through broker and worker; "
+        "scale: the same load on 1, 2 and 3 workers in one consumer group; "
         "broker: the embedded broker's cost as its log fills with small batches; "
         "reliability: hostile records through a live worker, memory per user, a flood of "
         "one-event users with a state time to live, and kill -9 runs. "
@@ -343,7 +374,16 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     )
     p.add_argument(
         "part",
-        choices=["quality", "training", "index", "stream", "broker", "reliability", "all"],
+        choices=[
+            "quality",
+            "training",
+            "index",
+            "stream",
+            "scale",
+            "broker",
+            "reliability",
+            "all",
+        ],
     )
     p.add_argument("--data", default=DEFAULT_DATA, help=f"SR-GNN directory ({DEFAULT_DATA})")
     p.add_argument("--out", default="bench-out", help="report directory (default bench-out)")
@@ -373,6 +413,12 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         help="stream: these rates again with the faust floor, the worker whose pipeline only "
         "echoes each event's time, to show what faust, the clients and the broker cost "
         "(comma-separated; empty to skip; default 2000)",
+    )
+    p.add_argument(
+        "--scale-rate",
+        type=_positive(float),
+        default=1000.0,
+        help="scale: events/s offered to 1, 2 and 3 workers (default 1000)",
     )
     p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
     p.add_argument(

@@ -59,3 +59,17 @@ def test_the_report_has_a_reliability_section_from_the_measured_run(tmp_path: Pa
     assert "| memory per live user | 4,265 bytes (20,000 users) |" in text
     assert "| kill -9 run 1: events lost, users with a split session | 0 of 6,000, 0 |" in text
     assert "| 1 | 5000 | 167.5 |" in text
+
+
+def test_the_report_has_the_scale_out_and_echo_rows(tmp_path: Path) -> None:
+    scale = [
+        {**_rate(1000, us, 700), "partitions": 6, "workers": n} for n, us in ((1, 650), (3, 900))
+    ]
+    echo = {**_rate(2000, 250, 400), "pipeline": "echo"}
+    results = {"machine": "test", "cores": 2, "stream": [_rate(2000, 470, 300), echo]}
+    write_report({**results, "scale": scale}, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Scale out: one load, 1 to 3 workers in one consumer group" in text
+    assert "its topics on 6 partitions shared by the workers" in text
+    assert "| 6 | 650 | 700 | 1 |" in text and "| 6 | 900 | 700 | 3 |" in text
+    assert "| echo |" in text and "pipeline echo: the faust floor" in text
