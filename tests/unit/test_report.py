@@ -66,7 +66,8 @@ def test_the_report_has_the_scale_out_and_echo_rows(tmp_path: Path) -> None:
         {**_rate(1000, us, 700), "partitions": 6, "workers": n} for n, us in ((1, 650), (3, 900))
     ]
     echo = {**_rate(2000, 250, 400), "pipeline": "echo"}
-    results = {"machine": "test", "cores": 2, "stream": [_rate(2000, 470, 300), echo]}
+    worker = {**_rate(2000, 470, 300), "pipeline": "sessionrec"}
+    results = {"machine": "test", "cores": 2, "stream": [worker, echo]}
     write_report({**results, "scale": scale}, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "## Scale out: one load, 1 to 3 workers in one consumer group" in text
