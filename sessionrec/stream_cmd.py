@@ -27,6 +27,7 @@ def reach_kafka(settings: Settings) -> None:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from models.store import RemoteStore, is_remote, mirror
     from stream.app import run_worker
+    from stream.topics import partition_problem
 
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
@@ -41,6 +42,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             "root": {"level": level.upper(), "handlers": ["console"]},
         }
     reach_kafka(settings)
+    problem = partition_problem(settings)
+    if problem:
+        raise ValueError(problem)
     model_dir, store = Path(settings.model_dir), None
     if is_remote(settings.model_dir):
         store, model_dir = RemoteStore(settings.model_dir), Path(settings.model_cache)

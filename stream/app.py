@@ -22,6 +22,7 @@ from models.store import RemoteStore
 from stream import faust_adapter, metrics
 from stream.kafka import Outbox, producer_config
 from stream.pipeline import Pipeline
+from stream.topics import SESSION_TABLE
 from stream.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def build_app(
     faust floor)."""
     app = faust_adapter.make_app(settings, LINGER_MS)
     serving = load_model(settings, model_dir)
-    table = app.Table("user-sessions", partitions=settings.partitions, value_type=bytes)
+    table = app.Table(SESSION_TABLE, partitions=settings.partitions, value_type=bytes)
     sessions, changelog = faust_adapter.session_store(table)
     pipeline = pipeline_type(settings, serving, sessions, changelog)
     watcher = Watcher(settings, model_dir, serving.version if serving else None, model_store)

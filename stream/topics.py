@@ -9,6 +9,12 @@ from models.config import Settings, TopicConfig
 
 log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000
+SESSION_TABLE = "user-sessions"  # the worker's faust table; its changelog is named after it
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The session table's changelog topic, as faust names it."""
+    return f"{settings.worker_group}-{SESSION_TABLE}-changelog"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +131,29 @@ def _differences(spec: TopicSpec, partitions: int, replicas: int, has: dict[str,
 
 def _policy(value: str) -> frozenset[str]:
     return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def partition_problem(settings: Settings, timeout_s: float = 15.0) -> str | None:
+    """Why a worker must not start with these partitions (None: nothing). A state is written
+    to the changelog partition of its user's events partition, and faust restores a worker's
+    users from the changelog partitions of the events partitions it owns: the three counts
+    (`events`, the `partitions` setting, the changelog) must agree. Topics not created yet
+    are not checked."""
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient(settings.client_config()).list_topics(timeout=timeout_s).topics
+    events, changelog = settings.topics.events, changelog_topic(settings)
+    found = {name: len(topics[name].partitions) for name in (events, changelog) if name in topics}
+    if events in found and found[events] != settings.partitions:
+        return (
+            f"topic '{events}' has {found[events]} partitions but the setting 'partitions' is "
+            f"{settings.partitions}: set partitions = {found[events]} (the session table is "
+            "partitioned as events)"
+        )
+    if changelog in found and found[changelog] != settings.partitions:
+        return (
+            f"the session changelog '{changelog}' has {found[changelog]} partitions but "
+            f"'{events}' has {settings.partitions}: grow it to {settings.partitions} (users "
+            "whose events moved to another partition start new sessions; docs/kafka.md)"
+        )
+    return None

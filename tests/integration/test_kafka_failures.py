@@ -1,7 +1,7 @@
 """Each command that talks to Kafka fails in one line, within a bounded time and without a
 traceback or the password, when the broker refuses its credentials, does not offer its SASL
 mechanism, or does not answer: against real brokers (the embedded broker with and without
-SASL authentication)."""
+SASL authentication). A worker whose partitions do not match the events topic does not start."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from models.config import to_env
 from stream.broker import CONNECT_TIMEOUT_S, EmbeddedBroker, free_port
+from stream.topics import create_topics, topic_specs
+from tests.integration.kafka_io import unique_settings
 
 PASSWORD = "not-a-real-password-7d1f"
 COMMANDS = {
@@ -88,3 +91,25 @@ def test_a_worker_with_no_broker_gives_up_in_bounded_time(tmp_path: Path) -> Non
     lines = out.strip().splitlines()
     assert lines == [lines[0]] and f"Kafka at {nobody} did not answer" in lines[0], out
     assert PASSWORD not in out
+
+
+def test_a_worker_refuses_partitions_that_do_not_match_the_events_topic(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path
+) -> None:
+    settings = unique_settings(broker.bootstrap, unique, str(tmp_path / "models"), partitions=4)
+    create_topics(settings, topic_specs(settings))
+    env = {**os.environ, **to_env(settings), "SESSIONREC_PARTITIONS": "6"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sessionrec.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert lines == [
+        f"sessionrec: error: topic '{settings.topics.events}' has 4 partitions but the setting "
+        "'partitions' is 6: set partitions = 4 (the session table is partitioned as events)"
+    ]

@@ -17,7 +17,7 @@ from models.records import Event, Item
 from models.session import SessionConfig, sessionize
 from stream.broker import EmbeddedBroker
 from stream.launch import WorkerProcess
-from stream.topics import create_topics, topic_specs
+from stream.topics import changelog_topic, create_topics, topic_specs
 from tests.integration.kafka_io import consume, produce, produce_items, unique_settings
 from training.data import read_events
 
@@ -234,7 +234,7 @@ def _where(
     committed = {tp.partition: tp.offset for tp in group.committed(parts, timeout=10)}
     group.close()
     events = read(settings.topics.events)
-    states = read(f"{settings.worker_group}-user-sessions-changelog")
+    states = read(changelog_topic(settings))
     answers = read(settings.topics.recommendations)
     per_event = Counter(
         (m["user_id"], m["event_ts"]) for m in (orjson.loads(v) for *_, v in answers if v)
