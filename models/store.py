@@ -113,14 +113,19 @@ class RemoteStore:
 
 
 def mirror(store: RemoteStore, cache: Path) -> str | None:
-    """Bring the version the store's CURRENT names into `cache`, checked, and point the
-    cache's CURRENT at it. Returns that version (None: the store has none yet). On any failure
-    the cache's CURRENT is unchanged and the error is raised."""
+    """Bring the version the store's CURRENT names into `cache` (`take`). Returns that
+    version (None: the store has none yet)."""
     version = store.current()
-    if version is None:
-        return None
+    if version is not None:
+        take(store, version, cache)
+    return version
+
+
+def take(store: RemoteStore, version: str, cache: Path) -> None:
+    """Copy `version` into `cache`, checked, and point the cache's CURRENT at it. On any
+    failure the cache's CURRENT is unchanged and the error is raised (`ArtifactError`: the
+    version itself is bad)."""
     if current_version(cache) != version:
         store.download(version, cache)
         set_current(cache, version)
         log.info("model %s copied from %s into %s", version, store.url, cache)
-    return version

@@ -16,18 +16,12 @@ from typing import Any
 
 import orjson
 
-from models.artifact import (
-    ArtifactError,
-    check_version,
-    current_version,
-    set_current,
-    version_path,
-)
+from models.artifact import ArtifactError, check_version, current_version, version_path
 from models.codec import MAX_ID_CHARS, DecodeError, decode_item
 from models.config import Settings
 from models.records import Item
 from models.serving import ServingModel, load_serving
-from models.store import RemoteStore
+from models.store import RemoteStore, take
 from stream import metrics
 from stream.kafka import consumer_config, ready_messages
 
@@ -198,10 +192,7 @@ class Watcher(threading.Thread):
             version = self.store.current()
             if version is None or version in self.refused:
                 return
-            if version != current_version(self.model_dir):
-                self.store.download(version, self.model_dir)
-                set_current(self.model_dir, version)
-                log.info("model %s copied from %s", version, self.store.url)
+            take(self.store, version, self.model_dir)
         except ArtifactError as exc:
             self._refuse_once(version or "CURRENT", str(exc))
         except Exception as exc:  # the store unreachable, a network error: next time
