@@ -97,13 +97,18 @@ def test_the_worker_and_the_tools_work_over_tls(
     plain = unique_settings(bootstrap, unique, str(retailrocket_model))
     settings = dataclasses.replace(plain, kafka=_tls(ca))
     assert create_topics(settings, topic_specs(settings))
+    _a_worker_answers_every_event(settings, tmp_path, 40)
+
+
+def _a_worker_answers_every_event(settings: Settings, tmp_path: Path, count: int) -> None:
+    """Start a worker, produce `count` events (replay's producer), read every answer."""
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         worker.wait_ready(READY_S)
         t0 = 1_700_000_000_000
-        events = [Event(f"tls-{i % 7}", "285930", "view", t0 + i * 1000) for i in range(40)]
-        assert produce_events(settings, settings.topics.events, events) == 40
-        values = _consume_tls(settings, settings.topics.recommendations, 40)
+        events = [Event(f"tls-{i % 7}", "285930", "view", t0 + i * 1000) for i in range(count)]
+        assert produce_events(settings, settings.topics.events, events) == count
+        values = _consume_tls(settings, settings.topics.recommendations, count)
         answered = {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
         assert {(e.user_id, e.ts) for e in events} <= answered
     finally:
@@ -221,17 +226,7 @@ def test_the_worker_and_the_tools_work_over_mutual_tls(
         settings = dataclasses.replace(plain, kafka=tuple(sorted(mutual)))
         wait_for_kafka(settings.client_config(), 20)
         assert create_topics(settings, topic_specs(settings))
-        worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-        try:
-            worker.wait_ready(READY_S)
-            t0 = 1_700_000_000_000
-            events = [Event(f"mtls-{i % 5}", "285930", "view", t0 + i * 1000) for i in range(20)]
-            assert produce_events(settings, settings.topics.events, events) == 20
-            values = _consume_tls(settings, settings.topics.recommendations, 20)
-            answered = {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
-            assert {(e.user_id, e.ts) for e in events} <= answered
-        finally:
-            worker.stop()
+        _a_worker_answers_every_event(settings, tmp_path, 20)
 
         capsys.readouterr()
         no_certificate = dataclasses.replace(settings, kafka=_tls(ca))
