@@ -29,6 +29,11 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return head + "".join("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |\n" for r in rows)
 
 
+def _section(title: str, rows: list[dict[str, Any]]) -> str:
+    """A titled table of result rows, its columns those of the first row."""
+    return f"## {title}\n\n" + _table(rows, list(rows[0]))
+
+
 def _plots(results: dict[str, Any], out: Path) -> list[str]:
     try:
         import matplotlib
@@ -154,8 +159,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         )
         timing = results["training"]
         parts.append(
-            f"## Training, same sessions and epochs ({timing[0]['epochs']})\n\n"
-            + _table(timing, list(timing[0]))
+            _section(f"Training, same sessions and epochs ({timing[0]['epochs']})", timing)
             + "\nSeconds: the median of the runs listed, gensim and ours alternating (this "
             "machine's speed drifts from one minute to the next); the quality table above "
             "gives the same medians. gensim's time includes its vocabulary scan; ours is the "
@@ -165,8 +169,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         )
         if results.get("training_curve"):
             parts.append(
-                "## Training at other settings\n\n"
-                + _table(results["training_curve"], list(results["training_curve"][0]))
+                _section("Training at other settings", results["training_curve"])
                 + "\nThe first row is the default. Each row was trained right after a gensim "
                 "run of the same epochs on the same sessions (`gensim_seconds`): the two of a "
                 "row share a minute of this machine, whose speed drifts. Scored on the HNSW "
@@ -176,12 +179,11 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             )
     if "index" in results:
         rows = results["index"]
-        parts.append("## Index (hnswlib)\n\n" + _table(rows, list(rows[0])) + "\n")
+        parts.append(_section("Index (hnswlib)", rows) + "\n")
     if "stream" in results:
         rows = _rounded(results["stream"])
         parts.append(
-            "## Stream: event produced -> recommendation consumed\n\n"
-            + _table(rows, list(rows[0]))
+            _section("Stream: event produced -> recommendation consumed", rows)
             + "\nrate 0 = as fast as the generator could produce. worker, broker: the CPU each "
             "used while the rate ran and drained, in % of one core (the load generator and the "
             "reader run on the same machine too); worker_us_per_event, broker_us_per_event: "
@@ -206,24 +208,23 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     if results.get("scale"):
         rows = _rounded(results["scale"])
         parts.append(
-            "## Scale out: one load, 1 to 3 workers in one consumer group\n\n"
-            + _table(rows, list(rows[0]))
+            _section("Scale out: one load, 1 to 3 workers in one consumer group", rows)
             + "\nThe same offered load on a fresh broker each time, its topics on "
             f"{rows[0]['partitions']} partitions shared by the workers. worker: the CPU of all "
-            "workers together. On two cores the workers and the broker compete for the same "
-            "CPU, so throughput cannot grow here. What the table shows is the cost of "
-            "sharing: the CPU per event that each added worker brings (its own fetching, "
-            "heartbeats, timers and watcher, paid whatever its share of the load), and that "
-            "every event was answered. For ten workers on machines of their own: each takes a "
-            "tenth of the events, and the whole sustains about ten times what one worker "
-            "sustains alone (the stream table's max rate) less that fixed cost per worker, "
+            f"workers together. On {results.get('cores')} cores the workers and the broker "
+            "compete for the same CPU, so throughput cannot grow here. What the table shows "
+            "is the cost of sharing: the CPU per event that each added worker brings (its "
+            "own fetching, heartbeats, timers and watcher, paid whatever its share of the "
+            "load), and that every event was answered. For ten workers on machines of their "
+            "own: each takes a tenth of the events, and the whole sustains about ten times "
+            "what one worker sustains alone (the stream table's max rate) less that fixed "
+            "cost per worker, "
             "with at least ten partitions.\n"
         )
     if results.get("worker_cost"):
         rows = _rounded(results["worker_cost"])
         parts.append(
-            "## Stream: the worker's own code per event\n\n"
-            + _table(rows, list(rows[0]))
+            _section("Stream: the worker's own code per event", rows)
             + "\nMicroseconds of CPU per event in `Pipeline.prepare` (admit, sessionize, "
             "plan), the index search (one thread, as in the worker) and "
             "`Pipeline.finish` (merge, explain, encode), on the same model and the events "
@@ -233,8 +234,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     if "broker" in results:
         rows = results["broker"]
         parts.append(
-            "## Embedded broker: cost as the log fills with small batches\n\n"
-            + _table(rows, list(rows[0]))
+            _section("Embedded broker: cost as the log fills with small batches", rows)
             + "\nOne-record produce requests over 4 partitions, read by a consumer at the head "
             "of the log. The worker keeps its own batches few and large for this reason "
             "(docs/operating.md).\n"
