@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from stream.broker import EmbeddedBroker, free_port
 from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import consume, produce, producer, unique_settings
+from tests.integration.model_io import renamed_version
 
 READY_S = 60.0
 S3_ENV = {
@@ -73,15 +73,6 @@ def s3() -> Iterator[str]:
                 os.environ[k] = v
 
 
-def _renamed(source: Path, name: str, into: Path) -> Path:
-    """A copy of a version directory under another version name."""
-    target = into / name
-    shutil.copytree(source, target)
-    manifest = orjson.loads((target / "manifest.json").read_bytes())
-    (target / "manifest.json").write_bytes(orjson.dumps({**manifest, "version": name}))
-    return target
-
-
 def test_versions_go_up_and_come_down_checked(
     s3: str, retailrocket_model: Path, tmp_path: Path
 ) -> None:
@@ -89,7 +80,7 @@ def test_versions_go_up_and_come_down_checked(
     assert store.current() is None and store.versions() == []
     source = retailrocket_model / str(current_version(retailrocket_model))
     for name in ("v-1", "v-2"):
-        store.upload(_renamed(source, name, tmp_path))
+        store.upload(renamed_version(source, name, tmp_path))
     store.set_current("v-1")
     store.set_current("v-2")
     assert (store.current(), store.previous(), store.versions()) == ("v-2", "v-1", ["v-1", "v-2"])
@@ -99,7 +90,7 @@ def test_versions_go_up_and_come_down_checked(
     assert list_versions(cache) == ["v-2"]
 
     # A version whose file no longer matches its manifest's checksum is not taken.
-    store.upload(_renamed(source, "v-3", tmp_path))
+    store.upload(renamed_version(source, "v-3", tmp_path))
     store.fs.pipe_file(f"{store.root}/v-3/vectors.npy", b"tampered")
     store.set_current("v-3")
     with pytest.raises(ArtifactError, match=r"vectors\.npy does not match its checksum"):
@@ -143,7 +134,7 @@ def test_a_worker_follows_the_store_and_refuses_a_bad_copy(
     url = f"{s3}/{unique}"
     store = RemoteStore(url)
     source = retailrocket_model / str(current_version(retailrocket_model))
-    store.upload(_renamed(source, "v-a", tmp_path))
+    store.upload(renamed_version(source, "v-a", tmp_path))
     store.set_current("v-a")
     plain = unique_settings(broker.bootstrap, unique, url)
     settings = dataclasses.replace(plain, model_cache=str(tmp_path / "cache"))
@@ -166,14 +157,14 @@ def test_a_worker_follows_the_store_and_refuses_a_bad_copy(
             return False
 
         assert answered_by("v-a", 0)
-        store.upload(_renamed(source, "v-b", tmp_path))
+        store.upload(renamed_version(source, "v-b", tmp_path))
         store.set_current("v-b")
         announce = producer(settings.bootstrap)
         announce.produce(settings.topics.model_updates, value=orjson.dumps({"version": "v-b"}))
         announce.flush(10)
         assert answered_by("v-b", 40)
 
-        bad = _renamed(source, "v-c", tmp_path)
+        bad = renamed_version(source, "v-c", tmp_path)
         store.upload(bad)
         store.fs.pipe_file(f"{store.root}/v-c/index.hnsw", b"tampered")
         store.set_current("v-c")

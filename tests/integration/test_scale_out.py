@@ -24,6 +24,7 @@ from stream.broker import EmbeddedBroker
 from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import consume, producer, unique_settings
+from tests.integration.model_io import renamed_version
 from tests.integration.test_worker import READY_S, _check_bought_never_return
 from training.data import read_events
 
@@ -68,11 +69,7 @@ def test_workers_share_the_load_and_survive_each_other(
             if change == "join":
                 workers[3].start()
             elif change == "swap":
-                swapped = model_dir / "v-swapped"
-                shutil.copytree(model_dir / old, swapped)
-                manifest = orjson.loads((swapped / "manifest.json").read_bytes())
-                data = orjson.dumps({**manifest, "version": "v-swapped"})
-                (swapped / "manifest.json").write_bytes(data)
+                renamed_version(model_dir / old, "v-swapped", model_dir)
                 set_current(model_dir, "v-swapped")
             elif change == "stop":
                 workers[0].stop()

@@ -19,6 +19,7 @@ from stream.broker import EmbeddedBroker
 from stream.launch import WorkerProcess
 from stream.topics import changelog_topic, create_topics, topic_specs
 from tests.integration.kafka_io import consume, produce, produce_items, unique_settings
+from tests.integration.model_io import renamed_version
 from training.data import read_events
 
 READY_S = 60.0
@@ -311,10 +312,7 @@ def test_hot_swap_and_corrupt_model_refused(
     set_current(model_dir, "v-broken")
     produce(settings, [Event("u1", "285930", "view", 1_700_000_000_000)])
     consume(settings.bootstrap, settings.topics.recommendations, lambda v: len(v) >= 1)
-    fresh = model_dir / "v-fresh"
-    shutil.copytree(model_dir / old, fresh)
-    manifest = orjson.loads((fresh / "manifest.json").read_bytes())
-    (fresh / "manifest.json").write_bytes(orjson.dumps({**manifest, "version": "v-fresh"}))
+    renamed_version(model_dir / old, "v-fresh", model_dir)
     set_current(model_dir, "v-fresh")
     t0 = 1_700_000_000_000
     versions: set[str] = set()
@@ -353,10 +351,7 @@ def test_hostile_model_updates_are_refused_and_the_watcher_keeps_following(
     shape = model_dir / "v-shape"
     shutil.copytree(model_dir / old, shape)
     (shape / "manifest.json").write_text('{"format": 1}')
-    good = model_dir / "v-good"
-    shutil.copytree(model_dir / old, good)
-    manifest = orjson.loads((good / "manifest.json").read_bytes())
-    (good / "manifest.json").write_bytes(orjson.dumps({**manifest, "version": "v-good"}))
+    renamed_version(model_dir / old, "v-good", model_dir)
     p = Producer({"bootstrap.servers": settings.bootstrap})
     for version in ("../evil", str(tmp_path / "evil"), "v-graph", "v-shape"):
         p.produce(settings.topics.model_updates, value=orjson.dumps({"version": version}))
