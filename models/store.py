@@ -32,6 +32,14 @@ def is_remote(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
+def locate(model_dir: str, cache: str) -> tuple[Path, RemoteStore | None]:
+    """Where versions are used from (the directory itself, or for a remote store the local
+    `cache` its versions are copied into), and the remote store (None: a local directory)."""
+    if is_remote(model_dir):
+        return Path(cache), RemoteStore(model_dir)
+    return Path(model_dir.removeprefix("file://")), None
+
+
 class RemoteStore:
     """A store behind an fsspec URL. Credentials and endpoints come from the file system's
     own configuration (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL...)."""

@@ -25,7 +25,7 @@ def reach_kafka(settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from models.store import RemoteStore, is_remote, mirror
+    from models.store import locate, mirror
     from stream.app import run_worker
     from stream.topics import partition_problem
 
@@ -45,9 +45,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     problem = partition_problem(settings)
     if problem:
         raise ValueError(problem)
-    model_dir, store = Path(settings.model_dir), None
-    if is_remote(settings.model_dir):
-        store, model_dir = RemoteStore(settings.model_dir), Path(settings.model_cache)
+    model_dir, store = locate(settings.model_dir, settings.model_cache)
+    if store is not None:
         try:
             mirror(store, model_dir)
         except Exception as exc:  # serve what the cache has; the watcher tries again

@@ -97,14 +97,12 @@ def check_paths(fmt: str, data: str | None, catalog: str | None, out: Path) -> N
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from models.store import RemoteStore, is_remote
+    from models.store import locate
     from training.job import JobSpec, parse_every, run_once, run_scheduled
 
     if not 0 <= args.holdout < 1:
         raise ValueError(f"--holdout is {args.holdout}, expected 0 <= holdout < 1")
-    location = args.out or settings.model_dir
-    store = RemoteStore(location) if is_remote(location) else None
-    out = Path(settings.model_cache) if store is not None else Path(location)
+    out, store = locate(args.out or settings.model_dir, settings.model_cache)
     config = train_config(args, settings)
     check_paths(args.format, args.data, args.catalog, out)
     spec = JobSpec(
@@ -189,11 +187,10 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     from models.artifact import current_version, list_versions
-    from models.store import RemoteStore, is_remote
+    from models.store import locate
     from training.job import rollback
 
-    store = RemoteStore(settings.model_dir) if is_remote(settings.model_dir) else None
-    model_dir = Path(settings.model_cache if store is not None else settings.model_dir)
+    model_dir, store = locate(settings.model_dir, settings.model_cache)
     if args.action == "rollback":
         version = rollback(model_dir, args.version, settings, store)
         print(f"CURRENT -> {version}")
