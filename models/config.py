@@ -130,6 +130,12 @@ class Settings:
     metrics_port: int = 9100
     metrics_address: str = "127.0.0.1"  # 0.0.0.0 in a container that Prometheus scrapes
     worker_group: str = "sessionrec-worker"
+    # Other workers that keep a copy of each partition's sessions, to take over a lost worker's
+    # users without first reading the partition's whole changelog (faust's standby replicas).
+    standby_replicas: int = 1
+    # A worker that stops without leaving the group (killed, hung, cut off) loses its partitions
+    # after this long. 6 is Apache Kafka's smallest by default (group.min.session.timeout.ms).
+    session_timeout_s: float = 6.0
     log_format: str = "text"
     topics: Topics = field(default_factory=Topics)
     topic_layout: TopicLayout = field(default_factory=TopicLayout)

@@ -167,6 +167,8 @@ def _validate(settings: Settings) -> None:
     _range("max_session_len", s.max_session_len, 2, 10_000)
     _range("state_ttl_days", s.state_ttl_days, 1e-3, 36_500)
     _range("index_ef", s.index_ef, 1, 10_000)
+    _range("standby_replicas", s.standby_replicas, 0, 10)
+    _range("session_timeout_s", s.session_timeout_s, 1.0, 1800.0)
     _range("metrics_port", s.metrics_port, 0, 65_535)
     _range("limits.max_k", lim.max_k, 1, 10_000)
     _range("limits.max_intents", lim.max_intents, 1, 20)

@@ -71,9 +71,14 @@ def build_app(
     serving = load_model(settings, model_dir)
     table = app.Table(SESSION_TABLE, partitions=settings.partitions, value_type=bytes)
     sessions, changelog = faust_adapter.session_store(table)
+    held = faust_adapter.keep_standbys(table)
     pipeline = pipeline_type(settings, serving, sessions, changelog)
     watcher = Watcher(settings, model_dir, serving.version if serving else None, model_store)
-    outbox = Outbox(producer_config(settings, **{"linger.ms": LINGER_MS}), DELIVERY_ATTEMPTS)
+    outbox = Outbox(
+        producer_config(settings, **{"linger.ms": LINGER_MS}),
+        DELIVERY_ATTEMPTS,
+        delivered={changelog: held},
+    )
     events_topic = settings.topics.events
     pipeline.connect(outbox, watcher, faust_adapter.highwater(app, events_topic))
     metrics.observe_model(serving)

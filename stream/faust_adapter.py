@@ -24,7 +24,8 @@ fails loudly instead of silently skipping a patch.
 4. `true_changelog_ends` wraps `Recovery._build_highwaters`: the embedded broker reports a
    high watermark of the last record batch's base offset + 1 (short of the end when that
    batch holds several records), so faust would restore part of the sessions. Each reported
-   high watermark is checked by reading from it - 1 to the end. On Apache Kafka that read
+   high watermark is checked by reading from it - 1 to the end (for an active partition;
+   a standby's end need only be past the records held, see 12). On Apache Kafka that read
    finds exactly the reported value.
 5. `keep_queued_on_resume` makes `FlowControlEvent.resume` empty the stream queues only when
    flow was suspended. faust resumes flow a second time after a table restore, while it
@@ -49,6 +50,19 @@ fails loudly instead of silently skipping a patch.
    names, which the confluent-kafka clients take as they are) to faust's credentials
    (SSL, SASL PLAIN and SCRAM-SHA-256/512, over TLS or not), and refuses at start any
    `ssl.*`/`sasl.*` property that faust's aiokafka client cannot honour. Broker-independent.
+11. `no_commits_while_rebalancing` makes faust's periodic offset commit skip its turn while
+   the group rebalances. A commit sent then waits behind the JoinGroup request on the
+   coordinator's connection and is answered after the join with an old generation; aiokafka
+   then forgets the generation it has just joined and joins again (one more rebalance, seconds
+   for every partition). The commit is made at the first turn after the rebalance.
+   Broker-independent: Apache Kafka answers such a commit the same way.
+12. `keep_standbys` makes faust's standby replicas useful with the in-memory store: faust's
+   memory store says it has no offset for any partition (so a standby promoted to active
+   restores the partition from its first record anyway) and drops every key of a standby
+   partition after each recovery. Here the store remembers the last changelog offset it
+   holds for each partition it keeps (applied from the changelog, or written by this worker),
+   restores from there, and keeps the standby partitions' keys. This also spares a worker
+   from reading again the partitions it keeps through a rebalance. Broker-independent.
 """
 
 from __future__ import annotations
@@ -75,7 +89,8 @@ from stream.pipeline import Incoming
 log = logging.getLogger(__name__)
 FAUST_VERSION = "0.15.3"
 FETCH_MAX_WAIT_MS = 10
-SESSION_TIMEOUT_S = 6.0
+REBALANCE_TIMEOUT_S = 6.0
+HEARTBEATS_PER_SESSION = 3  # heartbeats within one session timeout (Kafka's advice: at least 3)
 PROBE_TIMEOUT_S = 10.0
 GC_YOUNG_THRESHOLD = 100_000
 QUIET_BATCH = 4  # a batch smaller than this means light load (see take_batches)
@@ -103,6 +118,7 @@ def make_app(settings: Settings, linger_ms: int) -> faust.App:
     credentials = broker_credentials(kafka)  # refuses what faust's client cannot honour
     short_fetch_wait()
     true_changelog_ends(settings)
+    no_commits_while_rebalancing()
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
     app = faust.App(
         settings.worker_group,
@@ -115,15 +131,14 @@ def make_app(settings: Settings, linger_ms: int) -> faust.App:
         value_serializer="raw",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.topic_layout.replication_factor,  # the changelog too
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         web_enabled=False,
-        # A worker killed without leaving is noticed after this long: Apache Kafka's
-        # smallest allowed (group.min.session.timeout.ms); heartbeats come from aiokafka's
-        # own thread, so a busy event loop does not miss them.
-        broker_session_timeout=SESSION_TIMEOUT_S,
-        broker_heartbeat_interval=1.0,
+        # A worker killed without leaving is noticed after the session timeout; heartbeats
+        # come from aiokafka's own thread, so a busy event loop does not miss them.
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(1.0, settings.session_timeout_s / HEARTBEATS_PER_SESSION),
         broker_max_poll_interval=300.0,
-        broker_rebalance_timeout=6.0,
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_S,
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         broker_commit_interval=1.0,
@@ -250,7 +265,13 @@ def true_changelog_ends(settings: Settings) -> None:
     async def _build_highwaters(
         self: Any, consumer: Any, tps: Any, destination: Any, title: str
     ) -> None:
-        ends = cast(Any, _TrueEnds(consumer, settings))
+        if title == "standby":
+            # Standbys read on without an end; faust only checks that the end is past what
+            # the store holds, so that is taken as the end instead of reading for it.
+            held = {tp: self.tp_to_table[tp].persisted_offset(tp) for tp in tps}
+            ends = cast(Any, _AtLeastHeld(consumer, held))
+        else:
+            ends = cast(Any, _TrueEnds(consumer, settings))
         await original(self, ends, tps, destination, title)
 
     Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
@@ -267,6 +288,21 @@ class _TrueEnds:
     async def highwaters(self, *tps: Any) -> dict[Any, int | None]:
         reported = dict(await self.consumer.highwaters(*tps))
         return await asyncio.to_thread(log_ends, self.settings, reported)
+
+
+class _AtLeastHeld:
+    """A faust consumer whose `highwaters` are at least past the records the store holds."""
+
+    def __init__(self, consumer: Any, held: dict[Any, int | None]):
+        self.consumer = consumer
+        self.held = held
+
+    async def highwaters(self, *tps: Any) -> dict[Any, int | None]:
+        reported = dict(await self.consumer.highwaters(*tps))
+        for tp, offset in self.held.items():
+            if offset is not None:
+                reported[tp] = max(reported.get(tp) or 0, offset + 1)
+        return reported
 
 
 def log_ends(
@@ -492,3 +528,63 @@ def _ssl_context(kafka: dict[str, str]) -> ssl.SSLContext:
     if kafka.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
         context.check_hostname = False
     return context
+
+
+# -- 11. Commits during a rebalance -----------------------------------------------------------
+
+
+def no_commits_while_rebalancing() -> None:
+    from faust.transport.consumer import Consumer
+
+    if "no_commits_while_rebalancing" in _applied:
+        return
+    original = Consumer.commit
+
+    async def commit(self: Any, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        if self.app.rebalancing:
+            return False  # the acked offsets stay pending: the next turn commits them
+        return bool(await original(self, topics, start_new_transaction=start_new_transaction))
+
+    Consumer.commit = commit  # type: ignore[method-assign]
+    _applied.add("no_commits_while_rebalancing")
+
+
+# -- 12. Standby replicas ---------------------------------------------------------------------
+
+
+def keep_standbys(table: Any) -> Callable[[int, int], None]:
+    """Make the table's in-memory store restore each partition from the last changelog offset
+    it holds, and keep the keys of the partitions it is a standby for. Returns the function
+    to call with (partition, offset) for each changelog message this worker wrote (the
+    pipeline writes states into the store itself, then sends their changelog messages)."""
+    store = table.data
+    ends: dict[int, int] = {}  # changelog partition -> last offset whose record is in memory
+    apply_batch = store.apply_changelog_batch
+
+    def held(partition: int, offset: int) -> None:
+        if offset > ends.get(partition, -1):
+            ends[partition] = offset
+
+    def apply_changelog_batch(batch: Any, to_key: Any, to_value: Any) -> None:
+        batch = list(batch)
+        apply_batch(batch, to_key, to_value)
+        for event in batch:
+            held(event.message.partition, event.message.offset)
+
+    def persisted_offset(tp: TP) -> int | None:
+        return ends.get(tp.partition)
+
+    async def on_recovery_completed(active_tps: set[TP], standby_tps: set[TP]) -> None:
+        kept = {tp.partition for tp in active_tps | standby_tps}
+        for key, partition in list(store._key_partition.items()):
+            if partition not in kept:
+                store.data.pop(key, None)
+                del store._key_partition[key]
+        for partition in list(ends):
+            if partition not in kept:  # its keys are gone: restore it from the start
+                del ends[partition]
+
+    store.apply_changelog_batch = apply_changelog_batch
+    store.persisted_offset = persisted_offset
+    store.on_recovery_completed = on_recovery_completed
+    return held

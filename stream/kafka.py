@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from models.config import Settings
@@ -77,16 +78,24 @@ class Outbox:
     produced again, up to `attempts` times in all; after that the future fails with the broker's
     reason. A message that can never be delivered as it is (larger than the producer or the
     broker takes, or malformed) is dropped, logged and counted (`take_dropped`), never retried:
-    it fails that message, not its batch.
+    it fails that message, not its batch. `delivered` names, per topic, a function called
+    with (partition, offset) of each message delivered there.
 
     librdkafka's delivery reports are served on the event loop's own thread, every `poll_s`
     while batches wait: a report served in another thread would take the GIL from the event
     loop once per message."""
 
-    def __init__(self, config: dict[str, Any], attempts: int = 5, poll_s: float = 0.005):
+    def __init__(
+        self,
+        config: dict[str, Any],
+        attempts: int = 5,
+        poll_s: float = 0.005,
+        delivered: dict[str, Callable[[int, int], None]] | None = None,
+    ):
         from confluent_kafka import Producer
 
         self.attempts = attempts
+        self._on_delivered = delivered or {}  # topic -> called with (partition, offset)
         self._producer = Producer(config)
         self._left: dict[int, int] = {}
         self._waiting: dict[int, asyncio.Future[None]] = {}
@@ -189,6 +198,9 @@ class Outbox:
             reason = f"output message to {msg.topic()} refused {attempt} times: {err.str()}"
             self._fail(batch, RuntimeError(reason))
             return
+        note = self._on_delivered.get(msg.topic())
+        if note is not None:
+            note(msg.partition(), msg.offset())
         self._delivered(batch)
 
     def _delivered(self, batch: int) -> None:

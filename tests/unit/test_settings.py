@@ -47,6 +47,8 @@ def test_settings_are_frozen() -> None:
         ({"SESSIONREC_TOPICS_EVENTS": ""}, "'topics.events' is '', expected a Kafka topic name"),
         ({"SESSIONREC_TOPICS_DLQ": "a/b"}, "'topics.dlq' is 'a/b'"),
         ({"SESSIONREC_LIMITS_MAX_K": "0"}, "'limits.max_k' is 0, expected 1 to 10000"),
+        ({"SESSIONREC_STANDBY_REPLICAS": "-1"}, "'standby_replicas' is -1, expected 0 to 10"),
+        ({"SESSIONREC_SESSION_TIMEOUT_S": "0.5"}, "'session_timeout_s' is 0.5, expected 1"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], needle: str) -> None:
