@@ -97,6 +97,53 @@ def _scale(results: dict[str, Any]) -> str:
     )
 
 
+def _ten_workers(scale: list[dict[str, Any]], target: float = 10_000.0) -> str:
+    """Ten workers on machines of their own, from the CPU the 1- and 3-worker runs used."""
+    by_workers = {r["workers"]: r for r in scale if r["received"]}
+    if 1 not in by_workers or 3 not in by_workers:
+        return ""
+    one, three = by_workers[1], by_workers[3]
+    rate = one["rate"]
+    fixed = (three["worker_cpu_pct"] - one["worker_cpu_pct"]) / 2 / 100  # cores per worker
+    per_event_us = (one["worker_cpu_pct"] / 100 - fixed) * 1e6 / rate
+    each = target / 10
+    cores = each * per_event_us / 1e6 + fixed
+    ceiling = 10 * (1 - fixed) / (per_event_us / 1e6)
+    return (
+        f"Ten workers, by the same arithmetic: at {rate:,.0f} events/s, 1 worker used "
+        f"{one['worker_cpu_pct']:.0f}% of a core and 3 workers {three['worker_cpu_pct']:.0f}%, "
+        f"so each worker costs about {fixed:.2f} of a core whatever its share (idle polling, "
+        f"heartbeats, timers, the watcher) and an event about {per_event_us:,.0f} us. "
+        f"{target:,.0f} events/s over 10 workers is {each:,.0f} events/s each: "
+        f"{each:,.0f} x {per_event_us:,.0f} us + {fixed:.2f} = **{cores:.2f} of a core per "
+        f"worker**, 10 partitions of `events` at least. A worker's events go through one "
+        f"Python thread, so one core each caps the ten at about "
+        f"10 x (1 - {fixed:.2f}) / {per_event_us:,.0f} us = **{ceiling:,.0f} events/s** on "
+        "cores like these; more partitions than workers leave room to add workers later.\n"
+    )
+
+
+def _handover(runs: list[dict[str, Any]]) -> str:
+    rows = [{k: v for k, v in r.items() if k != "partitions"} for r in _rounded(runs)]
+    first = runs[0]
+    return (
+        _section("Hand-over: one of three workers killed -9 under load", rows)
+        + f"\n{3} workers in one group on 6 partitions. First {first['live_sessions']:,} "
+        "users each send one event (every session then open in the table and in its "
+        f"changelog), then {first['rate']:,.0f} events/s for {first['seconds']:.0f} s, and "
+        "one worker is killed -9 halfway. Each event's wait is the time from its produce to "
+        "its recommendation being read; p50/p99/longest are over all events of the load; "
+        "handover_s is the longest wait of an event sent in the 10 s after the kill (the "
+        "killed worker's partitions wait longest). A fresh embedded broker for each run. "
+        "The killed worker is noticed after the session timeout; the group then joins again "
+        "(the embedded broker holds every join for about 3 s; Apache Kafka answers once all "
+        "members have rejoined); the new owner of a partition restores its sessions from the "
+        "changelog, from the start without a standby, or only the last records when it "
+        "held a standby copy; then it works off the backlog. worker_us_per_event: the CPU of "
+        "all workers during the load (restores and standby reading included) per event.\n"
+    )
+
+
 def _budget(results: dict[str, Any], target: float = 5000.0) -> str:
     """What a rate of `target` events/s leaves per event on this machine, against what the
     fastest fixed rate measured cost per event."""
@@ -215,12 +262,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             "compete for the same CPU, so throughput cannot grow here. What the table shows "
             "is the cost of sharing: the CPU per event that each added worker brings (its "
             "own fetching, heartbeats, timers and watcher, paid whatever its share of the "
-            "load), and that every event was answered. For ten workers on machines of their "
-            "own: each takes a tenth of the events, and the whole sustains about ten times "
-            "what one worker sustains alone (the stream table's max rate) less that fixed "
-            "cost per worker, "
-            "with at least ten partitions.\n"
+            "load), and that every event was answered.\n\n" + _ten_workers(results["scale"])
         )
+    if results.get("handover"):
+        parts.append(_handover(results["handover"]))
     if results.get("worker_cost"):
         rows = _rounded(results["worker_cost"])
         parts.append(

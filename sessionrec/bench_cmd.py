@@ -208,7 +208,46 @@ def part_scale(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             workers=workers,
         )
         rows.extend(dataclasses.asdict(r) for r in results)
-    return {"scale": rows}
+    return {"scale": rows, "handover": _handovers(args, layout, model_dir, sessions, out)}
+
+
+# (standby replicas, session timeout in seconds) of each hand-over run: none, one and two
+# standbys at Apache Kafka's smallest default session timeout, then two at half of it.
+HANDOVER_RUNS = ((0, 6.0), (1, 6.0), (2, 6.0), (2, 3.0))
+HANDOVER_SECONDS, HANDOVER_KILL_AT_S = 40.0, 20.0
+
+
+def _handovers(
+    args: argparse.Namespace,
+    layout: Settings,
+    model_dir: Path,
+    sessions: list[list[str]],
+    out: Path,
+) -> list[dict[str, Any]]:
+    from benchmarks.handover import HEADER, WORKERS, handover
+
+    print(
+        f"hand-over: {WORKERS} workers, {args.handover_sessions:,} live sessions, "
+        f"{args.handover_rate:,.0f} events/s for {HANDOVER_SECONDS:.0f}s, one worker killed -9 "
+        f"after {HANDOVER_KILL_AT_S:.0f}s; a fresh broker each"
+    )
+    print(HEADER)
+    runs = []
+    for standbys, timeout_s in HANDOVER_RUNS:
+        run = handover(
+            dataclasses.replace(layout, session_timeout_s=timeout_s),
+            model_dir,
+            sessions,
+            out,
+            rate=args.handover_rate,
+            seconds=HANDOVER_SECONDS,
+            kill_at_s=HANDOVER_KILL_AT_S,
+            live_sessions=args.handover_sessions,
+            standby_replicas=standbys,
+        )
+        print(run.row(), flush=True)
+        runs.append(dataclasses.asdict(run))
+    return runs
 
 
 def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -315,6 +354,16 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from benchmarks.report import write_report
 
@@ -366,7 +415,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "served by the pipeline); training: our trainer vs gensim, same "
         "sessions and epochs; index: build time, memory, recall and queries/s; "
         "stream: throughput and latency per rate through broker and worker; "
-        "scale: the same load on 1, 2 and 3 workers in one consumer group; "
+        "scale: the same load on 1, 2 and 3 workers in one consumer group, and how long a "
+        "killed worker's users wait, with and without standby replicas; "
         "broker: the embedded broker's cost as its log fills with small batches; "
         "reliability: hostile records through a live worker, memory per user, a flood of "
         "one-event users with a state time to live, and kill -9 runs. "
@@ -419,6 +469,18 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         type=_positive(float),
         default=1000.0,
         help="scale: events/s offered to 1, 2 and 3 workers (default 1000)",
+    )
+    p.add_argument(
+        "--handover-rate",
+        type=_positive(float),
+        default=600.0,
+        help="scale: events/s while one of 3 workers is killed -9 (default 600)",
+    )
+    p.add_argument(
+        "--handover-sessions",
+        type=_non_negative_int,
+        default=200_000,
+        help="scale: users with an open session before the kill (default 200000)",
     )
     p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
     p.add_argument(

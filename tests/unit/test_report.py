@@ -74,3 +74,34 @@ def test_the_report_has_the_scale_out_and_echo_rows(tmp_path: Path) -> None:
     assert "its topics on 6 partitions shared by the workers" in text
     assert "| 6 | 650 | 700 | 1 |" in text and "| 6 | 900 | 700 | 3 |" in text
     assert "| echo |" in text and "pipeline echo: the faust floor" in text
+
+
+def test_the_report_works_out_ten_workers_and_shows_the_hand_over_runs(tmp_path: Path) -> None:
+    scale = [
+        {**_rate(1000, 0, 0), "worker_cpu_pct": pct, "workers": n}
+        for n, pct in ((1, 70.0), (2, 90.0), (3, 110.0))
+    ]
+    handover = {
+        "standby_replicas": 2,
+        "session_timeout_s": 3.0,
+        "live_sessions": 200_000,
+        "rate": 600.0,
+        "seconds": 40.0,
+        "sent": 24_000,
+        "answered": 24_000,
+        "p50_ms": 171.0,
+        "p99_ms": 6136.0,
+        "longest_ms": 7462.0,
+        "handover_s": 7.4,
+        "worker_us_per_event": 1371.0,
+        "partitions": [[0, 6.2], [1, 7.4]],
+    }
+    write_report({"machine": "test", "cores": 2, "scale": scale, "handover": [handover]}, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    # 3 workers cost 0.4 of a core more than 1: 0.2 each; an event (0.7 - 0.2) / 1000 s.
+    assert "each worker costs about 0.20 of a core whatever its share" in text
+    assert "1,000 x 500 us + 0.20 = **0.70 of a core per worker**" in text
+    assert "10 x (1 - 0.20) / 500 us = **16,000 events/s**" in text
+    assert "## Hand-over: one of three workers killed -9 under load" in text
+    assert "| 2 | 3.0 | 200000 | 600.0 | 40.0 | 24000 | 24000 | 171.0 | 6136.0 |" in text
+    assert "[0, 6.2]" not in text  # the per-partition waits stay in results.json
