@@ -55,6 +55,7 @@ DLQ_ORIGINAL_BYTES = 4096
 DLQ_REASON_CHARS = 1000
 DLQ_KEY_BYTES = 1024
 SEARCHES_AHEAD = 2  # batches whose search runs while the next ones are admitted
+UPSERTS_NAMED = 3  # catalog upserts named in the line that logs them
 
 
 @dataclass(slots=True)
@@ -489,6 +490,10 @@ class Pipeline:
             except Exception as exc:  # a verified model should not get here; keep serving
                 metrics.ITEMS_FAILED.inc(len(items))
                 log.error("catalog upserts not applied (%s: %s)", type(exc).__name__, exc)
+            else:
+                named = ", ".join(item.item_id for item in items[:UPSERTS_NAMED])
+                more = ", ..." if len(items) > UPSERTS_NAMED else ""
+                log.info("catalog: %d upserts applied (%s%s)", len(items), named, more)
         if model is not None or items:
             metrics.observe_model(self.serving)
 

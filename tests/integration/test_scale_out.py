@@ -1,8 +1,8 @@
 """Several workers in one consumer group, under a steady load of real sessions: a worker
-joins, one stops cleanly, one is killed -9, and a new model is made current meanwhile.
-Nothing accepted is lost, no session is split or reset by a move, no bought item comes back,
-and the model reaches every worker that ran then. How long each partition waited for its
-answers is printed (run with -s to see it)."""
+joins, a catalog item is upserted, a new model is made current, one worker stops cleanly and
+one is killed -9. Nothing accepted is lost, no session is split or reset by a move, no bought
+item comes back, and the upsert and the model reach every worker that ran then. How long each
+partition waited for its answers is printed (run with -s to see it)."""
 
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import pytest
 
 from models.artifact import current_version, set_current
 from models.codec import decode_recommendation, encode
+from models.records import Event, Item
 from models.session import SessionConfig, sessionize
 from stream.broker import EmbeddedBroker
 from stream.launch import WorkerProcess
 from stream.topics import create_topics, topic_specs
-from tests.integration.kafka_io import consume, producer, unique_settings
+from tests.integration.kafka_io import consume, produce_items, producer, unique_settings
 from tests.integration.model_io import renamed_version
 from tests.integration.test_worker import READY_S, _check_bought_never_return
 from training.data import read_events
@@ -31,9 +32,10 @@ from training.data import read_events
 PARTITIONS = 6
 EVENTS = 3_000
 RATE = 75.0  # events/s: 40 s of load
-# Seconds into the load: a 4th worker joins, a new model is made current, worker 0 stops
-# cleanly, worker 1 is killed -9.
-JOIN_S, SWAP_S, STOP_S, KILL_S = 6.0, 12.0, 18.0, 28.0
+# Seconds into the load: a 4th worker joins, an item is upserted, users on every partition
+# view it, a new model is made current, worker 0 stops cleanly, worker 1 is killed -9.
+JOIN_S, UPSERT_S, VIEW_S, SWAP_S, STOP_S, KILL_S = 6.0, 8.0, 10.0, 12.0, 18.0, 28.0
+NEW_ITEM = Item("scale-new-item", name="trail running shoe", category="1188", price=80.0)
 
 
 @pytest.mark.slow
@@ -63,11 +65,25 @@ def test_workers_share_the_load_and_survive_each_other(
         started = time.monotonic()
         load.start()
         changes = {}
-        for at, change in ((JOIN_S, "join"), (SWAP_S, "swap"), (STOP_S, "stop"), (KILL_S, "kill")):
+        viewers: dict[str, int] = {}  # user -> partition, of the users who view NEW_ITEM
+        view_ts = events[int(VIEW_S * RATE)].ts
+        timeline = (
+            (JOIN_S, "join"),
+            (UPSERT_S, "upsert"),
+            (VIEW_S, "view"),
+            (SWAP_S, "swap"),
+            (STOP_S, "stop"),
+            (KILL_S, "kill"),
+        )
+        for at, change in timeline:
             time.sleep(max(0.0, started + at - time.monotonic()))
             changes[change] = time.time() * 1000
             if change == "join":
                 workers[3].start()
+            elif change == "upsert":
+                produce_items(settings, [NEW_ITEM])
+            elif change == "view":  # at the load's event time there, not to move the clocks
+                viewers = _view_on_every_partition(settings, NEW_ITEM.item_id, view_ts)
             elif change == "swap":
                 renamed_version(model_dir / old, "v-swapped", model_dir)
                 set_current(model_dir, "v-swapped")
@@ -80,7 +96,7 @@ def test_workers_share_the_load_and_survive_each_other(
 
         def all_answered(values: list[bytes]) -> bool:
             got = {(m["user_id"], m["event_ts"]) for m in map(orjson.loads, values)}
-            return wanted <= got
+            return wanted <= got and set(viewers) <= {user for user, _ in got}
 
         raw = consume(settings.bootstrap, settings.topics.recommendations, all_answered, idle_s=90)
         recs = [decode_recommendation(r) for r in raw]
@@ -97,13 +113,25 @@ def test_workers_share_the_load_and_survive_each_other(
     assert _check_bought_never_return(events, recs) > 0
 
     # No session split or reset by a move: every closed session is the one the data has.
-    offline, _ = sessionize(list(events), SessionConfig(settings.session_gap_ms))
+    views = [Event(user, NEW_ITEM.item_id, "view", view_ts) for user in viewers]
+    everything = sorted([*events, *views], key=lambda e: e.ts)
+    offline, _ = sessionize(everything, SessionConfig(settings.session_gap_ms))
     expected = {s.session_id: [c.item_id for c in s.clicks] for s in offline}
     closed = consume(settings.bootstrap, settings.topics.sessions, lambda v: False, idle_s=8)
     assert len(closed) > 100
     for value in closed:
         data = orjson.loads(value)
         assert data["items"] == expected.get(data["session_id"]), data["session_id"]
+
+    # The upsert reached every worker that ran then: each logged it, and each partition's owner
+    # answered a view of the new item from its metadata (an unknown item gets trending items).
+    assert set(viewers.values()) == set(range(PARTITIONS))
+    for user in viewers:
+        answer = next(r for r in recs if r.user_id == user)
+        assert answer.reason == "session", (user, answer.reason)
+        assert answer.intents[0].members == [NEW_ITEM.item_id]
+    for i, w in enumerate(workers):
+        assert f"upserts applied ({NEW_ITEM.item_id})" in w.log_path.read_text(), f"worker {i}"
 
     # The new model reached every worker that ran when it was made current.
     for i, w in enumerate(workers):
@@ -133,6 +161,27 @@ def _steady_load(
         )
         p.poll(0)
     assert p.flush(30) == 0
+
+
+def _view_on_every_partition(settings: Any, item_id: str, ts: int) -> dict[str, int]:
+    """New users view `item_id` at `ts` until each partition has one: user -> partition."""
+    p = producer(settings.bootstrap)
+    viewers: dict[str, int] = {}
+    for n in range(200):
+        user = f"viewer-{n}"
+
+        def report(err: Any, msg: Any, user: str = user) -> None:
+            if err is None:
+                viewers[user] = msg.partition()
+
+        event = Event(user, item_id, "view", ts)
+        p.produce(
+            settings.topics.events, key=user.encode(), value=encode(event), on_delivery=report
+        )
+        assert p.flush(30) == 0
+        if len(set(viewers.values())) == PARTITIONS:
+            break
+    return viewers
 
 
 def _print_waits(
