@@ -237,10 +237,14 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             "the same CPU per recommendation received, in microseconds (at low rates it "
             "includes what each spends idle). partitions: of every topic, all read by the "
             "one worker; the embedded broker does more work per partition "
-            "(docs/operating.md). pipeline echo: the faust floor (`benchmarks/floor.py`), the "
-            "same worker whose pipeline only echoes each event's time, with no sessions, "
-            "model or state: what faust, the Kafka clients and the broker cost whatever the "
-            "pipeline does. "
+            "(docs/operating.md). "
+            + (
+                "pipeline echo: the faust floor (`benchmarks/floor.py`), the same worker whose "
+                "pipeline only echoes each event's time, with no sessions, model or state: what "
+                "faust, the Kafka clients and the broker cost whatever the pipeline does. "
+                if any(r.get("pipeline") == "echo" for r in results["stream"])
+                else ""
+            )
             + (
                 "All rates ran on one broker and worker (`--one-broker`): each rate also paid "
                 "for the broker's log of the rates before it.\n"
@@ -256,7 +260,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         rows = _rounded(results["scale"])
         parts.append(
             _section("Scale out: one load, 1 to 3 workers in one consumer group", rows)
-            + "\nThe same offered load on a fresh broker each time, its topics on "
+            + f"\nRun {results.get('scale_started', results.get('started'))}. "
+            "The same offered load on a fresh broker each time, its topics on "
             f"{rows[0]['partitions']} partitions shared by the workers. worker: the CPU of all "
             f"workers together. On {results.get('cores')} cores the workers and the broker "
             "compete for the same CPU, so throughput cannot grow here. What the table shows "

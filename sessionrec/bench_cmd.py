@@ -188,6 +188,7 @@ def part_scale(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
     _ensure_model(data, model_dir, settings)
+    started = time.strftime("%F %T")
     layout = dataclasses.replace(settings, partitions=SCALE_PARTITIONS)
     print(
         f"scale: {args.scale_rate:,.0f} events/s for {args.seconds:.0f}s to 1, 2 and 3 workers "
@@ -208,7 +209,8 @@ def part_scale(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             workers=workers,
         )
         rows.extend(dataclasses.asdict(r) for r in results)
-    return {"scale": rows, "handover": _handovers(args, layout, model_dir, sessions, out)}
+    handovers = _handovers(args, layout, model_dir, sessions, out)
+    return {"scale": rows, "handover": handovers, "scale_started": started}
 
 
 # (standby replicas, session timeout in seconds) of each hand-over run: none, one and two
