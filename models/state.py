@@ -91,6 +91,7 @@ class UserTable:
         self.ends: dict[str, tuple[int | None, int | None, int]] = {}
         self.unreadable: set[str] = set()  # reported as unreadable, not yet written again
         self.watermarks: dict[int, int] = {}
+        self.owned: set[int] | None = None  # partitions this worker answers (None: all)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -128,8 +129,23 @@ class UserTable:
 
     def saw(self, partition: int, ts: int) -> None:
         """Event time `ts` was seen on `partition`."""
+        if self.owned is not None and partition not in self.owned:
+            return  # taken away while its events were in hand
         if ts > self.watermarks.get(partition, 0):
             self.watermarks[partition] = ts
+
+    def own(self, partitions: set[int]) -> None:
+        """Only users of `partitions` are closed or expired from now on. The store may also
+        hold other workers' users (standby copies, or partitions taken away): their owners
+        close those, by their own watermarks."""
+        self.owned = set(partitions)
+        self.watermarks = {p: ts for p, ts in self.watermarks.items() if p in self.owned}
+
+    def changed(self, users: list[str]) -> None:
+        """These users' states were written to the store from outside this table (restored
+        or copied from the changelog): they are read again at the next idle check."""
+        for user in users:
+            self.ends.pop(user, None)
 
     def idle_users(self) -> list[tuple[str, int]]:
         """(user, partition) of the open sessions that their partition's watermark has passed

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import faust
+from faust.types import TP
 
 from models.artifact import ArtifactError
 from models.config import Settings
@@ -71,8 +72,8 @@ def build_app(
     serving = load_model(settings, model_dir)
     table = app.Table(SESSION_TABLE, partitions=settings.partitions, value_type=bytes)
     sessions, changelog = faust_adapter.session_store(table)
-    held = faust_adapter.keep_standbys(table)
     pipeline = pipeline_type(settings, serving, sessions, changelog)
+    held = faust_adapter.keep_standbys(table, pipeline.table.changed)
     watcher = Watcher(settings, model_dir, serving.version if serving else None, model_store)
     outbox = Outbox(
         producer_config(settings, **{"linger.ms": LINGER_MS}),
@@ -90,6 +91,12 @@ def build_app(
         value_serializer="raw",
         partitions=settings.partitions,
     )
+
+    async def own(_app: faust.App, assigned: set[TP], **_: Any) -> None:
+        """Only the partitions of `events` assigned now are this worker's to close."""
+        pipeline.table.own({tp.partition for tp in assigned if tp.topic == events_topic})
+
+    app.on_partitions_assigned.connect(cast(Any, own))  # faust's type names no arguments
 
     @app.agent(events)
     async def handle(stream: Any) -> None:

@@ -552,11 +552,12 @@ def no_commits_while_rebalancing() -> None:
 # -- 12. Standby replicas ---------------------------------------------------------------------
 
 
-def keep_standbys(table: Any) -> Callable[[int, int], None]:
+def keep_standbys(table: Any, changed: Callable[[list[Any]], None]) -> Callable[[int, int], None]:
     """Make the table's in-memory store restore each partition from the last changelog offset
-    it holds, and keep the keys of the partitions it is a standby for. Returns the function
-    to call with (partition, offset) for each changelog message this worker wrote (the
-    pipeline writes states into the store itself, then sends their changelog messages)."""
+    it holds, and keep the keys of the partitions it is a standby for; `changed` is called
+    with the keys of each batch applied from the changelog. Returns the function to call
+    with (partition, offset) for each changelog message this worker wrote (the pipeline
+    writes states into the store itself, then sends their changelog messages)."""
     store = table.data
     ends: dict[int, int] = {}  # changelog partition -> last offset whose record is in memory
     apply_batch = store.apply_changelog_batch
@@ -570,6 +571,7 @@ def keep_standbys(table: Any) -> Callable[[int, int], None]:
         apply_batch(batch, to_key, to_value)
         for event in batch:
             held(event.message.partition, event.message.offset)
+        changed([to_key(event.key) for event in batch])
 
     def persisted_offset(tp: TP) -> int | None:
         return ends.get(tp.partition)

@@ -23,7 +23,12 @@ _OFFSETS = itertools.count()
 
 def _incoming(events: list[Event]) -> list[Incoming]:
     """The events as read from partition 0, each at an offset not used before."""
-    return [Incoming(e.user_id.encode(), encode(e), 0, next(_OFFSETS)) for e in events]
+    return _on_partition(events, 0)
+
+
+def _on_partition(events: list[Event], partition: int) -> list[Incoming]:
+    """The events as read from `partition`, each at an offset not used before."""
+    return [Incoming(e.user_id.encode(), encode(e), partition, next(_OFFSETS)) for e in events]
 
 
 def test_a_prepared_batch_has_its_states_before_its_recommendations() -> None:
@@ -95,11 +100,9 @@ def test_idle_users_come_from_the_pipelines_writes_and_from_a_restored_table() -
     t0 = 1_700_000_000_000
     table: dict[str, bytes] = {}
     proc = _pipeline(table)
-    offsets = iter(range(100))
 
     def run(events: list[Event], partition: int = 0) -> None:
-        batch = [Incoming(e.user_id.encode(), encode(e), partition, next(offsets)) for e in events]
-        proc.process(batch)
+        proc.process(_on_partition(events, partition))
 
     run([Event("early", "a", "view", t0), Event("late", "b", "view", t0 + gap)])
     run([Event("other", "c", "view", t0)], partition=1)
@@ -119,6 +122,38 @@ def test_idle_users_come_from_the_pipelines_writes_and_from_a_restored_table() -
 
     del table["early"]  # its partition went to another worker
     assert proc.table.idle_users() == [] and "early" not in proc.table.ends
+
+
+def test_only_owned_partitions_close_and_states_copied_from_the_changelog_are_read_again() -> None:
+    gap = Settings().session_gap_ms
+    t0 = 1_700_000_000_000
+    table: dict[str, bytes] = {}
+    proc = _pipeline(table)
+
+    def run(events: list[Event], partition: int) -> None:
+        proc.process(_on_partition(events, partition))
+
+    run([Event("a", "x", "view", t0)], partition=0)
+    run([Event("b", "x", "view", t0)], partition=1)
+    run([Event("a2", "x", "view", t0 + gap + 1)], partition=0)
+    run([Event("b2", "x", "view", t0 + gap + 1)], partition=1)
+    assert sorted(proc.table.idle_users()) == [("a", 0), ("b", 1)]
+    # Partition 1 went to another worker; this one may keep a standby copy of its users,
+    # whose sessions their owner closes.
+    proc.table.own({0})
+    assert proc.table.idle_users() == [("a", 0)]
+    run([Event("b3", "x", "view", t0 + 3 * gap)], partition=1)  # still in hand when taken
+    assert proc.table.idle_users() == [("a", 0)]
+
+    # A standby copy of "a2" arrives from the changelog: a later event, the session open.
+    later = _pipeline()
+    later.process([Incoming(b"a2", encode(Event("a2", "y", "view", t0 + 2 * gap)), 0, 0)])
+    table["a2"] = later.table.store["a2"]
+    proc.table.changed(["a2"])
+    run([Event("a3", "x", "view", t0 + 2 * gap + 5)], partition=0)
+    assert sorted(proc.table.idle_users()) == [("a", 0)]  # a2 is read again: open at 2 gaps
+    run([Event("a4", "x", "view", t0 + 3 * gap + 2)], partition=0)
+    assert ("a2", 0) in proc.table.idle_users()
 
 
 def test_a_stored_state_takes_its_size_in_memory() -> None:
