@@ -109,11 +109,17 @@ def _ten_workers(scale: list[dict[str, Any]], target: float = 10_000.0) -> str:
     each = target / 10
     cores = each * per_event_us / 1e6 + fixed
     ceiling = 10 * (1 - fixed) / (per_event_us / 1e6)
+    idle = ""
+    if one.get("idle_worker_cpu_pct") and three.get("idle_worker_cpu_pct"):
+        idle = (
+            f" With no events at all, 1 worker used {one['idle_worker_cpu_pct']:.0f}% of a "
+            f"core and 3 workers {three['idle_worker_cpu_pct']:.0f}% together."
+        )
     return (
         f"Ten workers, by the same arithmetic: at {rate:,.0f} events/s, 1 worker used "
         f"{one['worker_cpu_pct']:.0f}% of a core and 3 workers {three['worker_cpu_pct']:.0f}%, "
         f"so each worker costs about {fixed:.2f} of a core whatever its share (idle polling, "
-        f"heartbeats, timers, the watcher) and an event about {per_event_us:,.0f} us. "
+        f"heartbeats, timers, the watcher) and an event about {per_event_us:,.0f} us.{idle} "
         f"{target:,.0f} events/s over 10 workers is {each:,.0f} events/s each: "
         f"{each:,.0f} x {per_event_us:,.0f} us + {fixed:.2f} = **{cores:.2f} of a core per "
         f"worker**, 10 partitions of `events` at least. A worker's events go through one "

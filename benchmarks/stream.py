@@ -52,6 +52,8 @@ class RateResult:
     # that only echoes each event's time
     pipeline: str = "sessionrec"
     workers: int = 1  # worker processes in the consumer group; CPU figures add them up
+    # CPU of the workers together with no events, before the rate ran (0: not measured)
+    idle_worker_cpu_pct: float = 0.0
 
     def row(self) -> str:
         return (
@@ -260,6 +262,7 @@ def bench_stream(
     one_broker: bool = False,
     echo: bool = False,
     workers: int = 1,
+    idle_s: float = 0.0,
 ) -> tuple[list[RateResult], dict[str, list[float]], str]:
     """Run each rate on a broker and worker of its own (started, warmed up, stopped), or all
     rates on one with `one_broker`; return results and raw latencies (by `RateResult.label`).
@@ -267,7 +270,7 @@ def bench_stream(
     (`broker_cost_as_log_fills`), so on one broker each rate would also pay for the logs of the
     rates before it. With `echo`, the worker is the faust floor (`benchmarks.floor`) instead.
     With several `workers`, they share the partitions as one consumer group; their CPU is
-    added up."""
+    added up. With `idle_s`, their CPU with no events is measured that long before each rate."""
     from benchmarks import floor
 
     results: list[RateResult] = []
@@ -289,6 +292,7 @@ def bench_stream(
                 # Warm up; with several workers, also past the rebalance the last join began.
                 run_rate(on_broker, sessions, 200, 3.0 + 4.0 * (workers - 1), users)
                 for rate in group:
+                    idle_pct = _idle_cpu_pct(group_of, idle_s) if idle_s else 0.0
                     worker_s = sum(w.cpu_seconds() for w in group_of)
                     broker_s = broker.cpu_seconds()
                     started = time.monotonic()
@@ -306,6 +310,7 @@ def bench_stream(
                         broker_us_per_event=broker_s * per_event,
                         pipeline="echo" if echo else "sessionrec",
                         workers=workers,
+                        idle_worker_cpu_pct=idle_pct,
                     )
                     print(result.row(), flush=True)
                     results.append(result)
@@ -315,6 +320,14 @@ def bench_stream(
                     worker.stop()
             tail = group_of[0].tail_log(3)
     return results, raw, tail
+
+
+def _idle_cpu_pct(workers: list[WorkerProcess], seconds: float) -> float:
+    """The CPU the workers use together while no events arrive, in % of one core."""
+    before, started = sum(w.cpu_seconds() for w in workers), time.monotonic()
+    time.sleep(seconds)
+    used = sum(w.cpu_seconds() for w in workers) - before
+    return 100 * used / (time.monotonic() - started)
 
 
 @dataclass(frozen=True, slots=True)

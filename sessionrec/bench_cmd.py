@@ -23,6 +23,7 @@ PIPELINE_CASES = 3000
 # events/s (a batch per 20 ms), and its largest (under a backlog).
 COST_BATCHES = (40, 500)
 SCALE_PARTITIONS = 6  # divides evenly among 1, 2 and 3 workers
+SCALE_IDLE_S = 10.0  # the workers' CPU with no events is measured this long before the load
 
 
 def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
@@ -207,8 +208,11 @@ def part_scale(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             args.users,
             out,
             workers=workers,
+            idle_s=SCALE_IDLE_S,
         )
         rows.extend(dataclasses.asdict(r) for r in results)
+        idle = results[-1].idle_worker_cpu_pct
+        print(f"  with no events, before the load: {workers} worker(s) used {idle:.0f}% of a core")
     handovers = _handovers(args, layout, model_dir, sessions, out)
     return {"scale": rows, "handover": handovers, "scale_started": started}
 

@@ -78,8 +78,8 @@ def test_the_report_has_the_scale_out_and_echo_rows(tmp_path: Path) -> None:
 
 def test_the_report_works_out_ten_workers_and_shows_the_hand_over_runs(tmp_path: Path) -> None:
     scale = [
-        {**_rate(1000, 0, 0), "worker_cpu_pct": pct, "workers": n}
-        for n, pct in ((1, 70.0), (2, 90.0), (3, 110.0))
+        {**_rate(1000, 0, 0), "worker_cpu_pct": pct, "workers": n, "idle_worker_cpu_pct": idle}
+        for n, pct, idle in ((1, 70.0, 11.0), (2, 90.0, 20.0), (3, 110.0, 29.0))
     ]
     handover = {
         "standby_replicas": 2,
@@ -100,6 +100,7 @@ def test_the_report_works_out_ten_workers_and_shows_the_hand_over_runs(tmp_path:
     text = (tmp_path / "report.md").read_text()
     # 3 workers cost 0.4 of a core more than 1: 0.2 each; an event (0.7 - 0.2) / 1000 s.
     assert "each worker costs about 0.20 of a core whatever its share" in text
+    assert "With no events at all, 1 worker used 11% of a core and 3 workers 29% together" in text
     assert "1,000 x 500 us + 0.20 = **0.70 of a core per worker**" in text
     assert "10 x (1 - 0.20) / 500 us = **16,000 events/s**" in text
     assert "## Hand-over: one of three workers killed -9 under load" in text
