@@ -560,9 +560,12 @@ def keep_standbys(table: Any, changed: Callable[[list[Any]], None]) -> Callable[
     writes states into the store itself, then sends their changelog messages)."""
     store = table.data
     ends: dict[int, int] = {}  # changelog partition -> last offset whose record is in memory
+    kept: set[int] | None = None  # partitions active or standby here (None: before the first)
     apply_batch = store.apply_changelog_batch
 
     def held(partition: int, offset: int) -> None:
+        if kept is not None and partition not in kept:
+            return  # a late delivery for a partition given away: its keys are gone
         if offset > ends.get(partition, -1):
             ends[partition] = offset
 
@@ -577,6 +580,7 @@ def keep_standbys(table: Any, changed: Callable[[list[Any]], None]) -> Callable[
         return ends.get(tp.partition)
 
     async def on_recovery_completed(active_tps: set[TP], standby_tps: set[TP]) -> None:
+        nonlocal kept
         kept = {tp.partition for tp in active_tps | standby_tps}
         for key, partition in list(store._key_partition.items()):
             if partition not in kept:
