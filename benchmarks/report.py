@@ -113,13 +113,14 @@ def _ten_workers(scale: list[dict[str, Any]], target: float = 10_000.0) -> str:
     if one.get("idle_worker_cpu_pct") and three.get("idle_worker_cpu_pct"):
         idle = (
             f" With no events at all, 1 worker used {one['idle_worker_cpu_pct']:.0f}% of a "
-            f"core and 3 workers {three['idle_worker_cpu_pct']:.0f}% together."
+            f"core and 3 workers {three['idle_worker_cpu_pct']:.0f}% together (fetching, "
+            "heartbeats, timers, the watcher); the rest of the fixed cost comes with the load."
         )
     return (
         f"Ten workers, by the same arithmetic: at {rate:,.0f} events/s, 1 worker used "
         f"{one['worker_cpu_pct']:.0f}% of a core and 3 workers {three['worker_cpu_pct']:.0f}%, "
-        f"so each worker costs about {fixed:.2f} of a core whatever its share (idle polling, "
-        f"heartbeats, timers, the watcher) and an event about {per_event_us:,.0f} us.{idle} "
+        f"so each worker costs about {fixed:.2f} of a core whatever its share, and an event "
+        f"about {per_event_us:,.0f} us.{idle} "
         f"{target:,.0f} events/s over 10 workers is {each:,.0f} events/s each: "
         f"{each:,.0f} x {per_event_us:,.0f} us + {fixed:.2f} = **{cores:.2f} of a core per "
         f"worker**, 10 partitions of `events` at least. A worker's events go through one "
