@@ -65,6 +65,8 @@ class HandOver:
     worker_us_per_event: float  # CPU of all workers during the load, per event answered
     # (partition, longest wait in seconds of an event sent in the AFTER_KILL_S after the kill)
     partitions: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    # (partition, offset, user, ts) of the load's events in `events` that got no answer
+    unanswered: list[tuple[int, int, str, int]] = dataclasses.field(default_factory=list)
 
     def row(self) -> str:
         return (
@@ -108,9 +110,12 @@ def handover(
         for w in workers:
             w.start()
         received: list[Answer] = []
+        produced: list[tuple[int, int, str, int]] = []  # events read back: partition, offset, ...
         stop = threading.Event()
         assigned = threading.Event()
-        reader = threading.Thread(target=_read, args=(local, stop, received, assigned), daemon=True)
+        reader = threading.Thread(
+            target=_read, args=(local, stop, received, produced, assigned), daemon=True
+        )
         try:
             for w in workers:
                 w.wait_ready()
@@ -169,6 +174,7 @@ def handover(
         max(after.values(), default=0.0),
         1e6 * cpu / max(len(first), 1),
         sorted(after.items()),
+        sorted(e for e in produced if e[3] >= started_ms and (e[2], e[3]) not in first),
     )
 
 
@@ -218,20 +224,27 @@ def _read(
     settings: Settings,
     stop: threading.Event,
     out: list[Answer],
+    events: list[tuple[int, int, str, int]],
     assigned: threading.Event,
 ) -> None:
+    """The answers into `out`, and the events themselves as the topic holds them into
+    `events`."""
     from confluent_kafka import Consumer
 
     consumer = Consumer(
         consumer_config(settings, f"bench-{time.time_ns()}", **{"fetch.wait.max.ms": 5})
     )
-    consumer.subscribe([settings.topics.recommendations], on_assign=lambda _c, _p: assigned.set())
+    topics = settings.topics
+    consumer.subscribe([topics.recommendations, topics.events], on_assign=lambda *_: assigned.set())
     while not stop.is_set():
         for msg in ready_messages(consumer, 0.05):
             value = msg.value()
             if msg.error() or value is None:
                 continue
             data = orjson.loads(value)
+            if msg.topic() == topics.events:
+                events.append((msg.partition(), msg.offset(), data["user_id"], data["ts"]))
+                continue
             out.append(
                 Answer(msg.partition(), data["user_id"], data["event_ts"], time.time() * 1000)
             )

@@ -131,7 +131,8 @@ def _ten_workers(scale: list[dict[str, Any]], target: float = 10_000.0) -> str:
 
 
 def _handover(runs: list[dict[str, Any]]) -> str:
-    rows = [{k: v for k, v in r.items() if k != "partitions"} for r in _rounded(runs)]
+    listed = ("partitions", "unanswered")  # kept in results.json
+    rows = [{k: v for k, v in r.items() if k not in listed} for r in _rounded(runs)]
     first = runs[0]
     return (
         _section("Hand-over: one of three workers killed -9 under load", rows)

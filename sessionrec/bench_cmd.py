@@ -221,6 +221,7 @@ def part_scale(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 # standbys at Apache Kafka's smallest default session timeout, then two at half of it.
 HANDOVER_RUNS = ((0, 6.0), (1, 6.0), (2, 6.0), (2, 3.0))
 HANDOVER_SECONDS, HANDOVER_KILL_AT_S = 40.0, 20.0
+UNANSWERED_SHOWN = 5
 
 
 def _handovers(
@@ -252,6 +253,8 @@ def _handovers(
             standby_replicas=standbys,
         )
         print(run.row(), flush=True)
+        for partition, offset, user, ts in run.unanswered[:UNANSWERED_SHOWN]:
+            print(f"  no answer: {user} at {ts} (events partition {partition}, offset {offset})")
         runs.append(dataclasses.asdict(run))
     return runs
 
