@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
+from benchmarks.stream import generate
 from models.codec import encode
 from models.config import Settings
 from models.records import Event
@@ -97,7 +98,6 @@ def handover(
     standby_replicas: int,
 ) -> HandOver:
     """One run on a fresh embedded broker (see the module's text)."""
-    from benchmarks.stream import _generate
 
     log_dir.mkdir(parents=True, exist_ok=True)
     layout = dataclasses.replace(settings, standby_replicas=standby_replicas)
@@ -125,11 +125,11 @@ def handover(
             users = max(live_sessions, 1000)
             if live_sessions:
                 _preload(local, sessions, live_sessions, received)
-            _settle(workers)  # standbys have read the preload's changelog, for one
+            _settle(workers)  # e.g. until the standbys have read the preload's changelog
             received.clear()  # only the load's answers from here on
             sent = mp.get_context("spawn").Value("i", 0)
             gen = mp.get_context("spawn").Process(
-                target=_generate,
+                target=generate,
                 args=(local, local.topics.events, sessions, rate, seconds, users, 11, sent),
             )
             cpu_before = sum(w.cpu_seconds() for w in workers)

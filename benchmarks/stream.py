@@ -101,7 +101,7 @@ class Walkers:
         return Event(f"bench-{u}", self.sessions[s][pos], "view", ts_ms)
 
 
-def _generate(
+def generate(
     settings: Settings,
     topic: str,
     sessions: list[list[str]],
@@ -200,7 +200,7 @@ def run_rate(
     ctx = mp.get_context("spawn")
     sent = ctx.Value("i", 0)
     gen = ctx.Process(
-        target=_generate,
+        target=generate,
         args=(settings, settings.topics.events, sessions, rate, seconds, users, 7, sent),
     )
     gen.start()
