@@ -348,29 +348,22 @@ def _some_rates(text: str) -> list[float]:
     return rates
 
 
-def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+def _positive(kind: Callable[[str], float], zero_allowed: bool = False) -> Callable[[str], float]:
+    """A flag's parser: a number of `kind` above 0 (or 0 and above, with `zero_allowed`)."""
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             noun = "a whole number" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
+        if not (value >= 0 if zero_allowed else value > 0):
+            bound = "0 or more" if zero_allowed else "above 0"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
-    return value
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -487,7 +480,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     )
     p.add_argument(
         "--handover-sessions",
-        type=_non_negative_int,
+        type=_positive(int, zero_allowed=True),
         default=200_000,
         help="scale: users with an open session before the kill (default 200000)",
     )

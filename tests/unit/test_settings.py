@@ -122,6 +122,7 @@ def test_help_explains_every_subcommand(capsys: pytest.CaptureFixture[str]) -> N
         ("--one-partition-rates", "x", "argument --one-partition-rates: 'x' is not"),
         ("--seconds", "0", "argument --seconds: '0': must be above 0"),
         ("--users", "two", "argument --users: 'two' is not a whole number"),
+        ("--handover-sessions", "-1", "argument --handover-sessions: '-1': must be 0 or more"),
     ],
 )
 def test_bench_flags_are_checked_before_anything_runs(
