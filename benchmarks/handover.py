@@ -15,12 +15,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import orjson
 
-from benchmarks.stream import generate
+from benchmarks.stream import generate, wait_for
 from models.codec import encode
 from models.config import Settings
 from models.records import Event
@@ -145,7 +145,7 @@ def handover(
                 load = {(a.user, a.sent_ms) for a in received if a.sent_ms >= started_ms}
                 return len(load) >= int(sent.value)
 
-            _wait_for(received, all_answered, DRAIN_IDLE_S)
+            wait_for(received, all_answered, DRAIN_IDLE_S)
             cpu = cpu_killed + sum(w.cpu_seconds() for w in workers[1:]) - cpu_before
         finally:
             stop.set()
@@ -196,7 +196,7 @@ def _preload(
         if u % 1000 == 0:
             producer.poll(0)
     producer.flush(60)
-    _wait_for(received, lambda: len(received) - start >= users, PRELOAD_TIMEOUT_S)
+    wait_for(received, lambda: len(received) - start >= users, PRELOAD_TIMEOUT_S)
 
 
 def _settle(workers: list[WorkerProcess]) -> None:
@@ -207,17 +207,6 @@ def _settle(workers: list[WorkerProcess]) -> None:
         time.sleep(1.0)
         if sum(w.cpu_seconds() for w in workers) - before < SETTLED_CORES:
             return
-
-
-def _wait_for(received: list[Any], done: Any, idle_s: float) -> None:
-    """Until `done()`, or nothing new has arrived in `received` for `idle_s`."""
-    count, moved = -1, time.monotonic()
-    while not done():
-        if len(received) != count:
-            count, moved = len(received), time.monotonic()
-        elif time.monotonic() - moved > idle_s:
-            return
-        time.sleep(0.2)
 
 
 def _read(

@@ -136,7 +136,7 @@ def _handover(runs: list[dict[str, Any]]) -> str:
     first = runs[0]
     return (
         _section("Hand-over: one of three workers killed -9 under load", rows)
-        + f"\n{3} workers in one group on 6 partitions. First {first['live_sessions']:,} "
+        + f"\n3 workers in one group on 6 partitions. First {first['live_sessions']:,} "
         "users each send one event (every session then open in the table and in its "
         f"changelog), then {first['rate']:,.0f} events/s for {first['seconds']:.0f} s, and "
         "one worker is killed -9 halfway. Each event's wait is the time from its produce to "
@@ -145,8 +145,9 @@ def _handover(runs: list[dict[str, Any]]) -> str:
         "killed worker's partitions wait longest). A fresh embedded broker for each run. "
         "The killed worker is noticed after the session timeout; the group then joins again "
         "(the embedded broker holds every join for about 3 s; Apache Kafka answers once all "
-        "members have rejoined); the new owner of a partition restores its sessions from the "
-        "changelog, from the start without a standby, or only the last records when it "
+        "members have rejoined, not measured here); the new owner of a partition restores its "
+        "sessions from the changelog, from the start without a standby, or only the last "
+        "records when it "
         "held a standby copy; then it works off the backlog. worker_us_per_event: the CPU of "
         "all workers during the load (restores and standby reading included) per event.\n"
     )

@@ -6,10 +6,11 @@ All on this machine: the broker, the worker, the generator and the consumer shar
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -205,16 +206,8 @@ def run_rate(
     )
     gen.start()
     gen.join()
-    # Wait for the backlog to drain, so that the next rate starts on an idle worker; give up
-    # after DRAIN_S, or when nothing has arrived for DRAIN_IDLE_S.
-    deadline = time.monotonic() + DRAIN_S
-    count, moved = -1, time.monotonic()
-    while len(received) < sent.value and time.monotonic() < deadline:
-        if len(received) != count:
-            count, moved = len(received), time.monotonic()
-        elif time.monotonic() - moved > DRAIN_IDLE_S:
-            break
-        time.sleep(0.1)
+    # Wait for the backlog to drain, so that the next rate starts on an idle worker.
+    wait_for(received, lambda: len(received) >= sent.value, DRAIN_IDLE_S, DRAIN_S)
     stop.set()
     reader.join()
     latencies = np.array([lat for lat, _ in received], dtype=np.float64)
@@ -232,6 +225,21 @@ def run_rate(
         float(latencies.max()) if len(latencies) else 0.0,
     )
     return result, latencies.tolist()
+
+
+def wait_for(
+    received: list[Any], done: Callable[[], bool], idle_s: float, within_s: float = math.inf
+) -> None:
+    """Until `done()`, or nothing new has arrived in `received` for `idle_s`, or `within_s`
+    has passed."""
+    deadline = time.monotonic() + within_s
+    count, moved = -1, time.monotonic()
+    while not done() and time.monotonic() < deadline:
+        if len(received) != count:
+            count, moved = len(received), time.monotonic()
+        elif time.monotonic() - moved > idle_s:
+            return
+        time.sleep(0.1)
 
 
 def srgnn_sessions(data: Path, limit: int = 20000) -> list[list[str]]:
