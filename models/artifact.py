@@ -50,6 +50,9 @@ _ARRAYS = (
     "position_weights",
     "popularity",
 )
+# Optional arrays: a version written before they existed loads without them.
+_OPTIONAL_ARRAYS = ("item_price",)
+UNKNOWN_PRICE = -1.0  # item_price of an item without a price
 
 
 class ArtifactError(ValueError):
@@ -70,6 +73,8 @@ class Model:
     position_weights: F32
     popularity: F32
     manifest: dict[str, Any]
+    # (n,) float32: each item's catalog price (UNKNOWN_PRICE: none), for price filters.
+    item_price: F32 | None = None
 
     @property
     def dims(self) -> Dims:
@@ -121,6 +126,8 @@ def save_model(model: Model, directory: Path, index: ItemIndex | None = None) ->
         "position_weights": model.position_weights,
         "popularity": model.popularity,
     }
+    if model.item_price is not None:
+        arrays["item_price"] = model.item_price
     for name, array in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
     (tmp / "items.json").write_text(json.dumps(list(model.item_ids)))
@@ -267,9 +274,10 @@ def _check_arrays(path: Path, a: dict[str, np.ndarray], n: int, dims: Dims, voca
         "item_category": (n,),
         "item_brand": (n,),
         "popularity": (n,),
+        "item_price": (n,),
     }
     for name, shape in expected.items():
-        if a[name].shape != shape:
+        if name in a and a[name].shape != shape:
             raise _bad(path, f"{name}.npy has shape {a[name].shape}, expected {shape}")
     if a["position_weights"].ndim != 1 or not 1 <= len(a["position_weights"]) <= 10_000:
         raise _bad(path, f"position_weights.npy has shape {a['position_weights'].shape}")
@@ -311,6 +319,9 @@ def load_model(path: Path) -> Model:
     vocab = _load_json(path, "vocab.json")
     dims = _check_vocab(path, vocab)
     a = {name: _load_array(path, name) for name in _ARRAYS}
+    for name in _OPTIONAL_ARRAYS:
+        if (path / f"{name}.npy").exists():
+            a[name] = _load_array(path, name)
     n = len(ids)
     _check_arrays(path, a, n, dims, vocab)
     tables = FeatureTables(
@@ -337,6 +348,7 @@ def load_model(path: Path) -> Model:
         a["position_weights"].astype(np.float32, copy=False),
         a["popularity"].astype(np.float32, copy=False),
         manifest,
+        a["item_price"].astype(np.float32, copy=False) if "item_price" in a else None,
     )
 
 

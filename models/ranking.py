@@ -6,8 +6,12 @@ The same code serves the stream worker and the offline evaluation. For each requ
    intents), each intent alone when there are several, pairs of intents when there are three or
    more, and the user's past intents (scaled by `past_weight`);
 3. search the index with every query of every request in one batched call;
-4. merge candidates by their best weighted cosine, drop bought (and optionally seen) items,
-   and, with diversity > 0, re-rank by maximal marginal relevance.
+4. merge candidates by their best weighted cosine, drop bought (and optionally seen) items and
+   what the request's filters exclude, and, with diversity > 0, re-rank by maximal marginal
+   relevance.
+
+A request's answer depends on the request and the index only, never on the other requests of
+its batch: the HTTP API answers a user alone and gives the list the stream gave.
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ import numpy as np
 
 from models.config import EventWeights, Limits, QueryDefaults
 from models.features import F32, I64, Dims
+from models.filters import NO_FILTERS, Filters, ItemMetadata
 from models.index import ItemIndex
 from models.intent import cluster
 from models.records import RecommendedItem
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
+FILTERED_OVERFETCH = 5  # a filtered request fetches this many times k (see models/filters.py)
 MIN_INTENT_SHARE = 0.25
-FETCH_GROUP = 10  # queries whose needs round up to the same multiple of this share one search
+FETCH_GROUP = 10  # a query searches as deep as its need rounded up to a multiple of this
 
 
 @dataclass(slots=True)
@@ -46,6 +52,7 @@ class Request:
     bought: frozenset[str] = frozenset()
     past: list[PastIntent] = field(default_factory=list)
     params: QueryDefaults = field(default_factory=QueryDefaults)
+    filters: Filters = NO_FILTERS
 
 
 @dataclass(slots=True)
@@ -81,7 +88,7 @@ class Plan:
     per_request: list[tuple[list[IntentOut], int]]
     matrix: F32 | None
     k_search: int
-    fetch: I64  # how many results each query needs: its request's `_fetch`
+    fetch: I64  # how deep each query searches: its request's `_fetch`, rounded up
 
 
 def _unit(vector: F32) -> F32 | None:
@@ -133,8 +140,16 @@ def query_problem(q: QueryDefaults, limits: Limits) -> str | None:
 class Recommender:
     """Ranks items for sessions over an `ItemIndex` (approximate or exact)."""
 
-    def __init__(self, index: ItemIndex, dims: Dims, position_weights: F32, weights: EventWeights):
+    def __init__(
+        self,
+        index: ItemIndex,
+        dims: Dims,
+        position_weights: F32,
+        weights: EventWeights,
+        metadata: ItemMetadata | None = None,
+    ):
         self.index = index
+        self.metadata = metadata or ItemMetadata()  # what filters read
         self.dims = dims
         self.position_weights = position_weights
         self.weights = weights
@@ -224,15 +239,16 @@ class Recommender:
         return self.finish(plan, *self.search(plan))
 
     def plan(self, requests: list[Request], max_fetch: int | None = None) -> Plan:
-        """Every request's queries, stacked for one index search; a query fetches at most
-        `max_fetch` items (None: what its request needs)."""
+        """Every request's queries, stacked for one index search; a query fetches what its
+        request needs rounded up to a multiple of FETCH_GROUP, and at most `max_fetch` items
+        (None: no cap)."""
         all_queries: list[_Query] = []
         per_request: list[tuple[list[IntentOut], int]] = []
         for r, req in enumerate(requests):
             queries, intents, unknown = self._queries(r, req)
             all_queries.extend(queries)
             per_request.append((intents, unknown))
-        fetch = [self._fetch(req) for req in requests]
+        fetch = [-(-self._fetch(req) // FETCH_GROUP) * FETCH_GROUP for req in requests]
         if max_fetch is not None:
             fetch = [min(f, max_fetch) for f in fetch]
         k_search = max(fetch, default=0)
@@ -248,20 +264,19 @@ class Recommender:
         """The plan's index search: numpy and hnswlib only, so it may run in another thread
         (hnswlib releases the GIL) while nothing changes the index.
 
-        Queries are searched in groups of similar need (rounded up to FETCH_GROUP), each group
-        as deep as its deepest query: the search beam grows with k, so one request that must
-        skip many bought items does not make every query of its batch search that deep. Rows
+        Queries are searched in groups of equal depth: the search beam grows with k, so one
+        request that must skip many bought items does not make every query of its batch search
+        that deep, and a query finds the same items whatever else its batch holds. Rows
         shorter than `k_search` are padded with label -1."""
         if plan.matrix is None:
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
-        groups = -(-plan.fetch // FETCH_GROUP)
-        if groups.min() == groups.max():
+        if plan.fetch.min() == plan.fetch.max():
             return self.index.search(plan.matrix, plan.k_search)
         labels = np.full((len(plan.fetch), plan.k_search), -1, np.int64)
         scores = np.zeros((len(plan.fetch), plan.k_search), np.float32)
-        for group in np.unique(groups):
-            rows = np.flatnonzero(groups == group)
-            found, score = self.index.search(plan.matrix[rows], int(plan.fetch[rows].max()))
+        for depth in np.unique(plan.fetch):
+            rows = np.flatnonzero(plan.fetch == depth)
+            found, score = self.index.search(plan.matrix[rows], int(depth))
             labels[rows, : found.shape[1]] = found
             scores[rows, : found.shape[1]] = score
         return labels, scores
@@ -320,7 +335,11 @@ class Recommender:
         return [(score[a:b], shown[a:b], label[a:b], intent[a:b]) for a, b in pairwise(bounds)]
 
     def _fetch(self, req: Request) -> int:
-        excluded = len(req.bought) + (len(req.clicks) if req.params.exclude_seen else 0)
+        excluded = len(req.bought) + len(req.filters.exclude)
+        if req.params.exclude_seen:
+            excluded += len(req.clicks)
+        if req.filters.narrows():
+            return req.params.k * FILTERED_OVERFETCH + excluded
         return req.params.k * (OVERFETCH if req.params.diversity > 0 else 1) + excluded
 
     def _finish(
@@ -334,13 +353,15 @@ class Recommender:
         unknown: int,
     ) -> Result:
         """The request's answer from its merged candidates, best first."""
-        excluded = set(req.bought)
+        excluded = req.bought | req.filters.exclude
         if req.params.exclude_seen:
-            excluded.update(item for item, _ in req.clicks)
+            excluded = excluded | {item for item, _ in req.clicks}
         known = self.index.labels
         dropped = [known[item] for item in excluded if item in known]
-        if dropped:
-            keep = ~np.isin(labels, dropped)
+        if dropped or req.filters.narrows():
+            keep = req.filters.keep(labels, self.metadata)
+            if dropped:
+                keep &= ~np.isin(labels, dropped)
             scores, shown, labels = scores[keep], shown[keep], labels[keep]
             intents_of = intents_of[keep]
         k = req.params.k

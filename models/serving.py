@@ -17,6 +17,7 @@ import numpy as np
 from models.artifact import Model, current_version, load_index, load_model, version_path
 from models.config import EventWeights
 from models.features import compose, encode_items
+from models.filters import ItemMetadata
 from models.index import ItemIndex
 from models.ranking import IntentOut, Recommender
 from models.records import Intent, Item
@@ -31,8 +32,7 @@ class ServingModel:
     model: Model
     index: ItemIndex
     recommender: Recommender
-    categories: dict[int, str | None]
-    brands: dict[int, str | None]
+    metadata: ItemMetadata  # the recommender's, for intents and filters
 
     @property
     def version(self) -> str:
@@ -59,10 +59,15 @@ class ServingModel:
                     identity[row] = self.model.identity[known]
             vectors = compose(t, features, identity)
             self.index.upsert([i.item_id for i in live], vectors)
+            m = self.metadata
             for item in live:
                 label = self.index.labels[item.item_id]
-                self.categories[label] = item.category
-                self.brands[label] = item.brand
+                m.categories[label] = item.category
+                m.brands[label] = item.brand
+                if item.price is None:
+                    m.prices.pop(label, None)
+                else:
+                    m.prices[label] = item.price
         return len(items)
 
     def model_row(self, item_id: str) -> int | None:
@@ -77,8 +82,8 @@ class ServingModel:
             id=it.id,
             members=list(it.members),
             weight=round(it.weight, 4),
-            category=_dominant([self.categories.get(label) for label in labels]),
-            brand=_dominant([self.brands.get(label) for label in labels]),
+            category=_dominant([self.metadata.categories.get(label) for label in labels]),
+            brand=_dominant([self.metadata.brands.get(label) for label in labels]),
             past=it.past,
         )
 
@@ -105,8 +110,12 @@ def serving_model(model: Model, index: ItemIndex, weights: EventWeights) -> Serv
         row: (t.brand_vocab.words[b - 1] if b > 0 else None)
         for row, b in enumerate(model.item_brand.tolist())
     }
-    rec = Recommender(index, t.dims, model.position_weights, weights)
-    return ServingModel(model, index, rec, categories, brands)
+    prices: dict[int, float] = {}
+    if model.item_price is not None:
+        prices = {row: p for row, p in enumerate(model.item_price.tolist()) if p >= 0}
+    metadata = ItemMetadata(categories, brands, prices)
+    rec = Recommender(index, t.dims, model.position_weights, weights, metadata)
+    return ServingModel(model, index, rec, metadata)
 
 
 def load_serving(

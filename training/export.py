@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.artifact import Model, save_model, set_current
+from models.artifact import UNKNOWN_PRICE, Model, save_model, set_current
 from models.features import Vocab
 from models.index import IndexConfig, ItemIndex
 from training.trainer import TrainedModel
@@ -27,6 +28,10 @@ def _item_rows(items_vocab: Vocab, values: list[str | None]) -> np.ndarray:
     return np.asarray([index.get(v or "", 0) for v in values], dtype=np.int64)
 
 
+def _price(price: float | None) -> float:
+    return UNKNOWN_PRICE if price is None or not math.isfinite(price) or price < 0 else price
+
+
 def to_model(trained: TrainedModel, version: str, manifest: dict[str, Any]) -> Model:
     t = trained.tables
     popularity = np.zeros(len(trained.item_ids), dtype=np.float32)
@@ -41,6 +46,7 @@ def to_model(trained: TrainedModel, version: str, manifest: dict[str, Any]) -> M
         position_weights=trained.position_weights,
         popularity=trained.popularity if trained.popularity is not None else popularity,
         manifest=manifest,
+        item_price=np.asarray([_price(i.price) for i in trained.items], np.float32),
     )
 
 

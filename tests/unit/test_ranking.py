@@ -5,6 +5,7 @@ import pytest
 
 from models.config import EventWeights, Limits, QueryDefaults
 from models.features import Dims
+from models.filters import Filters, filters_from
 from models.index import ItemIndex, top_k
 from models.intent import cluster
 from models.ranking import Recommender, Request, params_from
@@ -144,7 +145,7 @@ def test_one_query_fetches_at_most_the_search_depth_cap() -> None:
     rec = _world(exact=True)
     bought = frozenset(f"c{c}-{i}" for c in range(4) for i in range(8))
     req = Request([("c3-1", "view")], bought, params=QueryDefaults(k=10))
-    assert rec.plan([req]).k_search == 10 + len(bought)
+    assert rec.plan([req]).k_search == 50  # 10 + 32, rounded up to a multiple of FETCH_GROUP
     capped = rec.plan([req], max_fetch=12)
     assert capped.k_search == 12 and capped.fetch.max() == 12
 
@@ -167,7 +168,7 @@ def test_a_search_run_in_another_thread_gives_the_same_answers() -> None:
         [i.members for i in r.intents] for r in direct
     ]
     assert threaded[0].items and threaded[2].items == []
-    assert len(plan.queries) == len(labels) and plan.k_search == 20 + 1
+    assert len(plan.queries) == len(labels) and plan.k_search == 30  # 20 + 1, rounded up
 
 
 def test_each_query_is_searched_only_as_deep_as_its_request_needs() -> None:
@@ -192,3 +193,57 @@ def test_each_query_is_searched_only_as_deep_as_its_request_needs() -> None:
         len(together[2].items) == 20
         and not {i["item_id"] for i in together[2].items} & buyer.bought
     )
+
+
+def _with_metadata(rec: Recommender) -> Recommender:
+    """Cluster c's items: category f"cat{c}", brand odd/even, price = the item's number."""
+    for item, label in rec.index.labels.items():
+        cluster_no, number = (int(x) for x in item[1:].split("-"))
+        rec.metadata.categories[label] = f"cat{cluster_no}"
+        rec.metadata.brands[label] = "odd" if number % 2 else "even"
+        if number < 20:  # the last five of each cluster have no price
+            rec.metadata.prices[label] = float(number)
+    return rec
+
+
+def test_filters_keep_only_matching_items_and_search_deeper() -> None:
+    rec = _with_metadata(_world(exact=True))
+    session = [("c0-1", "view"), ("c0-2", "view")]
+    plain = rec.recommend([Request(session, params=QueryDefaults(k=10))])[0]
+    assert {i["item_id"][:2] for i in plain.items} == {"c0"}  # the session's own cluster
+    cases = [
+        (filters_from({"categories": ["cat2"]}), lambda c, n: c == 2),
+        (filters_from({"not_categories": ["cat0"]}), lambda c, n: c != 0),
+        (filters_from({"brands": ["odd"], "categories": ["cat0"]}), lambda c, n: n % 2 == 1),
+        (filters_from({"max_price": 4.5}), lambda c, n: n <= 4),
+        (filters_from({"min_price": 18}), lambda c, n: 18 <= n < 20),  # unknown: out
+    ]
+    for filters, passes in cases:
+        req = Request(session, params=QueryDefaults(k=10), filters=filters)
+        assert rec.plan([req]).k_search == 50  # k x FILTERED_OVERFETCH
+        got = [i["item_id"] for i in rec.recommend([req])[0].items]
+        assert got, filters
+        for item in got:
+            c, n = (int(x) for x in item[1:].split("-"))
+            assert passes(c, n), (filters, item)
+    excluded = frozenset(i["item_id"] for i in plain.items[:3])
+    req = Request(session, params=QueryDefaults(k=10), filters=Filters(exclude=excluded))
+    got = [i["item_id"] for i in rec.recommend([req])[0].items]
+    assert got == [i["item_id"] for i in plain.items[3:]] + got[7:] and len(got) == 10
+
+
+@pytest.mark.parametrize(
+    "values, reason",
+    [
+        ({"colour": ["red"]}, "unknown filter 'colour'"),
+        ({"categories": "shoes"}, "categories is 'shoes', expected a list of strings"),
+        ({"brands": [""]}, "expected a list of strings"),
+        ({"min_price": "cheap"}, "min_price is 'cheap', expected a number"),
+        ({"max_price": -1}, "max_price is -1, expected a number >= 0"),
+        ({"min_price": 5, "max_price": 2}, "min_price 5 is above max_price 2"),
+        ({"exclude": ["x"] * 101}, "exclude has 101 values, at most 100"),
+    ],
+)
+def test_bad_filters_are_refused_naming_the_filter(values: dict, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        filters_from(values)
