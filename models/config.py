@@ -16,6 +16,9 @@ from typing import Any
 
 ENV_PREFIX = "SESSIONREC_"
 KAFKA_ENV_PREFIX = f"{ENV_PREFIX}KAFKA_"
+# Settings whose values are never shown (logs, errors, --help, repr): as a field path, and
+# the librdkafka client properties.
+SECRET_SETTINGS = frozenset({"api.token"})
 # Client properties whose values are never shown (logs, errors, --help, repr).
 SECRET_PROPERTIES = frozenset(
     {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
@@ -111,6 +114,21 @@ class Limits:
     max_search_depth: int = 500  # items one query may fetch (k, overfetch, bought, seen)
 
 
+@dataclass(frozen=True, slots=True)
+class Api:
+    """The workers' HTTP query API (`stream/api.py`)."""
+
+    port: int = 8080  # 0: any free port (the worker logs which)
+    address: str = "127.0.0.1"  # 0.0.0.0 in a container that others call
+    # How the other workers reach this one; empty: http://<address or host name>:<port>. In
+    # Kubernetes, the pod's IP (see deploy/k8s/worker.yaml).
+    url: str = ""
+    # When set, every request but /healthz, /readyz and /openapi.json needs
+    # "Authorization: Bearer <token>"; the same token on every worker.
+    token: str = ""
+    max_items: int = 200  # events of one ad-hoc session request
+
+
 # The HNSW search beam (at least k): higher finds more of the exact top-k, and is slower.
 DEFAULT_INDEX_EF = 20
 
@@ -142,6 +160,7 @@ class Settings:
     weights: EventWeights = field(default_factory=EventWeights)
     query: QueryDefaults = field(default_factory=QueryDefaults)
     limits: Limits = field(default_factory=Limits)
+    api: Api = field(default_factory=Api)
     # librdkafka client properties ([kafka] table), sorted by name; secrets are `Secret`s.
     kafka: tuple[tuple[str, str], ...] = ()
 

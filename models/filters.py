@@ -60,10 +60,11 @@ class Filters:
         if not self.narrows():
             return np.ones(len(labels), dtype=bool)
         return np.fromiter(
-            (self._passes(label, metadata) for label in labels.tolist()), bool, len(labels)
+            (self.passes(label, metadata) for label in labels.tolist()), bool, len(labels)
         )
 
-    def _passes(self, label: int, m: ItemMetadata) -> bool:
+    def passes(self, label: int, m: ItemMetadata) -> bool:
+        """Whether the item of index `label` passes the category, brand and price filters."""
         category, brand = m.categories.get(label), m.brands.get(label)
         if self.categories and category not in self.categories:
             return False
@@ -84,8 +85,8 @@ class Filters:
 
 
 NO_FILTERS = Filters()
-_SETS = ("categories", "not_categories", "brands", "not_brands", "exclude")
-_BOUNDS = ("min_price", "max_price")
+LIST_FILTERS = ("categories", "not_categories", "brands", "not_brands", "exclude")
+NUMBER_FILTERS = ("min_price", "max_price")
 
 
 def filters_from(values: dict[str, Any] | None) -> Filters:
@@ -95,9 +96,9 @@ def filters_from(values: dict[str, Any] | None) -> Filters:
         return NO_FILTERS
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if name in _SETS:
+        if name in LIST_FILTERS:
             out[name] = _strings(name, value)
-        elif name in _BOUNDS:
+        elif name in NUMBER_FILTERS:
             out[name] = _price(name, value)
         else:
             raise ValueError(f"filters: unknown filter {str(name)[:40]!r}")

@@ -16,6 +16,7 @@ from typing import Any
 from models.config import (
     KAFKA_ENV_PREFIX,
     SECRET_PROPERTIES,
+    SECRET_SETTINGS,
     Secret,
     Settings,
     env_fields,
@@ -71,6 +72,8 @@ def _apply(obj: Any, values: Mapping[str, Any], prefix: str = "") -> Any:
             if not isinstance(value, Mapping):
                 raise SettingsError(f"setting '{path}' is {value!r}, expected a table")
             changes[key] = _apply(current, value, f"{path}.")
+        elif path in SECRET_SETTINGS:
+            changes[key] = Secret(_coerce(path, value, str))
         else:
             changes[key] = _coerce(path, value, types[key])
     return dataclasses.replace(obj, **changes)
@@ -170,6 +173,12 @@ def _validate(settings: Settings) -> None:
     _range("standby_replicas", s.standby_replicas, 0, 10)
     _range("session_timeout_s", s.session_timeout_s, 1.0, 1800.0)
     _range("metrics_port", s.metrics_port, 0, 65_535)
+    _range("api.port", s.api.port, 0, 65_535)
+    _range("api.max_items", s.api.max_items, 1, 100_000)
+    if s.api.url and not re.fullmatch(r"https?://[^/\s]+", s.api.url):
+        raise SettingsError(
+            f"setting 'api.url' is {s.api.url!r}, expected http://host:port (no path)"
+        )
     _range("limits.max_k", lim.max_k, 1, 10_000)
     _range("limits.max_intents", lim.max_intents, 1, 20)
     _range("limits.max_search_depth", lim.max_search_depth, 1, 100_000)

@@ -21,6 +21,7 @@ from models.config import Settings
 from models.serving import ServingModel, load_current
 from models.store import RemoteStore
 from stream import faust_adapter, metrics
+from stream.api import Api, api_url, free_port, web_options
 from stream.kafka import Outbox, producer_config
 from stream.pipeline import Pipeline
 from stream.topics import SESSION_TABLE
@@ -57,6 +58,7 @@ class Worker(NamedTuple):
     pipeline: Pipeline
     watcher: Watcher
     outbox: Outbox
+    api: Api
 
 
 def build_app(
@@ -68,7 +70,9 @@ def build_app(
     """The worker, serving versions from `model_dir` (with a remote `model_store`: the cache
     its versions are copied into); `pipeline_type` replaces the pipeline (the benchmarks'
     faust floor)."""
-    app = faust_adapter.make_app(settings, LINGER_MS)
+    port = settings.api.port or free_port(settings.api.address)
+    url = api_url(settings, port)
+    app = faust_adapter.make_app(settings, LINGER_MS, port, url, web_options(settings))
     serving = load_model(settings, model_dir)
     table = app.Table(SESSION_TABLE, partitions=settings.partitions, value_type=bytes)
     sessions, changelog = faust_adapter.session_store(table)
@@ -97,6 +101,8 @@ def build_app(
         pipeline.table.own({tp.partition for tp in assigned if tp.topic == events_topic})
 
     app.on_partitions_assigned.connect(cast(Any, own))  # faust's type names no arguments
+    api = Api(settings, app, pipeline, url)
+    api.install()
 
     @app.agent(events)
     async def handle(stream: Any) -> None:
@@ -124,8 +130,14 @@ def build_app(
     async def start() -> None:
         watcher.start()
         faust_adapter.on_start(app)
+        log.info("query API on %s (listening on %s:%d)", url, settings.api.address, port)
 
-    return Worker(app, pipeline, watcher, outbox)
+    async def stop_api(_app: faust.App, **_: Any) -> None:
+        await api.close()
+
+    app.on_before_shutdown.connect(cast(Any, stop_api))
+
+    return Worker(app, pipeline, watcher, outbox, api)
 
 
 def run_worker(

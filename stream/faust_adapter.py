@@ -33,8 +33,8 @@ fails loudly instead of silently skipping a patch.
    later ones of their partition were acked, so their offsets were committed unanswered.
    Broker-independent.
 6. `no_event_sensors` takes faust's Monitor out of the per-event sensor calls: it times
-   every message in Python, and nothing reads it (faust's web view is off; the worker
-   serves its own Prometheus metrics). Broker-independent.
+   every message in Python, and nothing reads it (faust's statistics pages are off; the
+   worker serves its own Prometheus metrics). Broker-independent.
 7. `tune_gc` changes process-wide garbage-collector settings: objects alive at start-up
    (model, libraries) are frozen out of its walks and it runs after GC_YOUNG_THRESHOLD
    allocations instead of 700, since the session table renews objects on every event.
@@ -63,6 +63,12 @@ fails loudly instead of silently skipping a patch.
    holds for each partition it keeps (applied from the changelog, or written by this worker),
    restores from there, and keeps the standby partitions' keys. This also spares a worker
    from reading again the partitions it keeps through a rebalance. Broker-independent.
+13. `partition_owners` reads which worker's URL owns each partition of a topic from faust's
+   router (`external_topics_metadata`: the assignor's record of the group's assignment, each
+   member's URL included). The query API routes a user's request by it. faust's own
+   `topic_route` forwards without a timeout or the request's token, and back again when two
+   workers disagree during a rebalance; `stream.api` forwards once, with both.
+   Broker-independent.
 """
 
 from __future__ import annotations
@@ -111,8 +117,12 @@ def check_faust_version(installed: str | None = None) -> None:
         )
 
 
-def make_app(settings: Settings, linger_ms: int) -> faust.App:
-    """The faust app, with every workaround applied that must precede its consumer."""
+def make_app(
+    settings: Settings, linger_ms: int, web_port: int, web_url: str, web_options: dict[str, Any]
+) -> faust.App:
+    """The faust app, with every workaround applied that must precede its consumer. Its web
+    server serves the query API on `web_port`, announced to the group as `web_url`, with
+    aiohttp's `web_options`; faust's own pages (router, tables, statistics) are off."""
     check_faust_version()
     kafka = dict(settings.kafka)
     credentials = broker_credentials(kafka)  # refuses what faust's client cannot honour
@@ -132,7 +142,16 @@ def make_app(settings: Settings, linger_ms: int) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.topic_layout.replication_factor,  # the changelog too
         table_standby_replicas=settings.standby_replicas,
-        web_enabled=False,
+        web_enabled=True,
+        web_bind=settings.api.address,
+        web_port=web_port,
+        canonical_url=web_url,
+        web_application_options=web_options,
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         # A worker killed without leaving is noticed after the session timeout; heartbeats
         # come from aiokafka's own thread, so a busy event loop does not miss them.
         broker_session_timeout=settings.session_timeout_s,
@@ -594,3 +613,23 @@ def keep_standbys(table: Any, changed: Callable[[list[Any]], None]) -> Callable[
     store.persisted_offset = persisted_offset
     store.on_recovery_completed = on_recovery_completed
     return held
+
+
+# -- 13. Who owns a partition -------------------------------------------------------------------
+
+
+def recovered(app: faust.App) -> bool:
+    """Whether the session table has been restored from its changelog at least once."""
+    return bool(cast(Any, app.tables).recovery.completed.is_set())
+
+
+def partition_owners(app: faust.App, topic: str) -> dict[int, str]:
+    """Partition of `topic` -> the URL of the worker it is assigned to, as the group's last
+    assignment says (empty before the first, or if faust's router cannot say)."""
+    try:
+        hosts = app.router.external_topics_metadata()
+    except Exception:  # before the first assignment the assignor may hold nothing
+        return {}
+    return {
+        partition: str(url) for url, topics in hosts.items() for partition in topics.get(topic, ())
+    }

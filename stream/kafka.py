@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from models.config import Settings
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,12 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     idempotent producers needs `enable.idempotence = false` in [kafka])."""
     defaults = {"linger.ms": 2, "log_level": 3, "enable.idempotence": True, **extra}
     return settings.client_config(defaults, partitioner="murmur2_random")
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition `producer_config`'s partitioner gives a message keyed `key` (Kafka's
+    murmur2, as the Java client computes it)."""
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
 
 
 def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, Any]:

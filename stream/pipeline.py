@@ -11,12 +11,16 @@
 `Pipeline.run` is the loop, and the one place where a batch's search overlaps the next batch.
 The faust adapter (`stream.faust_adapter`) hands it batches and acknowledges their events;
 tests and benchmarks call the steps, or `process`, directly.
+
+The HTTP API (`stream.api`) asks `for_user`, `similar` and `for_session`: one request each,
+planned, searched and explained by the same code as a batch's, and changing nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import time
@@ -30,8 +34,9 @@ import numpy as np
 import orjson
 
 from models.codec import DecodeError, decode_event, encode, encode_answers, encode_session
-from models.config import Settings
+from models.config import QueryDefaults, Settings
 from models.features import F32, I64
+from models.filters import NO_FILTERS, Filters
 from models.intent import cluster
 from models.ranking import PastIntent, Plan, Request, Result, params_from
 from models.records import Event, Intent, Item, Recommendation, RecommendedItem
@@ -387,16 +392,19 @@ class Pipeline:
     def _request(self, w: _UserWork) -> Request:
         current = w.state.session.current
         clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
-        past = [
-            PastIntent(np.asarray(p.vector, dtype=np.float32), p.weight, tuple(p.members))
-            for p in w.state.past
-        ]
         return Request(
             clicks,
             frozenset(w.state.bought),
-            past,
+            self._past(w.state),
             params_from(self.settings.query, w.params, self.settings.limits),
         )
+
+    @staticmethod
+    def _past(state: UserState) -> list[PastIntent]:
+        return [
+            PastIntent(np.asarray(p.vector, dtype=np.float32), p.weight, tuple(p.members))
+            for p in state.past
+        ]
 
     def _start_search(self, searcher: ThreadPoolExecutor, pending: Pending) -> asyncio.Future[Any]:
         """Start the batch's index search in the searcher thread (hnswlib releases the GIL);
@@ -443,13 +451,26 @@ class Pipeline:
         self, serving: ServingModel | None, req: Request, result: Result | None
     ) -> tuple[list[RecommendedItem], list[Intent], str]:
         if result is None or not result.items:
-            top = self.trending.top(req.params.k, set(req.bought), self.live)
+            top = self.trending.top(
+                req.params.k, set(req.bought | req.filters.exclude), self._allowed(req.filters)
+            )
             items: list[RecommendedItem] = [
                 {"item_id": i, "score": round(s, 5), "intent": -1} for i, s in top
             ]
             return items, [], "trending"
         assert serving is not None  # a result comes from a model
         return result.items, [serving.intent(it) for it in result.intents], "session"
+
+    def _allowed(self, filters: Filters) -> Callable[[str], bool]:
+        """Whether a trending item may be shown: live, and passing the filters."""
+        if not filters.narrows() or self.serving is None:
+            return self.live
+        labels, metadata = self.serving.index.labels, self.serving.metadata
+
+        def allowed(item_id: str) -> bool:
+            return self.live(item_id) and filters.passes(labels[item_id], metadata)
+
+        return allowed
 
     def publish(self, out: Output) -> asyncio.Future[None]:
         """Send the states' changelog messages and the outputs; the future resolves once all
@@ -542,6 +563,56 @@ class Pipeline:
     def put_state(self, user_id: str, state: UserState, partition: int, out: Output) -> None:
         """Store the state, and its changelog message in `out`."""
         out.states[user_id] = (partition, self.table.put(user_id, state, partition))
+
+    # -- Queries (the HTTP API) --------------------------------------------------------------
+
+    def for_user(
+        self, user_id: str, params: QueryDefaults, filters: Filters = NO_FILTERS
+    ) -> Recommendation:
+        """What the user's next answer would be now: the stored session, past intents and
+        bought items, asked with `params` (an unknown user gets trending items)."""
+        state = self.table.get(user_id)[0]
+        current = state.session.current
+        clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
+        request = Request(clicks, frozenset(state.bought), self._past(state), params, filters)
+        answer = self._answer(request, user_id)
+        answer.session_id = current.session_id if current is not None else "none"
+        answer.event_ts = current.end if current is not None else 0
+        return answer
+
+    def similar(
+        self, item_id: str, params: QueryDefaults, filters: Filters = NO_FILTERS
+    ) -> Recommendation | None:
+        """Items like `item_id`, itself excluded (None: the item is not in the catalog)."""
+        if self.serving is None or not self.live(item_id):
+            return None
+        filters = dataclasses.replace(filters, exclude=filters.exclude | {item_id})
+        return self._answer(Request([(item_id, "view")], params=params, filters=filters), "")
+
+    def for_session(
+        self, clicks: list[tuple[str, str]], params: QueryDefaults, filters: Filters = NO_FILTERS
+    ) -> Recommendation:
+        """An anonymous session's answer: (item_id, event type) in time order; nothing is
+        stored."""
+        return self._answer(Request(clicks, params=params, filters=filters), "")
+
+    def _answer(self, request: Request, user_id: str) -> Recommendation:
+        serving, result = self.serving, None
+        if serving is not None:
+            rec = serving.recommender
+            plan = rec.plan([request], max_fetch=self.settings.limits.max_search_depth)
+            result = rec.finish(plan, *rec.search(plan))[0]
+        items, intents, reason = self._explain(serving, request, result)
+        return Recommendation(
+            user_id=user_id,
+            session_id="none",
+            items=items,
+            intents=intents,
+            model_version=serving.version if serving is not None else "none",
+            event_ts=0,
+            emitted_ts=self.clock(),
+            reason=reason,
+        )
 
     # -- Metrics ---------------------------------------------------------------------------
 

@@ -162,7 +162,8 @@ def test_the_topic_layout_comes_from_the_file_and_the_environment(tmp_path: Path
     assert (events.partitions, specs["events.dlq"].partitions) == (12, 2)
     assert specs["model-updates"].partitions == 1
     assert dict(specs["items"].config) == {"cleanup.policy": "compact"}
-    assert make_app(settings, 5).conf.topic_replication_factor == 3  # the table's changelog
+    app = make_app(settings, 5, 8080, "http://worker-1:8080", {})
+    assert app.conf.topic_replication_factor == 3  # the table's changelog
     assert load_settings(None, to_env(settings), {}) == settings
 
 

@@ -1,0 +1,311 @@
+"""The workers' HTTP query API, served by faust's web server (aiohttp) on every worker.
+
+    GET  /v1/users/{user_id}/recommendations   the user's answer now (routed to its owner)
+    GET  /v1/items/{item_id}/similar           items like one item (answered by any worker)
+    POST /v1/sessions/recommendations          an anonymous session's answer (nothing stored)
+    GET  /healthz, /readyz, /openapi.json
+
+A user's session lives on the worker that owns the user's partition of `events`. A request
+for a user that reaches another worker is forwarded once to the owner, whose URL every worker
+learns from the consumer group's assignment (faust's assignor shares each member's URL); a
+forwarded request is answered where it lands. Answers are built by `stream.pipeline.Pipeline`
+with the code that answers events, so a user's answer equals the last one on the topic when
+asked with the same parameters.
+
+Query parameters (GET) and the body's `params` (POST) are the query-time parameters an
+event's `params` takes; filters narrow the answer (models/filters.py). Bad input gets a 400
+whose JSON `error` names the parameter; every error is JSON.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import faust
+import orjson
+from aiohttp import web
+from faust.web import View
+
+from models.codec import MAX_ID_CHARS, encode
+from models.config import QueryDefaults, Settings
+from models.filters import LIST_FILTERS, NUMBER_FILTERS, Filters, filters_from
+from models.ranking import params_from
+from models.records import EVENT_TYPES, Recommendation
+from stream import faust_adapter, openapi
+from stream.kafka import partition_of
+from stream.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 512 * 1024
+FORWARD_TIMEOUT_S = 2.0
+RETRY_AFTER_S = 1
+FORWARDED = "X-Sessionrec-Forwarded-By"  # set on a request forwarded to a partition's owner
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})  # no token needed
+JSON = "application/json"
+
+
+class RequestError(ValueError):
+    """A request the API refuses: HTTP `status` and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def api_url(settings: Settings, port: int) -> str:
+    """The URL other workers reach this one at (`api.url`, or the address and port)."""
+    if settings.api.url:
+        return settings.api.url
+    host = settings.api.address
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{host}:{port}"
+
+
+def free_port(address: str) -> int:
+    """A port free on `address` now (for `api.port` 0: the URL is announced before serving)."""
+    with socket.socket() as probe:
+        probe.bind((address, 0))
+        return int(probe.getsockname()[1])
+
+
+def web_options(settings: Settings) -> dict[str, Any]:
+    """aiohttp application options: the body limit and the middleware that checks the token
+    and turns every error into JSON."""
+    return {"client_max_size": MAX_BODY_BYTES, "middlewares": [_guard(settings.api.token)]}
+
+
+def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if token and request.path not in OPEN_PATHS:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return error(401, "missing or wrong bearer token", WWW_Authenticate="Bearer")
+        try:
+            response: web.StreamResponse = await handler(request)
+        except RequestError as exc:
+            return error(exc.status, str(exc))
+        except web.HTTPNotFound:
+            return error(404, f"no such path: {request.path[:200]}")
+        except web.HTTPException as exc:  # wrong method, body too large
+            return error(exc.status, f"{exc.reason}: {request.method} {request.path[:200]}")
+        return response
+
+    return guard
+
+
+def error(status: int, message: str, **headers: str) -> web.Response:
+    head = {name.replace("_", "-"): value for name, value in headers.items()}
+    body = orjson.dumps({"error": message, "status": status})
+    return web.Response(body=body, status=status, content_type=JSON, headers=head)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
+
+
+# -- Parameters --------------------------------------------------------------------------------
+
+
+def query_args(settings: Settings, query: Mapping[str, str]) -> tuple[QueryDefaults, Filters]:
+    """A GET request's query string as parameters and filters: list filters repeat their key
+    (`?brands=a&brands=b`); anything unknown or malformed raises RequestError 400."""
+    params: dict[str, Any] = {}
+    filters: dict[str, Any] = {}
+    kinds = {f: type(getattr(settings.query, f)) for f in QueryDefaults.__slots__}
+    getall = getattr(query, "getall", None)
+    for name in dict.fromkeys(query):
+        value = query[name]
+        if name in LIST_FILTERS:
+            filters[name] = list(getall(name)) if getall else [value]
+        elif name in NUMBER_FILTERS:
+            filters[name] = _number(name, value, float)
+        elif name in kinds:
+            params[name] = _number(name, value, kinds[name])
+        else:
+            raise RequestError(400, f"unknown parameter {name[:40]!r}")
+    return _checked(settings, params, filters)
+
+
+def _number(name: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        if text.lower() in ("true", "1"):
+            return True
+        if text.lower() in ("false", "0"):
+            return False
+        raise RequestError(400, f"{name} is {text[:40]!r}, expected true or false")
+    try:
+        return kind(text)
+    except ValueError:
+        raise RequestError(400, f"{name} is {text[:40]!r}, expected {kind.__name__}") from None
+
+
+def _checked(
+    settings: Settings, params: dict[str, Any] | None, filters: dict[str, Any] | None
+) -> tuple[QueryDefaults, Filters]:
+    try:
+        return (
+            params_from(settings.query, params, settings.limits),
+            filters_from(filters),
+        )
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
+
+
+def session_body(settings: Settings, raw: bytes) -> tuple[list[tuple[str, str]], Any, Any]:
+    """A session request's body: its events as (item_id, type), parameters and filters."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise RequestError(400, "body is not JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "body is not a JSON object")
+    unknown = set(data) - {"events", "params", "filters"}
+    if unknown:
+        raise RequestError(400, f"body has unknown field {sorted(unknown)[0][:40]!r}")
+    events = data.get("events")
+    if not isinstance(events, list):
+        found = "missing" if events is None else f"{str(events)[:40]!r}"
+        raise RequestError(400, f"body field 'events' is {found}, expected a list")
+    if len(events) > settings.api.max_items:
+        raise RequestError(400, f"events has {len(events)} items, at most {settings.api.max_items}")
+    clicks = [_click(i, e) for i, e in enumerate(events)]
+    for name in ("params", "filters"):
+        if not isinstance(data.get(name, {}), dict):
+            raise RequestError(400, f"body field {name!r} is not an object")
+    params, filters = _checked(settings, data.get("params"), data.get("filters"))
+    return clicks, params, filters
+
+
+def _click(i: int, event: Any) -> tuple[str, str]:
+    if not isinstance(event, dict):
+        raise RequestError(400, f"events[{i}] is not an object")
+    item, kind = event.get("item_id"), event.get("type", "view")
+    if not isinstance(item, str) or not 0 < len(item) <= MAX_ID_CHARS:
+        raise RequestError(400, f"events[{i}].item_id is not a string of 1 to {MAX_ID_CHARS}")
+    if kind not in EVENT_TYPES:
+        raise RequestError(
+            400, f"events[{i}].type is {str(kind)[:40]!r}, expected one of {', '.join(EVENT_TYPES)}"
+        )
+    return item, kind
+
+
+# -- Answers -----------------------------------------------------------------------------------
+
+
+def _answer(answer: Recommendation, *drop: str) -> web.Response:
+    data = orjson.loads(encode(answer))
+    for name in drop:
+        data.pop(name, None)
+    return _json(data)
+
+
+class Api:
+    """The routes, over one worker's pipeline and faust app."""
+
+    def __init__(self, settings: Settings, app: faust.App, pipeline: Pipeline, url: str):
+        self.settings = settings
+        self.app = app
+        self.pipeline = pipeline
+        self.url = url
+        self._client: aiohttp.ClientSession | None = None
+
+    def install(self) -> None:
+        api = self
+
+        @self.app.page("/v1/users/{user_id}/recommendations")
+        class UserRecommendations(View):
+            async def get(self, request: web.Request, user_id: str) -> web.StreamResponse:
+                return await api.user(request, user_id)
+
+        @self.app.page("/v1/items/{item_id}/similar")
+        class SimilarItems(View):
+            async def get(self, request: web.Request, item_id: str) -> web.StreamResponse:
+                return api.similar(request, item_id)
+
+        @self.app.page("/v1/sessions/recommendations")
+        class SessionRecommendations(View):
+            async def post(self, request: web.Request) -> web.StreamResponse:
+                return await api.session(request)
+
+        @self.app.page("/healthz")
+        class Health(View):
+            async def get(self, request: web.Request) -> web.StreamResponse:
+                return _json({"status": "ok"})
+
+        @self.app.page("/readyz")
+        class Ready(View):
+            async def get(self, request: web.Request) -> web.StreamResponse:
+                return api.ready()
+
+        @self.app.page("/openapi.json")
+        class Spec(View):
+            async def get(self, request: web.Request) -> web.StreamResponse:
+                return _json(openapi.SPEC)
+
+    async def user(self, request: web.Request, user_id: str) -> web.StreamResponse:
+        params, filters = query_args(self.settings, request.query)
+        partition = partition_of(user_id.encode(), self.settings.partitions)
+        if not request.headers.get(FORWARDED):
+            owner = faust_adapter.partition_owners(self.app, self.settings.topics.events).get(
+                partition
+            )
+            if owner is None:
+                raise RequestError(503, f"no worker owns partition {partition} now: retry")
+            if owner != self.url:
+                return await self._forward(request, owner, partition)
+        owned = self.pipeline.table.owned
+        if owned is not None and partition not in owned:
+            raise RequestError(503, f"partition {partition} is moving to another worker: retry")
+        answer = self.pipeline.for_user(user_id, params, filters)
+        return _answer(answer)
+
+    async def _forward(self, request: web.Request, owner: str, partition: int) -> web.Response:
+        if self._client is None:
+            timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
+            self._client = aiohttp.ClientSession(timeout=timeout)
+        headers = {FORWARDED: self.url}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        try:
+            async with self._client.get(owner + request.path_qs, headers=headers) as response:
+                body = await response.read()
+                return web.Response(body=body, status=response.status, content_type=JSON)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RequestError(
+                503, f"the owner of partition {partition} did not answer ({type(exc).__name__})"
+            ) from None
+
+    def similar(self, request: web.Request, item_id: str) -> web.StreamResponse:
+        params, filters = query_args(self.settings, request.query)
+        answer = self.pipeline.similar(item_id, params, filters)
+        if answer is None:
+            raise RequestError(404, f"item {item_id[:MAX_ID_CHARS]!r} is not in the catalog")
+        return _answer(answer, "user_id", "session_id", "event_ts", "intents")
+
+    async def session(self, request: web.Request) -> web.StreamResponse:
+        clicks, params, filters = session_body(self.settings, await request.read())
+        answer = self.pipeline.for_session(clicks, params, filters)
+        return _answer(answer, "user_id", "session_id", "event_ts")
+
+    def ready(self) -> web.Response:
+        serving = self.pipeline.serving
+        recovered = faust_adapter.recovered(self.app)
+        state = {
+            "ready": serving is not None and recovered,
+            "model_version": serving.version if serving is not None else None,
+            "recovered": recovered,
+        }
+        return _json(state, 200 if state["ready"] else 503)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
