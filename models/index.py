@@ -7,6 +7,7 @@ approximate index costs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +96,11 @@ class ItemIndex:
         label = self.labels.get(item_id)
         return None if label is None or label in self.deleted else self.vectors[label]
 
-    def search(self, queries: F32, k: int) -> tuple[I64, F32]:
-        """Top-k labels and inner-product scores for each query row.
+    def search(
+        self, queries: F32, k: int, allowed: Callable[[int], bool] | None = None
+    ) -> tuple[I64, F32]:
+        """Top-k labels and inner-product scores for each query row, among the labels
+        `allowed` passes (None: all; a filtered search calls it for every item it visits).
 
         queries: (m, dim) float32 (not necessarily normalised). Returns labels (m, k') int64 and
         scores (m, k') float32, best first, k' = min(k, live items); -1 labels pad short rows.
@@ -106,15 +110,49 @@ class ItemIndex:
         if k == 0 or len(queries) == 0:
             return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
         if self.exact or self._hnsw is None:
-            return self._exact(queries, k)
-        self._hnsw.set_ef(max(self.config.ef, k))
+            return self._exact(queries, k, allowed)
+        # hnswlib searches with max(ef, k): ef is set once, so that searches from two threads
+        # (a batch's, and the query API's) never change each other's beam.
+        if allowed is not None:
+            return self._filtered(queries, k, allowed)
         labels, distances = self._hnsw.knn_query(queries, k=k, num_threads=self.config.threads)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
-    def _exact(self, queries: F32, k: int, chunk: int = 256) -> tuple[I64, F32]:
+    def _filtered(self, queries: F32, k: int, allowed: Callable[[int], bool]) -> tuple[I64, F32]:
+        """hnswlib's filtered search, a row at a time. hnswlib raises when it finds fewer than
+        the k asked for; then the most it finds is looked for by bisection."""
+        labels = np.full((len(queries), k), -1, np.int64)
+        scores = np.zeros((len(queries), k), np.float32)
+        for row, query in enumerate(queries):
+            found = self._most_allowed(query, k, allowed)
+            if found is not None:
+                n = found[0].shape[1]
+                labels[row, :n], scores[row, :n] = found[0][0], 1.0 - found[1][0]
+        return labels, scores
+
+    def _most_allowed(
+        self, query: F32, k: int, allowed: Callable[[int], bool]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        assert self._hnsw is not None
+        best, low, high = None, 0, k + 1  # `low` items were found, `high` were not
+        want = k
+        while high - low > 1:
+            try:
+                best = self._hnsw.knn_query(query, k=want, filter=allowed)
+                low = want
+            except RuntimeError:  # fewer than `want` allowed items were found
+                high = want
+            want = (low + high) // 2
+        return best
+
+    def _exact(
+        self, queries: F32, k: int, allowed: Callable[[int], bool] | None = None, chunk: int = 256
+    ) -> tuple[I64, F32]:
         labels = np.empty((len(queries), k), dtype=np.int64)
         scores = np.empty((len(queries), k), dtype=np.float32)
         dead = list(self.deleted)
+        if allowed is not None:
+            dead += [label for label in range(len(self.ids)) if not allowed(label)]
         for start in range(0, len(queries), chunk):
             block = queries[start : start + chunk] @ self.vectors.T
             if dead:

@@ -17,6 +17,7 @@ its batch: the HTTP API answers a user alone and gives the list the stream gave.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import combinations, pairwise
 from typing import Any
@@ -32,7 +33,6 @@ from models.records import RecommendedItem
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
-FILTERED_OVERFETCH = 5  # a filtered request fetches this many times k (see models/filters.py)
 MIN_INTENT_SHARE = 0.25
 FETCH_GROUP = 10  # a query searches as deep as its need rounded up to a multiple of this
 
@@ -270,16 +270,36 @@ class Recommender:
         shorter than `k_search` are padded with label -1."""
         if plan.matrix is None:
             return np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32)
-        if plan.fetch.min() == plan.fetch.max():
+        narrowed = [r for r, req in enumerate(plan.requests) if req.filters.narrows()]
+        if not narrowed and plan.fetch.min() == plan.fetch.max():
             return self.index.search(plan.matrix, plan.k_search)
         labels = np.full((len(plan.fetch), plan.k_search), -1, np.int64)
         scores = np.zeros((len(plan.fetch), plan.k_search), np.float32)
-        for depth in np.unique(plan.fetch):
-            rows = np.flatnonzero(plan.fetch == depth)
+        request = np.fromiter((q.request for q in plan.queries), np.int64, len(plan.queries))
+        plain = ~np.isin(request, narrowed)
+        for depth in np.unique(plan.fetch[plain]):
+            rows = np.flatnonzero(plain & (plan.fetch == depth))
             found, score = self.index.search(plan.matrix[rows], int(depth))
             labels[rows, : found.shape[1]] = found
             scores[rows, : found.shape[1]] = score
+        for r in narrowed:  # searched among the items that pass the request's filters only
+            rows = np.flatnonzero(request == r)
+            if len(rows):
+                passes = self._passes(plan.requests[r].filters)
+                found, score = self.index.search(
+                    plan.matrix[rows], int(plan.fetch[rows[0]]), passes
+                )
+                labels[rows, : found.shape[1]] = found
+                scores[rows, : found.shape[1]] = score
         return labels, scores
+
+    def _passes(self, filters: Filters) -> Callable[[int], bool]:
+        metadata = self.metadata
+
+        def passes(label: int) -> bool:
+            return filters.passes(label, metadata)
+
+        return passes
 
     def finish(self, plan: Plan, labels: I64, scores: F32) -> list[Result]:
         """Merge each request's search results into its ranked, explained answer."""
@@ -338,8 +358,6 @@ class Recommender:
         excluded = len(req.bought) + len(req.filters.exclude)
         if req.params.exclude_seen:
             excluded += len(req.clicks)
-        if req.filters.narrows():
-            return req.params.k * FILTERED_OVERFETCH + excluded
         return req.params.k * (OVERFETCH if req.params.diversity > 0 else 1) + excluded
 
     def _finish(

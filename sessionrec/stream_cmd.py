@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -31,6 +32,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
+    if args.api_port is not None:
+        api = dataclasses.replace(settings.api, port=args.api_port)
+        settings = dataclasses.replace(settings, api=api)
     level = "debug" if args.verbose else "info"
     config = None
     if settings.log_format == "json":
@@ -105,6 +109,94 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask a worker's query API and print the answer."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query: list[tuple[str, str]] = []
+    if args.k is not None:
+        query.append(("k", str(args.k)))
+    for pair in args.param or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param {pair!r}: expected NAME=VALUE (e.g. diversity=0.3)")
+        query.append((name, value))
+    body = None
+    if args.user is not None:
+        path = f"/v1/users/{urllib.parse.quote(args.user, safe='')}/recommendations"
+    elif args.item is not None:
+        path = f"/v1/items/{urllib.parse.quote(args.item, safe='')}/similar"
+    else:
+        events = []
+        for entry in args.session:
+            item, _, kind = entry.rpartition(":") if ":" in entry else (entry, "", "view")
+            events.append({"item_id": item, "type": kind})
+        body = json.dumps({"events": events, **_session_args(query)}).encode()
+        path, query = "/v1/sessions/recommendations", []
+    base = (args.url or settings.api.url or f"http://127.0.0.1:{settings.api.port}").rstrip("/")
+    url = base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+    request.add_header("Content-Type", "application/json")
+    if settings.api.token:
+        request.add_header("Authorization", f"Bearer {settings.api.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise ValueError(f"{base} answered {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ValueError(
+            f"cannot reach the query API at {base} ({reason}): is a worker running?"
+        ) from None
+    if args.json:
+        print(json.dumps(answer))
+        return 0
+    print(f"{answer.get('reason')} answer, model {answer.get('model_version')}:")
+    intents = {i["id"]: i for i in answer.get("intents", [])}
+    for rank, item in enumerate(answer["items"], 1):
+        intent = intents.get(item["intent"])
+        why = (
+            ""
+            if item["intent"] < 0
+            else (
+                f"  intent {item['intent']}"
+                if intent is None
+                else (
+                    f"  intent {item['intent']} ({intent.get('category') or '-'}, "
+                    f"{'past' if intent.get('past') else 'now'})"
+                )
+            )
+        )
+        print(f"{rank:>3}. {item['item_id']:<20} {item['score']:.3f}{why}")
+    return 0
+
+
+def _session_args(query: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """--param pairs as a session request's `params` and `filters` (lists for list filters,
+    numbers for the rest; the API names what it refuses)."""
+    from models.filters import LIST_FILTERS
+
+    params: dict[str, Any] = {}
+    filters: dict[str, Any] = {}
+    for name, value in query:
+        if name in LIST_FILTERS:
+            filters.setdefault(name, []).append(value)
+            continue
+        try:
+            number = json.loads(value)
+        except ValueError:
+            number = value
+        (filters if name in ("min_price", "max_price") else params)[name] = number
+    return {"params": params, "filters": filters}
+
+
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "worker",
@@ -114,8 +206,38 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "and swaps models without stopping. Metrics on --metrics-port.",
     )
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9100, 0 = off)")
+    p.add_argument("--api-port", type=int, help="query API port (default 8080, 0 = any free port)")
     common(p)
     p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser(
+        "recommend",
+        help="ask a worker's query API",
+        description="Ask the query API of a running worker (any worker: a user's request is "
+        "answered by the worker that owns the user) and print the list. The token, if the "
+        "API needs one, comes from the api.token setting (SESSIONREC_API_TOKEN).",
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--user", help="recommendations for this user now")
+    what.add_argument("--item", help="items similar to this item")
+    what.add_argument(
+        "--session",
+        nargs="+",
+        metavar="ITEM[:TYPE]",
+        help="an anonymous session, oldest first (TYPE: view, cart, remove_from_cart, buy)",
+    )
+    p.add_argument("-k", type=int, help="how many items")
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a query parameter or filter, e.g. diversity=0.3 or brands=acme (repeatable)",
+    )
+    p.add_argument("--url", help="the API (default: the api.url setting, or 127.0.0.1:api.port)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    common(p)
+    p.set_defaults(handler=cmd_recommend)
 
     p = sub.add_parser(
         "replay",
