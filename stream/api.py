@@ -201,11 +201,16 @@ def _click(i: int, event: Any) -> tuple[str, str]:
 # -- Answers -----------------------------------------------------------------------------------
 
 
-def _answer(answer: Recommendation, *drop: str) -> web.Response:
+ANSWERED_BY = "X-Sessionrec-Answered-By"  # the URL of the worker that answered
+
+
+def _answer(answer: Recommendation, by: str, *drop: str) -> web.Response:
     data = orjson.loads(encode(answer))
     for name in drop:
         data.pop(name, None)
-    return _json(data)
+    response = _json(data)
+    response.headers[ANSWERED_BY] = by
+    return response
 
 
 class Api:
@@ -266,7 +271,7 @@ class Api:
         if owned is not None and partition not in owned:
             raise RequestError(503, f"partition {partition} is moving to another worker: retry")
         answer = self.pipeline.for_user(user_id, params, filters)
-        return _answer(answer)
+        return _answer(answer, self.url)
 
     async def _forward(self, request: web.Request, owner: str, partition: int) -> web.Response:
         if self._client is None:
@@ -278,7 +283,9 @@ class Api:
         try:
             async with self._client.get(owner + request.path_qs, headers=headers) as response:
                 body = await response.read()
-                return web.Response(body=body, status=response.status, content_type=JSON)
+                forwarded = web.Response(body=body, status=response.status, content_type=JSON)
+                forwarded.headers[ANSWERED_BY] = response.headers.get(ANSWERED_BY, owner)
+                return forwarded
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RequestError(
                 503, f"the owner of partition {partition} did not answer ({type(exc).__name__})"
@@ -289,12 +296,12 @@ class Api:
         answer = self.pipeline.similar(item_id, params, filters)
         if answer is None:
             raise RequestError(404, f"item {item_id[:MAX_ID_CHARS]!r} is not in the catalog")
-        return _answer(answer, "user_id", "session_id", "event_ts", "intents")
+        return _answer(answer, self.url, "user_id", "session_id", "event_ts", "intents")
 
     async def session(self, request: web.Request) -> web.StreamResponse:
         clicks, params, filters = session_body(self.settings, await request.read())
         answer = self.pipeline.for_session(clicks, params, filters)
-        return _answer(answer, "user_id", "session_id", "event_ts")
+        return _answer(answer, self.url, "user_id", "session_id", "event_ts")
 
     def ready(self) -> web.Response:
         serving = self.pipeline.serving

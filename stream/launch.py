@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,18 +16,20 @@ from stream.broker import cpu_seconds
 from stream.topics import create_topics, topic_specs
 
 READY_TIMEOUT_S = 60.0
+API_LINE = re.compile(r"query API on (\S+)")  # logged by stream.app at start
 
 
 def on_local_broker(
     settings: Settings, bootstrap: str, model_dir: Path, group: str | None = None
 ) -> Settings:
     """`settings` pointed at a throwaway embedded broker (topics created), a model directory,
-    any free metrics port and, if given, a consumer group of its own."""
+    any free metrics and API ports and, if given, a consumer group of its own."""
     local = dataclasses.replace(
         settings,
         bootstrap=bootstrap,
         model_dir=str(model_dir),
         metrics_port=0,
+        api=dataclasses.replace(settings.api, port=0),
         worker_group=group or settings.worker_group,
     )
     create_topics(local, topic_specs(local))
@@ -72,6 +75,16 @@ class WorkerProcess:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout_s}s: {self.tail_log()}")
+
+    def api_url(self, timeout_s: float = READY_TIMEOUT_S) -> str:
+        """The URL of the worker's query API, as its log announces it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = API_LINE.search(self.log_path.read_text(errors="replace"))
+            if found:
+                return found.group(1)
+            time.sleep(0.2)
+        raise TimeoutError(f"worker announced no query API after {timeout_s}s: {self.tail_log()}")
 
     def tail_log(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()

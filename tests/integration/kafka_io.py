@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 
 from models.codec import encode
-from models.config import Settings, Topics
+from models.config import Api, Settings, Topics
 from models.records import Event, Item
 
 CONSUME_IDLE_S = 20.0
@@ -31,6 +31,7 @@ def unique_settings(bootstrap: str, tag: str, model_dir: str, partitions: int = 
         model_dir=model_dir,
         metrics_port=0,
         worker_group=f"worker-{tag}",
+        api=Api(port=0),
     )
 
 

@@ -1,0 +1,88 @@
+"""The query API's request parsing and its description (no server: see
+tests/integration/test_api.py for the workers' HTTP answers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from multidict import MultiDict
+
+from models.config import Limits, QueryDefaults, Settings
+from models.filters import Filters
+from stream.api import RequestError, query_args, session_body
+from stream.openapi import SPEC, text
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_query_strings_become_parameters_and_filters() -> None:
+    query = MultiDict(
+        [
+            ("k", "5"),
+            ("diversity", "0.25"),
+            ("exclude_seen", "true"),
+            ("brands", "a"),
+            ("brands", "b, c"),
+            ("max_price", "9.5"),
+            ("exclude", "i1"),
+        ]
+    )
+    params, filters = query_args(Settings(), query)
+    assert params == QueryDefaults(k=5, diversity=0.25, exclude_seen=True)
+    assert filters == Filters(
+        brands=frozenset({"a", "b, c"}), max_price=9.5, exclude=frozenset({"i1"})
+    )
+    assert query_args(Settings(), MultiDict()) == (QueryDefaults(), Filters())
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        ([("k", "101")], "params: k is 101, expected 1 to 100"),
+        ([("k", "2.5")], "k is '2.5', expected int"),
+        ([("past_weight", "nan")], "params: past_weight is nan, expected a finite number >= 0"),
+        ([("min_price", "-1")], "filters: min_price is -1.0, expected a number >= 0"),
+        ([("user_id", "u1")], "unknown parameter 'user_id'"),
+    ],
+)
+def test_bad_query_strings_name_the_parameter(pairs: list, message: str) -> None:
+    with pytest.raises(RequestError, match=message) as caught:
+        query_args(Settings(), MultiDict(pairs))
+    assert caught.value.status == 400
+
+
+def test_limits_come_from_the_settings() -> None:
+    wide = Settings(limits=Limits(max_k=500))
+    assert query_args(wide, MultiDict([("k", "400")]))[0].k == 400
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"[]", "body is not a JSON object"),
+        (b'{"events": [], "colour": 1}', "body has unknown field 'colour'"),
+        (b'{"events": {}}', "body field 'events' is '{}', expected a list"),
+        (b'{"events": [{"type": "view"}]}', r"events\[0\].item_id is not a string"),
+        (b'{"events": [], "params": []}', "body field 'params' is not an object"),
+        (b'{"events": [], "filters": {"brands": "x"}}', "filters: brands is 'x'"),
+    ],
+)
+def test_bad_session_bodies_are_named(body: bytes, message: str) -> None:
+    with pytest.raises(RequestError, match=message):
+        session_body(Settings(), body)
+
+
+def test_a_session_body() -> None:
+    body = b'{"events": [{"item_id": "a"}, {"item_id": "b", "type": "cart"}], "params": {"k": 3}}'
+    clicks, params, filters = session_body(Settings(), body)
+    assert clicks == [("a", "view"), ("b", "cart")] and params.k == 3 and filters == Filters()
+
+
+def test_the_description_in_docs_is_the_served_one() -> None:
+    assert (DOCS / "openapi.json").read_text() == text(), (
+        "docs/openapi.json is stale: python -m stream.openapi > docs/openapi.json"
+    )
+    parameters = SPEC["paths"]["/v1/users/{user_id}/recommendations"]["get"]["parameters"]
+    names = {p["name"] for p in parameters}
+    assert set(QueryDefaults.__slots__) <= names and {"brands", "max_price", "exclude"} <= names
