@@ -8,9 +8,9 @@
 A user's session lives on the worker that owns the user's partition of `events`. A request
 for a user that reaches another worker is forwarded once to the owner, whose URL every worker
 learns from the consumer group's assignment (faust's assignor shares each member's URL); a
-forwarded request is answered where it lands. Answers are built by `stream.pipeline.Pipeline`
-with the code that answers events, so a user's answer equals the last one on the topic when
-asked with the same parameters.
+forwarded request is answered where it lands. `stream.app` serves the routes as faust pages.
+Answers are built by `stream.pipeline.Pipeline` with the code that answers events, so a user's
+answer equals the last one on the topic when asked with the same parameters.
 
 Query parameters (GET) and the body's `params` (POST) are the query-time parameters an
 event's `params` takes; filters narrow the answer (models/filters.py). Bad input gets a 400
@@ -26,17 +26,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
-import faust
 import orjson
 from aiohttp import web
-from faust.web import View
 
 from models.codec import MAX_ID_CHARS, encode
 from models.config import QueryDefaults, Settings
 from models.filters import LIST_FILTERS, NUMBER_FILTERS, Filters, filters_from
 from models.ranking import params_from
 from models.records import EVENT_TYPES, Recommendation
-from stream import faust_adapter, openapi
+from stream import openapi
 from stream.kafka import partition_of
 from stream.pipeline import Pipeline
 
@@ -214,55 +212,41 @@ def _answer(answer: Recommendation, by: str, *drop: str) -> web.Response:
 
 
 class Api:
-    """The routes, over one worker's pipeline and faust app."""
+    """The routes, over one worker's pipeline. `owners` gives each partition of `events`
+    the URL of the worker it is assigned to; `recovered` says whether the session table has
+    been restored."""
 
-    def __init__(self, settings: Settings, app: faust.App, pipeline: Pipeline, url: str):
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        url: str,
+        owners: Callable[[], dict[int, str]],
+        recovered: Callable[[], bool],
+    ):
         self.settings = settings
-        self.app = app
         self.pipeline = pipeline
         self.url = url
+        self.owners = owners
+        self.recovered = recovered
         self._client: aiohttp.ClientSession | None = None
 
-    def install(self) -> None:
-        api = self
-
-        @self.app.page("/v1/users/{user_id}/recommendations")
-        class UserRecommendations(View):
-            async def get(self, request: web.Request, user_id: str) -> web.StreamResponse:
-                return await api.user(request, user_id)
-
-        @self.app.page("/v1/items/{item_id}/similar")
-        class SimilarItems(View):
-            async def get(self, request: web.Request, item_id: str) -> web.StreamResponse:
-                return api.similar(request, item_id)
-
-        @self.app.page("/v1/sessions/recommendations")
-        class SessionRecommendations(View):
-            async def post(self, request: web.Request) -> web.StreamResponse:
-                return await api.session(request)
-
-        @self.app.page("/healthz")
-        class Health(View):
-            async def get(self, request: web.Request) -> web.StreamResponse:
-                return _json({"status": "ok"})
-
-        @self.app.page("/readyz")
-        class Ready(View):
-            async def get(self, request: web.Request) -> web.StreamResponse:
-                return api.ready()
-
-        @self.app.page("/openapi.json")
-        class Spec(View):
-            async def get(self, request: web.Request) -> web.StreamResponse:
-                return _json(openapi.SPEC)
+    def routes(self) -> list[tuple[str, str, Callable[..., Awaitable[web.StreamResponse]]]]:
+        """(path, method, handler): a handler takes the request and the path's fields."""
+        return [
+            ("/v1/users/{user_id}/recommendations", "get", self.user),
+            ("/v1/items/{item_id}/similar", "get", self.similar),
+            ("/v1/sessions/recommendations", "post", self.session),
+            ("/healthz", "get", self.health),
+            ("/readyz", "get", self.ready),
+            ("/openapi.json", "get", self.description),
+        ]
 
     async def user(self, request: web.Request, user_id: str) -> web.StreamResponse:
         params, filters = query_args(self.settings, request.query)
         partition = partition_of(user_id.encode(), self.settings.partitions)
         if not request.headers.get(FORWARDED):
-            owner = faust_adapter.partition_owners(self.app, self.settings.topics.events).get(
-                partition
-            )
+            owner = self.owners().get(partition)
             if owner is None:
                 raise RequestError(503, f"no worker owns partition {partition} now: retry")
             if owner != self.url:
@@ -291,7 +275,7 @@ class Api:
                 503, f"the owner of partition {partition} did not answer ({type(exc).__name__})"
             ) from None
 
-    def similar(self, request: web.Request, item_id: str) -> web.StreamResponse:
+    async def similar(self, request: web.Request, item_id: str) -> web.StreamResponse:
         params, filters = query_args(self.settings, request.query)
         answer = self.pipeline.similar(item_id, params, filters)
         if answer is None:
@@ -303,15 +287,21 @@ class Api:
         answer = self.pipeline.for_session(clicks, params, filters)
         return _answer(answer, self.url, "user_id", "session_id", "event_ts")
 
-    def ready(self) -> web.Response:
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
         serving = self.pipeline.serving
-        recovered = faust_adapter.recovered(self.app)
+        recovered = self.recovered()
         state = {
             "ready": serving is not None and recovered,
             "model_version": serving.version if serving is not None else None,
             "recovered": recovered,
         }
         return _json(state, 200 if state["ready"] else 503)
+
+    async def description(self, request: web.Request) -> web.Response:
+        return _json(openapi.SPEC)
 
     async def close(self) -> None:
         if self._client is not None:

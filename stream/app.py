@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, cast
 
 import faust
 from faust.types import TP
+from faust.web import View
 
 from models.artifact import ArtifactError
 from models.config import Settings
@@ -101,8 +102,14 @@ def build_app(
         pipeline.table.own({tp.partition for tp in assigned if tp.topic == events_topic})
 
     app.on_partitions_assigned.connect(cast(Any, own))  # faust's type names no arguments
-    api = Api(settings, app, pipeline, url)
-    api.install()
+    api = Api(
+        settings,
+        pipeline,
+        url,
+        owners=lambda: faust_adapter.partition_owners(app, events_topic),
+        recovered=lambda: faust_adapter.recovered(app),
+    )
+    serve_pages(app, api)
 
     @app.agent(events)
     async def handle(stream: Any) -> None:
@@ -138,6 +145,16 @@ def build_app(
     app.on_before_shutdown.connect(cast(Any, stop_api))
 
     return Worker(app, pipeline, watcher, outbox, api)
+
+
+def serve_pages(app: faust.App, api: Api) -> None:
+    """The API's routes as pages of faust's web server."""
+    for path, method, handler in api.routes():
+
+        async def respond(_view: View, request: Any, _handler: Any = handler, **fields: Any) -> Any:
+            return await _handler(request, **fields)
+
+        app.page(path)(type(handler.__name__, (View,), {method: respond}))
 
 
 def run_worker(
