@@ -174,8 +174,15 @@ def _consume(
 
 
 def run_rate(
-    settings: Settings, sessions: list[list[str]], rate: float, seconds: float, users: int
+    settings: Settings,
+    sessions: list[list[str]],
+    rate: float,
+    seconds: float,
+    users: int,
+    with_load: Callable[[], None] | None = None,
 ) -> tuple[RateResult, list[float]]:
+    """`rate` events/s for `seconds` from the generator; `with_load` is called as it starts
+    (another load to run alongside, e.g. the API benchmark's requests)."""
     received: list[tuple[float, int]] = []
     stop = threading.Event()
     assigned = threading.Event()
@@ -205,6 +212,8 @@ def run_rate(
         args=(settings, settings.topics.events, sessions, rate, seconds, users, 7, sent),
     )
     gen.start()
+    if with_load is not None:
+        with_load()
     gen.join()
     # Wait for the backlog to drain, so that the next rate starts on an idle worker.
     wait_for(received, lambda: len(received) >= sent.value, DRAIN_IDLE_S, DRAIN_S)

@@ -259,6 +259,38 @@ def _handovers(
     return runs
 
 
+def part_api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from benchmarks.api import HEADER, bench_api
+    from benchmarks.stream import srgnn_sessions
+
+    data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
+    _ensure_model(data, model_dir, settings)
+    started = time.strftime("%F %T")
+    print(
+        f"api: {args.api_rate:,.0f} requests/s of each kind for {args.seconds:.0f}s over HTTP "
+        f"to one worker that takes {args.api_event_rate:,.0f} events/s meanwhile; the events "
+        "alone before and after"
+    )
+    sessions = srgnn_sessions(data)
+    out.mkdir(parents=True, exist_ok=True)
+    print(HEADER)
+    results, events = bench_api(
+        settings,
+        model_dir,
+        sessions,
+        args.api_event_rate,
+        args.api_rate,
+        args.seconds,
+        args.users,
+        out,
+    )
+    return {
+        "api": [dataclasses.asdict(r) for r in results],
+        "api_events": events,
+        "api_started": started,
+    }
+
+
 def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from benchmarks.stream import broker_cost_as_log_fills
 
@@ -322,6 +354,7 @@ PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {
     "index": part_index,
     "stream": part_stream,
     "scale": part_scale,
+    "api": part_api,
     "broker": part_broker,
     "reliability": part_reliability,
 }
@@ -369,7 +402,7 @@ def _positive(kind: Callable[[str], float], zero_allowed: bool = False) -> Calla
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from benchmarks.report import write_report
 
-    everything = ["quality", "index", "stream", "scale", "broker", "reliability"]
+    everything = ["quality", "index", "stream", "scale", "api", "broker", "reliability"]
     parts = everything if args.part == "all" else [args.part]
     if args.part == "training":
         parts = ["quality"]  # training is measured with the quality run: same sessions/epochs
@@ -419,6 +452,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "stream: throughput and latency per rate through broker and worker; "
         "scale: the same load on 1, 2 and 3 workers in one consumer group, and how long a "
         "killed worker's users wait, with and without standby replicas; "
+        "api: the query API's requests/s and latency for each endpoint over HTTP while the "
+        "worker takes events, and the events' latency with and without them; "
         "broker: the embedded broker's cost as its log fills with small batches; "
         "reliability: hostile records through a live worker, memory per user, a flood of "
         "one-event users with a state time to live, and kill -9 runs. "
@@ -432,6 +467,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
             "index",
             "stream",
             "scale",
+            "api",
             "broker",
             "reliability",
             "all",
@@ -483,6 +519,18 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         type=_positive(int, zero_allowed=True),
         default=200_000,
         help="scale: users with an open session before the kill (default 200000)",
+    )
+    p.add_argument(
+        "--api-rate",
+        type=_positive(float),
+        default=500.0,
+        help="api: requests/s of each endpoint (default 500)",
+    )
+    p.add_argument(
+        "--api-event-rate",
+        type=_positive(float),
+        default=1000.0,
+        help="api: events/s the worker takes meanwhile (default 1000)",
     )
     p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
     p.add_argument(

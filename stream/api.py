@@ -200,13 +200,24 @@ def _click(i: int, event: Any) -> tuple[str, str]:
 
 
 ANSWERED_BY = "X-Sessionrec-Answered-By"  # the URL of the worker that answered
+# A user's answer: the recommendation message's fields, less the event's (item_id, type).
+ANSWER_FIELDS = (
+    "user_id",
+    "session_id",
+    "items",
+    "intents",
+    "model_version",
+    "event_ts",
+    "emitted_ts",
+    "reason",
+    "schema_version",
+)
 
 
 def _answer(answer: Recommendation, by: str, *drop: str) -> web.Response:
-    data = orjson.loads(encode(answer))
-    for name in drop:
-        data.pop(name, None)
-    response = _json(data)
+    """The answer as the topic's message carries it (less `drop`), with who answered."""
+    fields = {name: getattr(answer, name) for name in ANSWER_FIELDS if name not in drop}
+    response = web.Response(body=encode(fields), content_type=JSON)
     response.headers[ANSWERED_BY] = by
     return response
 

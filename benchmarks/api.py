@@ -1,0 +1,209 @@
+"""`sessionrec bench api`: the query API of one worker asked over HTTP while the worker also
+takes a steady event load, next to the same event load alone.
+
+Runs alternate on one broker and worker: events alone, events with user requests, events
+with similar-item requests, events with session requests, events alone again. The requests
+come from a real HTTP client (aiohttp) in a process of its own, on a fixed schedule (open
+loop: a slow answer does not delay the next request); each request's latency is from the
+moment it was due to its whole answer read, so time a request waited for the client counts.
+All on this machine: the broker, the worker, the event generator and the HTTP client share
+its cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from models.config import Settings
+from stream.broker import EmbeddedBroker
+from stream.launch import WorkerProcess, on_local_broker
+
+ENDPOINTS = ("user", "item", "session")
+SESSION_EVENTS = 4  # events of one ad-hoc session request
+REQUEST_TIMEOUT_S = 5.0
+# Gorse's published benchmark (its documentation): item-based neighbours, /10 items, mean.
+GORSE_ITEM_MEAN_MS = 2.21
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResult:
+    endpoint: str  # user, item or session
+    rate: float  # requests/s offered
+    sent: int
+    ok: int  # answered 200
+    failed: int  # other status, or no answer within REQUEST_TIMEOUT_S
+    from_session: int  # answers with reason "session" (the rest: trending)
+    answered_per_s: float
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _paths(endpoint: str, users: int, items: list[str], n: int, seed: int) -> list[Any]:
+    """`n` requests of one kind: a GET path, or (path, body) for a session."""
+    rng = np.random.default_rng(seed)
+    if endpoint == "user":
+        return [f"/v1/users/bench-{rng.integers(users)}/recommendations" for _ in range(n)]
+    if endpoint == "item":
+        return [f"/v1/items/{items[rng.integers(len(items))]}/similar?k=10" for _ in range(n)]
+    out = []
+    for _ in range(n):
+        chosen = [items[i] for i in rng.integers(len(items), size=SESSION_EVENTS)]
+        body = {"events": [{"item_id": i, "type": "view"} for i in chosen]}
+        out.append(("/v1/sessions/recommendations", orjson.dumps(body)))
+    return out
+
+
+def ask(
+    url: str,
+    endpoint: str,
+    rate: float,
+    seconds: float,
+    users: int,
+    items: list[str],
+    token: str,
+    out: Any,  # a multiprocessing queue: gets (latencies in ms, failed, from session, sent)
+) -> None:
+    """The HTTP client (own process): `rate` requests/s for `seconds`, each on its own task."""
+    n = int(rate * seconds)
+    requests = _paths(endpoint, users, items, n, seed=11)
+    out.put(asyncio.run(_ask_all(url, requests, rate, token)))
+
+
+async def _ask_all(
+    url: str, requests: list[Any], rate: float, token: str
+) -> tuple[list[float], int, int, int]:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    connector = aiohttp.TCPConnector(limit=0)
+    latencies: list[float] = []
+    failed = from_session = 0
+
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers, connector=connector) as s:
+
+        async def one(request: Any, due: float) -> None:
+            nonlocal failed, from_session
+            try:
+                if isinstance(request, tuple):
+                    answer = s.post(url + request[0], data=request[1])
+                else:
+                    answer = s.get(url + request)
+                async with answer as response:
+                    body = await response.read()
+                    from_session += b'"reason":"session"' in body
+                    if response.status != 200:
+                        failed += 1
+                        return
+            except (aiohttp.ClientError, TimeoutError):
+                failed += 1
+                return
+            latencies.append((time.perf_counter() - due) * 1000)
+
+        start = time.perf_counter() + 0.1
+        tasks = []
+        for i, request in enumerate(requests):
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.ensure_future(one(request, due)))
+        await asyncio.gather(*tasks)
+    return latencies, failed, from_session, len(requests)
+
+
+def summary(
+    endpoint: str, rate: float, got: tuple[list[float], int, int, int], span_s: float
+) -> ApiResult:
+    latencies, failed, from_session, sent = got
+    lat = np.array(latencies or [0.0])
+    p50, p99 = np.percentile(lat, [50, 99])
+    return ApiResult(
+        endpoint,
+        rate,
+        sent,
+        len(latencies),
+        failed,
+        from_session,
+        len(latencies) / max(span_s, 1e-9),
+        float(lat.mean()),
+        float(p50),
+        float(p99),
+        float(lat.max()),
+    )
+
+
+def bench_api(
+    settings: Settings,
+    model_dir: Path,
+    sessions: list[list[str]],
+    event_rate: float,
+    request_rate: float,
+    seconds: float,
+    users: int,
+    log_dir: Path,
+) -> tuple[list[ApiResult], list[dict[str, Any]]]:
+    """Events alone, then with each endpoint's requests, then alone again, each run on a
+    broker and worker of its own (the embedded broker serves a reader more slowly as its log
+    fills, so a run on one broker would also pay for the runs before it). Returns the API
+    results and each run's event latencies (`benchmarks.stream.RateResult` as a dict, with
+    `alongside`: the endpoint asked meanwhile, or "none")."""
+    from benchmarks.stream import run_rate
+
+    items = sorted({item for session in sessions for item in session})
+    ctx = mp.get_context("spawn")
+    results: list[ApiResult] = []
+    events: list[dict[str, Any]] = []
+    for alongside in ("none", *ENDPOINTS, "none"):
+        with EmbeddedBroker(port=0) as broker:
+            local = on_local_broker(settings, broker.bootstrap, model_dir)
+            worker = WorkerProcess(local, log_dir / f"api-worker-{alongside}.log").start()
+            try:
+                worker.wait_ready()
+                url = worker.api_url()
+                run_rate(local, sessions, 200, 3.0, users)  # warm up
+                queue = ctx.Queue()
+                args = (url, alongside, request_rate, seconds, users, items, local.api.token, queue)
+                client = ctx.Process(target=ask, args=args) if alongside != "none" else None
+                result, _ = run_rate(
+                    local, sessions, event_rate, seconds, users, client.start if client else None
+                )
+                if client is not None:
+                    results.append(summary(alongside, request_rate, queue.get(timeout=60), seconds))
+                    client.join()
+                    print(_row(results[-1]), flush=True)
+            finally:
+                worker.stop()
+        events.append({**asdict(result), "alongside": alongside})
+        print(
+            f"  events {result.rate:,.0f}/s alongside {alongside}: p50 {result.p50_ms:.1f} ms, "
+            f"p99 {result.p99_ms:.1f} ms, {result.received}/{result.sent} answered",
+            flush=True,
+        )
+    return results, events
+
+
+HEADER = (
+    f"{'endpoint':>9} {'req/s':>7} {'sent':>7} {'ok':>7} {'failed':>6} {'session':>7} "
+    f"{'answered/s':>10} "
+    f"{'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8}"
+)
+
+
+def _row(r: ApiResult) -> str:
+    return (
+        f"{r.endpoint:>9} {r.rate:>7,.0f} {r.sent:>7} {r.ok:>7} {r.failed:>6} "
+        f"{r.from_session:>7} "
+        f"{r.answered_per_s:>10,.0f} {r.mean_ms:>8.2f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
+        f"{r.max_ms:>8.1f}"
+    )
