@@ -51,6 +51,8 @@ class ApiResult:
 def _paths(endpoint: str, users: int, items: list[str], n: int, seed: int) -> list[Any]:
     """`n` requests of one kind: a GET path, or (path, body) for a session."""
     rng = np.random.default_rng(seed)
+    if endpoint == "health":
+        return ["/healthz"] * n
     if endpoint == "user":
         return [f"/v1/users/bench-{rng.integers(users)}/recommendations" for _ in range(n)]
     if endpoint == "item":

@@ -47,22 +47,13 @@ def encode(record: Event | Item | Recommendation | dict[str, Any]) -> bytes:
     return orjson.dumps(_compact(record), option=_DUMP_OPTIONS)
 
 
-def encode_answers(answer: Recommendation, events: Sequence[Event]) -> list[bytes]:
+def encode_answers(
+    answer: Recommendation, events: Sequence[Event], shared: bytes | None = None
+) -> list[bytes]:
     """`answer` as sent for each of the events it answers: the same recommendation, with each
     event's `item_id`, `type` and `event_ts`. Each message is what `encode` gives for that
-    record; the part all of them share is encoded once."""
-    shared = orjson.dumps(
-        {
-            "items": answer.items,
-            "intents": answer.intents,
-            "reason": answer.reason,
-            "model_version": answer.model_version,
-            "session_id": answer.session_id,
-            "schema_version": answer.schema_version,
-            **({"extra": answer.extra} if answer.extra else {}),
-        },
-        option=_DUMP_OPTIONS,
-    )[1:]
+    record; the part all of them share (`answer_shared`) is encoded once."""
+    shared = shared or answer_shared(answer)
     out = []
     for event in events:
         head = orjson.dumps(
@@ -76,6 +67,30 @@ def encode_answers(answer: Recommendation, events: Sequence[Event]) -> list[byte
         )
         out.append(head[:-1] + b"," + shared)
     return out
+
+
+def answer_shared(answer: Recommendation) -> bytes:
+    """The fields of an answer that are not about one event or one user, as JSON object
+    members without the opening brace (what `encode_answers` and `encode_answer` append)."""
+    return orjson.dumps(
+        {
+            "items": answer.items,
+            "intents": answer.intents,
+            "reason": answer.reason,
+            "model_version": answer.model_version,
+            "session_id": answer.session_id,
+            "schema_version": answer.schema_version,
+            **({"extra": answer.extra} if answer.extra else {}),
+        },
+        option=_DUMP_OPTIONS,
+    )[1:]
+
+
+def encode_answer(user_id: str, event_ts: int, emitted_ts: int, shared: bytes) -> bytes:
+    """A user's answer as the query API gives it: the message of `encode_answers` without
+    the event's `item_id` and `type`."""
+    head = orjson.dumps({"user_id": user_id, "event_ts": event_ts, "emitted_ts": emitted_ts})
+    return head[:-1] + b"," + shared
 
 
 def _compact(record: Event | Item | Recommendation) -> dict[str, Any]:

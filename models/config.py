@@ -127,6 +127,9 @@ class Api:
     # "Authorization: Bearer <token>"; the same token on every worker.
     token: str = ""
     max_items: int = 200  # events of one ad-hoc session request
+    # Users whose latest answer (default parameters) is kept to answer a request without
+    # ranking again, while their state and the catalog stay as they were; 0: none.
+    cached_answers: int = 20_000
 
 
 # The HNSW search beam (at least k): higher finds more of the exact top-k, and is slower.

@@ -175,6 +175,7 @@ def _validate(settings: Settings) -> None:
     _range("metrics_port", s.metrics_port, 0, 65_535)
     _range("api.port", s.api.port, 0, 65_535)
     _range("api.max_items", s.api.max_items, 1, 100_000)
+    _range("api.cached_answers", s.api.cached_answers, 0, 10_000_000)
     if s.api.url and not re.fullmatch(r"https?://[^/\s]+", s.api.url):
         raise SettingsError(
             f"setting 'api.url' is {s.api.url!r}, expected http://host:port (no path)"

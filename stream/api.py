@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from models.codec import MAX_ID_CHARS, encode
+from models.codec import MAX_ID_CHARS, answer_shared, encode, encode_answer
 from models.config import QueryDefaults, Settings
 from models.filters import LIST_FILTERS, NUMBER_FILTERS, Filters, filters_from
 from models.ranking import params_from
@@ -200,26 +200,19 @@ def _click(i: int, event: Any) -> tuple[str, str]:
 
 
 ANSWERED_BY = "X-Sessionrec-Answered-By"  # the URL of the worker that answered
-# A user's answer: the recommendation message's fields, less the event's (item_id, type).
-ANSWER_FIELDS = (
-    "user_id",
-    "session_id",
-    "items",
-    "intents",
-    "model_version",
-    "event_ts",
-    "emitted_ts",
-    "reason",
-    "schema_version",
-)
+# The fields of an answer about no user (similar items, an ad-hoc session).
+ANONYMOUS_FIELDS = ("items", "intents", "model_version", "emitted_ts", "reason", "schema_version")
 
 
-def _answer(answer: Recommendation, by: str, *drop: str) -> web.Response:
-    """The answer as the topic's message carries it (less `drop`), with who answered."""
-    fields = {name: getattr(answer, name) for name in ANSWER_FIELDS if name not in drop}
-    response = web.Response(body=encode(fields), content_type=JSON)
+def _answer(body: bytes, by: str) -> web.Response:
+    """An encoded answer, saying which worker answered."""
+    response = web.Response(body=body, content_type=JSON)
     response.headers[ANSWERED_BY] = by
     return response
+
+
+def _anonymous(answer: Recommendation, *drop: str) -> bytes:
+    return encode({name: getattr(answer, name) for name in ANONYMOUS_FIELDS if name not in drop})
 
 
 class Api:
@@ -265,8 +258,11 @@ class Api:
         owned = self.pipeline.table.owned
         if owned is not None and partition not in owned:
             raise RequestError(503, f"partition {partition} is moving to another worker: retry")
-        answer = self.pipeline.for_user(user_id, params, filters)
-        return _answer(answer, self.url)
+        body = None if request.query else self.pipeline.latest_answer(user_id)
+        if body is None:
+            answer = self.pipeline.for_user(user_id, params, filters)
+            body = encode_answer(user_id, answer.event_ts, answer.emitted_ts, answer_shared(answer))
+        return _answer(body, self.url)
 
     async def _forward(self, request: web.Request, owner: str, partition: int) -> web.Response:
         if self._client is None:
@@ -291,12 +287,12 @@ class Api:
         answer = self.pipeline.similar(item_id, params, filters)
         if answer is None:
             raise RequestError(404, f"item {item_id[:MAX_ID_CHARS]!r} is not in the catalog")
-        return _answer(answer, self.url, "user_id", "session_id", "event_ts", "intents")
+        return _answer(_anonymous(answer, "intents"), self.url)
 
     async def session(self, request: web.Request) -> web.StreamResponse:
         clicks, params, filters = session_body(self.settings, await request.read())
         answer = self.pipeline.for_session(clicks, params, filters)
-        return _answer(answer, self.url, "user_id", "session_id", "event_ts")
+        return _answer(_anonymous(answer), self.url)
 
     async def health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok"})

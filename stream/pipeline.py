@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +33,15 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from models.codec import DecodeError, decode_event, encode, encode_answers, encode_session
+from models.codec import (
+    DecodeError,
+    answer_shared,
+    decode_event,
+    encode,
+    encode_answer,
+    encode_answers,
+    encode_session,
+)
 from models.config import QueryDefaults, Settings
 from models.features import F32, I64
 from models.filters import NO_FILTERS, Filters
@@ -113,6 +121,7 @@ class Pending:
     sent: asyncio.Future[None] | None = None
     found: asyncio.Future[Any] | None = None
     prepare_s: float = 0.0
+    catalog: int = 0  # `Pipeline.catalog` when it was planned
 
     def search(self) -> tuple[I64, F32] | None:
         """The batch's index search (numpy and hnswlib only: may run in another thread)."""
@@ -193,6 +202,11 @@ class Pipeline:
         self.highwater: Callable[[int], int | None] | None = None
         self.searches: set[asyncio.Future[Any]] = set()  # running in the searcher thread
         self.stats = metrics.BatchStats()
+        # Each user's latest answer with the default parameters, for the query API: (the
+        # encoded state it answers, the catalog it was ranked over, event_ts, emitted_ts, the
+        # answer's shared part), least recently answered first.
+        self.answers: OrderedDict[str, tuple[bytes, int, int, int, bytes]] = OrderedDict()
+        self.catalog = 0  # changes with each model swap and catalog upsert
         self._counted = self.counters.copy()
         self._lag_due = 0.0
         if serving is not None:
@@ -387,7 +401,7 @@ class Pipeline:
         if self.serving is not None and requests:
             depth = self.settings.limits.max_search_depth
             plan = self.serving.recommender.plan(requests, max_fetch=depth)
-        return Pending(incoming, out, work, requests, self.serving, plan)
+        return Pending(incoming, out, work, requests, self.serving, plan, catalog=self.catalog)
 
     def _request(self, w: _UserWork) -> Request:
         current = w.state.session.current
@@ -442,10 +456,21 @@ class Pipeline:
                 reason=reason,
             )
             key = user_id.encode()
-            for value in encode_answers(answer, w.events):
+            shared = answer_shared(answer)
+            for value in encode_answers(answer, w.events, shared):
                 messages.append((topic, key, value, None))
+            if w.params is None and self.settings.api.cached_answers:
+                state = pending.out.states[user_id][1]
+                self._keep(user_id, (state, pending.catalog, answer.event_ts, emitted, shared))
             self.counters["emitted"] += len(w.events)
         return messages
+
+    def _keep(self, user_id: str, kept: tuple[bytes, int, int, int, bytes]) -> None:
+        answers = self.answers
+        answers.pop(user_id, None)
+        answers[user_id] = kept
+        if len(answers) > self.settings.api.cached_answers:
+            answers.popitem(last=False)
 
     def _explain(
         self, serving: ServingModel | None, req: Request, result: Result | None
@@ -516,6 +541,7 @@ class Pipeline:
                 more = ", ..." if len(items) > UPSERTS_NAMED else ""
                 log.info("catalog: %d upserts applied (%s%s)", len(items), named, more)
         if model is not None or items:
+            self.catalog += 1  # answers kept for the query API were ranked over another
             metrics.observe_model(self.serving)
 
     def live(self, item_id: str) -> bool:
@@ -565,6 +591,19 @@ class Pipeline:
         out.states[user_id] = (partition, self.table.put(user_id, state, partition))
 
     # -- Queries (the HTTP API) --------------------------------------------------------------
+
+    def latest_answer(self, user_id: str) -> bytes | None:
+        """The user's answer as the stream last sent it (the query API's, encoded), if it was
+        ranked with the default parameters over the catalog served now and the user's state
+        has not changed since (None: ask `for_user`)."""
+        kept = self.answers.get(user_id)
+        if kept is None:
+            return None
+        state, catalog, event_ts, emitted_ts, shared = kept
+        if catalog != self.catalog or self.table.store.get(user_id) is not state:
+            del self.answers[user_id]
+            return None
+        return encode_answer(user_id, event_ts, emitted_ts, shared)
 
     def for_user(
         self, user_id: str, params: QueryDefaults, filters: Filters = NO_FILTERS

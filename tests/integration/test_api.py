@@ -96,12 +96,19 @@ def test_any_worker_answers_for_any_user_as_the_stream_did(
 
     answered_by: dict[int, set[str]] = {}  # partition -> the workers whose answers came back
     for user, streamed in latest.items():
+        topic = orjson.loads(encode(streamed))
         for url in urls:
-            status, got, headers = http(f"{url}/v1/users/{user}/recommendations")
-            assert status == 200, got
-            topic = orjson.loads(encode(streamed))
-            for field in ("items", "intents", "session_id", "reason", "model_version"):
-                assert got[field] == topic[field], (user, field)
+            # Without parameters: the stream's own answer, kept (emitted_ts included) ...
+            status, kept, headers = http(f"{url}/v1/users/{user}/recommendations")
+            assert status == 200, kept
+            assert kept == {k: v for k, v in topic.items() if k not in ("item_id", "type")}
+            # ... and ranked again with the same parameters, the same list (trending items
+            # are those of the moment asked).
+            status, ranked, _ = http(f"{url}/v1/users/{user}/recommendations?k=20")
+            assert status == 200 and ranked["reason"] == topic["reason"], ranked
+            if topic["reason"] == "session":
+                for field in ("items", "intents", "session_id", "model_version"):
+                    assert ranked[field] == topic[field], (user, field)
             partition = partition_of(user.encode(), settings.partitions)
             answered_by.setdefault(partition, set()).add(headers["X-Sessionrec-Answered-By"])
     assert sum(r.reason == "session" for r in latest.values()) > USERS // 2

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from models.codec import (
     DecodeError,
+    answer_shared,
     decode_event,
     decode_item,
     decode_recommendation,
     encode,
+    encode_answer,
     encode_answers,
 )
 from models.records import Event, Intent, Item, Recommendation, RecommendedItem
@@ -81,6 +83,9 @@ def test_an_answer_sent_for_several_events_is_the_record_of_each() -> None:
         assert json.loads(raw) == json.loads(encode(expected))
         assert decode_recommendation(raw) == expected
         jsonschema.validate(json.loads(raw), _schema("recommendation"))
+    # The query API's answer is the same record without the event's fields.
+    api = encode_answer("u1", 5, answer.emitted_ts, answer_shared(answer))
+    assert json.loads(api) == json.loads(encode(dataclasses.replace(answer, event_ts=5)))
 
 
 def test_iso_timestamp_is_accepted() -> None:
