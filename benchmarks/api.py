@@ -1,8 +1,9 @@
 """`sessionrec bench api`: the query API of one worker asked over HTTP while the worker also
 takes a steady event load, next to the same event load alone.
 
-Runs alternate on one broker and worker: events alone, events with user requests, events
-with similar-item requests, events with session requests, events alone again. The requests
+Runs, each on a broker and worker of its own: events alone, events with /healthz requests (the
+HTTP server's floor), with user requests, with similar-item requests, with session requests,
+events alone again. The requests
 come from a real HTTP client (aiohttp) in a process of its own, on a fixed schedule (open
 loop: a slow answer does not delay the next request); each request's latency is from the
 moment it was due to its whole answer read, so time a request waited for the client counts.
@@ -26,7 +27,9 @@ from models.config import Settings
 from stream.broker import EmbeddedBroker
 from stream.launch import WorkerProcess, on_local_broker
 
-ENDPOINTS = ("user", "item", "session")
+# What each run asks alongside the events: /healthz first, the HTTP server's floor (no
+# ranking), then the three query endpoints.
+ENDPOINTS = ("health", "user", "item", "session")
 SESSION_EVENTS = 4  # events of one ad-hoc session request
 REQUEST_TIMEOUT_S = 5.0
 # Gorse's published benchmark (its documentation): item-based neighbours, /10 items, mean.
@@ -35,7 +38,7 @@ GORSE_ITEM_MEAN_MS = 2.21
 
 @dataclass(frozen=True, slots=True)
 class ApiResult:
-    endpoint: str  # user, item or session
+    endpoint: str  # health, user, item or session
     rate: float  # requests/s offered
     sent: int
     ok: int  # answered 200
