@@ -44,9 +44,11 @@ class WorkerProcess:
         self.log_path = log_path
         self.command = command or [sys.executable, "-m", "sessionrec.cli", "worker"]
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where this start's lines begin (the log is appended to)
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **to_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115  # handed to the child process
         self.proc = subprocess.Popen(
             self.command,
@@ -71,7 +73,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail_log()}")
-            if b"[^Worker]: Ready" in self.log_path.read_bytes():
+            if b"[^Worker]: Ready" in self._this_start():
                 return
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready after {timeout_s}s: {self.tail_log()}")
@@ -80,11 +82,16 @@ class WorkerProcess:
         """The URL of the worker's query API, as its log announces it."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            found = API_LINE.search(self.log_path.read_text(errors="replace"))
+            found = API_LINE.search(self._this_start().decode(errors="replace"))
             if found:
                 return found.group(1)
             time.sleep(0.2)
         raise TimeoutError(f"worker announced no query API after {timeout_s}s: {self.tail_log()}")
+
+    def _this_start(self) -> bytes:
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return log.read()
 
     def tail_log(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()

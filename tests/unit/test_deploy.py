@@ -30,6 +30,23 @@ def test_worker_deployment() -> None:
     assert "torch" not in container["image"] and container["image"].startswith("sessionrec:")
 
 
+def test_worker_probes_and_the_query_api() -> None:
+    docs = _docs()
+    container = docs["Deployment/sessionrec-worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"containerPort": 8080, "name": "api"} in container["ports"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "api"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "api"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SESSIONREC_API_ADDRESS"]["value"] == "0.0.0.0"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["SESSIONREC_API_URL"]["value"] == "http://$(POD_IP):8080"  # POD_IP comes first
+    assert list(env).index("POD_IP") < list(env).index("SESSIONREC_API_URL")
+    assert env["SESSIONREC_API_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    service = docs["Service/sessionrec-api"]["spec"]
+    assert service["selector"] == {"app": "sessionrec", "component": "worker"}
+    assert service["ports"][0]["targetPort"] == "api"
+
+
 def test_training_cronjob_and_the_model_store() -> None:
     docs = _docs()
     job = docs["CronJob/sessionrec-train"]
@@ -52,7 +69,7 @@ def test_images_and_pods_run_unprivileged() -> None:
     docs = _docs()
     worker = docs["Deployment/sessionrec-worker"]["spec"]["template"]["spec"]["containers"][0]
     assert worker["securityContext"]["runAsNonRoot"] is True
-    env = {e["name"]: e["value"] for e in worker["env"]}
-    assert env["SESSIONREC_METRICS_ADDRESS"] == "0.0.0.0"  # probes reach it from outside
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["SESSIONREC_METRICS_ADDRESS"] == "0.0.0.0"  # Prometheus reaches it from outside
     job = docs["CronJob/sessionrec-train"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert job["securityContext"]["runAsNonRoot"] is True and job["securityContext"]["fsGroup"]
