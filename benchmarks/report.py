@@ -153,6 +153,49 @@ def _handover(runs: list[dict[str, Any]]) -> str:
     )
 
 
+def _api(results: dict[str, Any]) -> str:
+    from benchmarks.api import GORSE_ITEM_MEAN_MS
+
+    rows = [
+        {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
+        for r in results["api"]
+    ]
+    events = [
+        {
+            "alongside": e["alongside"],
+            "events/s": round(e["rate"]),
+            "answered": f"{e['received']}/{e['sent']}",
+            "p50_ms": round(e["p50_ms"], 1),
+            "p99_ms": round(e["p99_ms"], 1),
+            "max_ms": round(e["max_ms"], 1),
+        }
+        for e in results.get("api_events", [])
+    ]
+    alone = sorted(e["p99_ms"] for e in results.get("api_events", []) if e["alongside"] == "none")
+    base = alone[len(alone) // 2] if alone else 0.0
+    rises = ", ".join(
+        f"{e['alongside']} {100 * (e['p99_ms'] / base - 1):+.0f}%"
+        for e in results.get("api_events", [])
+        if e["alongside"] != "none" and base
+    )
+    return (
+        _section("Query API: requests over HTTP while the worker takes events", rows)
+        + f"\nRun {results.get('api_started', results.get('started'))}. One worker, "
+        f"{rows[0]['rate']:,.0f} requests/s of one kind at a time from an aiohttp client in "
+        "its own process, on a fixed schedule; latency from when a request was due to its "
+        "answer read. health is /healthz, the HTTP server's floor. user asks for users of the "
+        "event load, without parameters (session: how many were answered from a session; the "
+        "rest are users the load has not reached yet, answered with trending items). item asks "
+        "for 10 items like a random item of the catalog; session posts 4 random items. For "
+        "comparison, Gorse's documentation publishes a mean of "
+        f"{GORSE_ITEM_MEAN_MS} ms for its item-based neighbours (/10), on its own machine and "
+        "load. Each run on a fresh broker and worker; the events' latency in each run:\n\n"
+        + _table(events, list(events[0]))
+        + f"\nEvent p99 against the median of the runs with events alone ({base:.0f} ms): "
+        f"{rises}.\n"
+    )
+
+
 def _budget(results: dict[str, Any], target: float = 5000.0) -> str:
     """What a rate of `target` events/s leaves per event on this machine, against what the
     fastest fixed rate measured cost per event."""
@@ -280,6 +323,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         )
     if results.get("handover"):
         parts.append(_handover(results["handover"]))
+    if results.get("api"):
+        parts.append(_api(results))
     if results.get("worker_cost"):
         rows = _rounded(results["worker_cost"])
         parts.append(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -34,7 +35,7 @@ from models.config import QueryDefaults, Settings
 from models.filters import LIST_FILTERS, NUMBER_FILTERS, Filters, filters_from
 from models.ranking import params_from
 from models.records import EVENT_TYPES, Recommendation
-from stream import openapi
+from stream import metrics, openapi
 from stream.kafka import partition_of
 from stream.pipeline import Pipeline
 
@@ -65,13 +66,6 @@ def api_url(settings: Settings, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def free_port(address: str) -> int:
-    """A port free on `address` now (for `api.port` 0: the URL is announced before serving)."""
-    with socket.socket() as probe:
-        probe.bind((address, 0))
-        return int(probe.getsockname()[1])
-
-
 def web_options(settings: Settings) -> dict[str, Any]:
     """aiohttp application options: the body limit and the middleware that checks the token
     and turns every error into JSON."""
@@ -83,6 +77,14 @@ def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await _checked_call(request, handler)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "other"
+        metrics.observe_request(route, response.status, time.perf_counter() - started)
+        return response
+
+    async def _checked_call(request: web.Request, handler: Any) -> web.StreamResponse:
         if token and request.path not in OPEN_PATHS:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):

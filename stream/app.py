@@ -22,7 +22,8 @@ from models.config import Settings
 from models.serving import ServingModel, load_current
 from models.store import RemoteStore
 from stream import faust_adapter, metrics
-from stream.api import Api, api_url, free_port, web_options
+from stream.api import Api, api_url, web_options
+from stream.broker import free_port
 from stream.kafka import Outbox, producer_config
 from stream.pipeline import Pipeline
 from stream.topics import SESSION_TABLE
@@ -71,6 +72,7 @@ def build_app(
     """The worker, serving versions from `model_dir` (with a remote `model_store`: the cache
     its versions are copied into); `pipeline_type` replaces the pipeline (the benchmarks'
     faust floor)."""
+    # Port 0: one free now, so that the URL announced to the group is the one served.
     port = settings.api.port or free_port(settings.api.address)
     url = api_url(settings, port)
     app = faust_adapter.make_app(settings, LINGER_MS, port, url, web_options(settings))

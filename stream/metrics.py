@@ -46,6 +46,18 @@ BATCH = Histogram(
     "Events per processed batch",
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000),
 )
+API_REQUESTS = Counter(
+    "sessionrec_api_requests_total",
+    "Query API requests answered here (forwarded ones are counted by the worker that answered "
+    "them too), per route and status",
+    ["route", "status"],
+)
+API_LATENCY = Histogram(
+    "sessionrec_api_request_seconds",
+    "Query API request received to answer ready, per route",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0),
+)
 LAG = Gauge("sessionrec_consumer_lag", "Events not yet processed, per partition", ["partition"])
 INDEX_SIZE = Gauge("sessionrec_index_items", "Items live in the index")
 MODEL = Info("sessionrec_model", "The model version being served")
@@ -133,3 +145,9 @@ class BatchStats:
             f"ms/batch, publish {1000 * self.publish_s / b:.1f} ms/batch, picked up "
             f"{self.age_ms_sum / max(self.aged, 1):.1f} ms after produce"
         )
+
+
+def observe_request(route: str, status: int, seconds: float) -> None:
+    """One query API request: `route` is its path template (unknown paths: "other")."""
+    API_REQUESTS.labels(route, str(status)).inc()
+    API_LATENCY.labels(route).observe(seconds)

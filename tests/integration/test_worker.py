@@ -386,7 +386,7 @@ def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_mode
 
     port = free_port()
     settings = dataclasses.replace(_setup(broker, unique, retailrocket_model), metrics_port=port)
-    worker_factory(settings)
+    worker = worker_factory(settings)
     t0 = 1_700_000_000_000
     events = [Event(f"m{i}", "285930", "view", t0 + i) for i in range(30)]
     late = Event("m0", "285930", "view", t0 - 30 * 60_000)  # before m0's session by over 20 min
@@ -406,3 +406,12 @@ def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_mode
         "sessionrec_index_items",
     ):
         assert name in text, name
+    # The query API counts its requests per route and status.
+    api = worker.api_url()
+    urllib.request.urlopen(f"{api}/v1/items/285930/similar", timeout=10).read()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert (
+        'sessionrec_api_requests_total{route="/v1/items/{item_id}/similar",status="200"} 1.0'
+        in text
+    )
+    assert 'sessionrec_api_request_seconds_count{route="/v1/items/{item_id}/similar"} 1.0' in text

@@ -49,6 +49,9 @@ def test_settings_are_frozen() -> None:
         ({"SESSIONREC_LIMITS_MAX_K": "0"}, "'limits.max_k' is 0, expected 1 to 10000"),
         ({"SESSIONREC_STANDBY_REPLICAS": "-1"}, "'standby_replicas' is -1, expected 0 to 10"),
         ({"SESSIONREC_SESSION_TIMEOUT_S": "0.5"}, "'session_timeout_s' is 0.5, expected 1"),
+        ({"SESSIONREC_API_PORT": "-1"}, "'api.port' is -1, expected 0 to 65535"),
+        ({"SESSIONREC_API_URL": "worker-1:8080"}, "'api.url' is 'worker-1:8080', expected http"),
+        ({"SESSIONREC_API_MAX_ITEMS": "0"}, "'api.max_items' is 0, expected 1"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], needle: str) -> None:
@@ -71,6 +74,17 @@ def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
 def test_env_names_cover_nested_settings() -> None:
     names = env_names()
     assert "SESSIONREC_BOOTSTRAP" in names and "SESSIONREC_WEIGHTS_BUY" in names
+
+
+def test_the_api_token_is_read_and_never_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    from sessionrec.cli import build_parser
+
+    settings = load_settings(None, {"SESSIONREC_API_TOKEN": "t0ps3cret"}, {})
+    assert settings.api.token == "t0ps3cret"
+    assert "t0ps3cret" not in repr(settings) and "t0ps3cret" not in str(settings.api)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["worker", "--help"])
+    assert "t0ps3cret" not in capsys.readouterr().out
 
 
 def test_a_child_process_environment_reproduces_every_setting() -> None:
