@@ -167,6 +167,7 @@ def run_demo(settings: Settings, seconds: float, seed: int) -> int:
                 raise RuntimeError(f"the demo's reader got no partitions in {READER_JOIN_S:.0f}s")
             summary = _replay(settings, live, live_events, items, seconds)
             live.stop()
+            _ask_api(worker.api_url(), live_events[0].user_id, live_events[0].item_id, items)
         finally:
             worker.stop()
     _print_summary(summary, live, settings)
@@ -221,6 +222,27 @@ def _replay(
     return {"sent": sent}
 
 
+def _ask_api(url: str, user: str, item: str, items: dict[str, Item]) -> None:
+    """What the worker's query API answers for a live user and for one of the user's items."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    print(f"\n5. the worker's query API ({url}) asked directly:")
+    for path in (f"/v1/users/{user}/recommendations?k=3", f"/v1/items/{item}/similar?k=3"):
+        try:
+            with urllib.request.urlopen(url + path, timeout=5) as response:
+                answer = json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(f"   GET {path}: no answer ({exc})")
+            continue
+        names = "; ".join(
+            (items[i["item_id"]].name or i["item_id"]) if i["item_id"] in items else i["item_id"]
+            for i in answer["items"]
+        )
+        print(f"   GET {path}\n       -> {names} [{answer['reason']}]")
+
+
 def _print_summary(summary: dict[str, int], live: Live, settings: Settings) -> None:
     lat = np.array(live.latencies) if live.latencies else np.zeros(1)
     print("\n--- demo summary ---")
@@ -237,3 +259,4 @@ def _print_summary(summary: dict[str, int], live: Live, settings: Settings) -> N
     print("  .venv/bin/sessionrec worker --model-dir var/models  # terminal 2")
     print("  .venv/bin/sessionrec replay FILE --format retailrocket --rate 50")
     print("  .venv/bin/sessionrec tail                          # terminal 3")
+    print("  .venv/bin/sessionrec recommend --user USER         # the query API (port 8080)")
