@@ -26,6 +26,7 @@ from stream.kafka import consumer_config, produce, producer_config, ready_messag
 from stream.launch import WorkerProcess, on_local_broker
 
 JOIN_TIMEOUT_S = 60.0
+CONNECT_S = 30.0
 DRAIN_S = 90.0
 DRAIN_IDLE_S = 10.0
 LOADGEN_LINGER_MS = 5
@@ -118,6 +119,9 @@ def generate(
     # A shop's producer as librdkafka configures it by default (linger 5 ms): events of a few
     # milliseconds go out together, not one request each.
     producer = Producer(producer_config(settings, **{"linger.ms": LOADGEN_LINGER_MS}))
+    # Connected before the clock starts: the first events would otherwise wait in the
+    # producer for its connection and metadata, time that no shop's running producer pays.
+    producer.list_topics(topic, timeout=CONNECT_S)
     walkers = Walkers(sessions, users, seed)
     start = time.perf_counter()
     n = 0

@@ -97,6 +97,15 @@ def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
             return error(404, f"no such path: {request.path[:200]}")
         except web.HTTPException as exc:  # wrong method, body too large
             return error(exc.status, f"{exc.reason}: {request.method} {request.path[:200]}")
+        except Exception as exc:  # a fault here: logged, answered, and the worker goes on
+            log.error(
+                "query API: %s %s failed (%s: %s)",
+                request.method,
+                request.path[:200],
+                type(exc).__name__,
+                exc,
+            )
+            return error(500, "internal error (the worker logged it)")
         return response
 
     return guard
