@@ -49,6 +49,7 @@ class ApiResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    client_cpu_pct: float  # the HTTP client's own CPU, in % of one core (it shares the machine)
 
 
 def _paths(endpoint: str, users: int, items: list[str], n: int, seed: int) -> list[Any]:
@@ -76,12 +77,14 @@ def ask(
     users: int,
     items: list[str],
     token: str,
-    out: Any,  # a multiprocessing queue: gets (latencies in ms, failed, from session, sent)
+    out: Any,  # a multiprocessing queue: (latencies ms, failed, from session, sent, CPU s)
 ) -> None:
     """The HTTP client (own process): `rate` requests/s for `seconds`, each on its own task."""
     n = int(rate * seconds)
     requests = _paths(endpoint, users, items, n, seed=11)
-    out.put(asyncio.run(_ask_all(url, requests, rate, token)))
+    cpu = time.process_time()
+    latencies, failed, from_session, sent = asyncio.run(_ask_all(url, requests, rate, token))
+    out.put((latencies, failed, from_session, sent, time.process_time() - cpu))
 
 
 async def _ask_all(
@@ -128,9 +131,9 @@ async def _ask_all(
 
 
 def summary(
-    endpoint: str, rate: float, got: tuple[list[float], int, int, int], span_s: float
+    endpoint: str, rate: float, got: tuple[list[float], int, int, int, float], span_s: float
 ) -> ApiResult:
-    latencies, failed, from_session, sent = got
+    latencies, failed, from_session, sent, client_s = got
     lat = np.array(latencies or [0.0])
     p50, p99 = np.percentile(lat, [50, 99])
     return ApiResult(
@@ -145,6 +148,7 @@ def summary(
         float(p50),
         float(p99),
         float(lat.max()),
+        100 * client_s / max(span_s, 1e-9),
     )
 
 
@@ -157,51 +161,90 @@ def bench_api(
     seconds: float,
     users: int,
     log_dir: Path,
+    rounds: int = 1,
 ) -> tuple[list[ApiResult], list[dict[str, Any]]]:
-    """Events alone, then with each endpoint's requests, then alone again, each run on a
-    broker and worker of its own (the embedded broker serves a reader more slowly as its log
-    fills, so a run on one broker would also pay for the runs before it). Returns the API
-    results and each run's event latencies (`benchmarks.stream.RateResult` as a dict, with
-    `alongside`: the endpoint asked meanwhile, or "none")."""
-    from benchmarks.stream import run_rate
-
+    """`rounds` times: events alone, then with each endpoint's requests, then alone again,
+    each run on a broker and worker of its own (the embedded broker serves a reader more
+    slowly as its log fills, so a run on one broker would also pay for the runs before it).
+    Returns the API results and each run's events (`benchmarks.stream.RateResult` as a dict,
+    with `alongside`: the endpoint asked meanwhile, or "none", and the worker's CPU)."""
     items = sorted({item for session in sessions for item in session})
-    ctx = mp.get_context("spawn")
     results: list[ApiResult] = []
     events: list[dict[str, Any]] = []
-    for alongside in ("none", *ENDPOINTS, "none"):
-        with EmbeddedBroker(port=0) as broker:
-            local = on_local_broker(settings, broker.bootstrap, model_dir)
-            worker = WorkerProcess(local, log_dir / f"api-worker-{alongside}.log").start()
-            try:
-                worker.wait_ready()
-                url = worker.api_url()
-                run_rate(local, sessions, 200, 3.0, users)  # warm up
-                queue = ctx.Queue()
-                args = (url, alongside, request_rate, seconds, users, items, local.api.token, queue)
-                client = ctx.Process(target=ask, args=args) if alongside != "none" else None
-                result, _ = run_rate(
-                    local, sessions, event_rate, seconds, users, client.start if client else None
-                )
-                if client is not None:
-                    results.append(summary(alongside, request_rate, queue.get(timeout=60), seconds))
-                    client.join()
-                    print(_row(results[-1]), flush=True)
-            finally:
-                worker.stop()
-        events.append({**asdict(result), "alongside": alongside})
-        print(
-            f"  events {result.rate:,.0f}/s alongside {alongside}: p50 {result.p50_ms:.1f} ms, "
-            f"p99 {result.p99_ms:.1f} ms, {result.received}/{result.sent} answered",
-            flush=True,
-        )
+    for _ in range(rounds):
+        for alongside in ("none", *ENDPOINTS, "none"):
+            load = Load(event_rate, request_rate, seconds, users)
+            asked, run = _run(settings, model_dir, sessions, items, alongside, load, log_dir)
+            if asked is not None:
+                results.append(asked)
+                print(_row(asked), flush=True)
+            events.append(run)
+            print(
+                f"  events {run['rate']:,.0f}/s alongside {alongside}: p50 {run['p50_ms']:.1f} "
+                f"ms, p99 {run['p99_ms']:.1f} ms, {run['received']}/{run['sent']} answered, "
+                f"worker {run['worker_cpu_pct']:.0f}% of a core",
+                flush=True,
+            )
     return results, events
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    event_rate: float
+    request_rate: float
+    seconds: float
+    users: int
+
+
+def _run(
+    settings: Settings,
+    model_dir: Path,
+    sessions: list[list[str]],
+    items: list[str],
+    alongside: str,
+    load: Load,
+    log_dir: Path,
+) -> tuple[ApiResult | None, dict[str, Any]]:
+    """One run on a fresh broker and worker: the events, and `alongside` requests (or none)."""
+    from benchmarks.stream import run_rate
+
+    ctx = mp.get_context("spawn")
+    asked = None
+    with EmbeddedBroker(port=0) as broker:
+        local = on_local_broker(settings, broker.bootstrap, model_dir)
+        worker = WorkerProcess(local, log_dir / f"api-worker-{alongside}.log").start()
+        try:
+            worker.wait_ready()
+            run_rate(local, sessions, 200, 3.0, load.users)  # warm up
+            queue = ctx.Queue()
+            client = None
+            if alongside != "none":
+                url, rate, token = worker.api_url(), load.request_rate, local.api.token
+                args = (url, alongside, rate, load.seconds, load.users, items, token, queue)
+                client = ctx.Process(target=ask, args=args)
+            cpu, started = worker.cpu_seconds(), time.monotonic()
+            result, _ = run_rate(
+                local,
+                sessions,
+                load.event_rate,
+                load.seconds,
+                load.users,
+                client.start if client else None,
+            )
+            worker_pct = 100 * (worker.cpu_seconds() - cpu) / (time.monotonic() - started)
+            if client is not None:
+                got = queue.get(timeout=60)
+                asked = summary(alongside, load.request_rate, got, load.seconds)
+                client.join()
+        finally:
+            worker.stop()
+    return asked, {**asdict(result), "alongside": alongside, "worker_cpu_pct": worker_pct}
 
 
 HEADER = (
     f"{'endpoint':>9} {'req/s':>7} {'sent':>7} {'ok':>7} {'failed':>6} {'session':>7} "
     f"{'answered/s':>10} "
-    f"{'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8}"
+    f"{'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} {'client':>7}"
 )
 
 
@@ -210,5 +253,5 @@ def _row(r: ApiResult) -> str:
         f"{r.endpoint:>9} {r.rate:>7,.0f} {r.sent:>7} {r.ok:>7} {r.failed:>6} "
         f"{r.from_session:>7} "
         f"{r.answered_per_s:>10,.0f} {r.mean_ms:>8.2f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
-        f"{r.max_ms:>8.1f}"
+        f"{r.max_ms:>8.1f} {r.client_cpu_pct:>6.0f}%"
     )

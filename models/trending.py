@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from itertools import islice
 
 
 class Trending:
@@ -53,11 +54,18 @@ class Trending:
         cheap."""
         if not self._cache or self._adds_since_cache > 500 or len(self._cache) < k + len(exclude):
             self._rank(max(200, k + len(exclude)))
-        found = [(i, s) for i, s in self._cache if i not in exclude and live(i)][:k]
+        found = self._first(k, exclude, live)
         if len(found) < k and len(self._cache) < len(self._scores):  # many left the catalog
             self._rank(len(self._scores))
-            found = [(i, s) for i, s in self._cache if i not in exclude and live(i)][:k]
+            found = self._first(k, exclude, live)
         return found
+
+    def _first(
+        self, k: int, exclude: set[str] | frozenset[str], live: Callable[[str], bool]
+    ) -> list[tuple[str, float]]:
+        """The first k cached items not excluded and live (looking no further)."""
+        wanted = ((i, s) for i, s in self._cache if i not in exclude and live(i))
+        return list(islice(wanted, k))
 
     def _rank(self, n: int) -> None:
         now = self._now

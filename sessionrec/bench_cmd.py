@@ -283,6 +283,7 @@ def part_api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         args.seconds,
         args.users,
         out,
+        args.api_rounds,
     )
     return {
         "api": [dataclasses.asdict(r) for r in results],
@@ -531,6 +532,12 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         type=_positive(float),
         default=1000.0,
         help="api: events/s the worker takes meanwhile (default 1000)",
+    )
+    p.add_argument(
+        "--api-rounds",
+        type=_positive(int),
+        default=1,
+        help="api: how many times to run the whole sequence (medians are reported; default 1)",
     )
     p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
     p.add_argument(
