@@ -106,3 +106,35 @@ def test_the_report_works_out_ten_workers_and_shows_the_hand_over_runs(tmp_path:
     assert "## Hand-over: one of three workers killed -9 under load" in text
     assert "| 2 | 3.0 | 200000 | 600.0 | 40.0 | 24000 | 24000 | 171.0 | 6136.0 |" in text
     assert "[0, 6.2]" not in text  # the per-partition waits stay in results.json
+
+
+def test_the_report_sets_the_api_runs_against_the_events_alone(tmp_path: Path) -> None:
+    asked = {
+        "rate": 500.0,
+        "sent": 7500,
+        "ok": 7500,
+        "failed": 0,
+        "from_session": 2000,
+        "answered_per_s": 500.0,
+        "mean_ms": 4.0,
+        "p50_ms": 3.0,
+        "p99_ms": 12.5,
+        "max_ms": 40.0,
+        "client_cpu_pct": 20.0,
+    }
+    runs = [
+        {**_rate(1000, 500, 400), "p99_ms": p99, "alongside": kind}
+        for kind, p99 in (("none", 100.0), ("user", 150.0), ("none", 120.0), ("user", 130.0))
+    ]
+    results = {
+        "machine": "test",
+        "cores": 2,
+        "api": [{**asked, "endpoint": "user"}, {**asked, "endpoint": "user"}],
+        "api_events": runs,
+    }
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Query API: requests over HTTP while the worker takes events" in text
+    # Medians: alone (100 + 120) / 2 = 110 ms; with user requests (150 + 130) / 2 = 140 ms.
+    assert "against the runs with events alone (110 ms): user 140 ms (+27%)" in text
+    assert "Gorse's documentation publishes a mean of 2.21 ms" in text
