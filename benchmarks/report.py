@@ -176,23 +176,32 @@ def _api(results: dict[str, Any]) -> str:
         for e in runs
     ]
     p99: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     for e in runs:
         p99.setdefault(e["alongside"], []).append(e["p99_ms"])
-    base = median(p99.get("none", [0.0]))
+        cpu.setdefault(e["alongside"], []).append(e.get("worker_cpu_pct", 0.0))
+    base, base_cpu = median(p99.get("none", [0.0])), median(cpu.get("none", [0.0]))
+    rate = rows[0]["rate"]
     rises = ", ".join(
         f"{kind} {median(values):.0f} ms ({100 * (median(values) / base - 1):+.0f}%)"
         for kind, values in p99.items()
         if kind != "none" and base
+    )
+    costs = ", ".join(
+        f"{kind} {1e4 * (median(values) - base_cpu) / rate:.0f} us"
+        for kind, values in cpu.items()
+        if kind != "none"
     )
     return (
         _section("Query API: requests over HTTP while the worker takes events", rows)
         + f"\nRun {results.get('api_started', results.get('started'))}. One worker, "
         f"{rows[0]['rate']:,.0f} requests/s of one kind at a time from an aiohttp client in "
         "its own process, on a fixed schedule; latency from when a request was due to its "
-        "answer read; client: the client's own CPU. health is /healthz, the HTTP server's "
-        "floor. user asks for users of the event load, without parameters (session: how many "
-        "were answered from a session, the stream's latest answer kept for the user; the rest "
-        "are users the load has not reached yet, answered with trending items). item asks for "
+        "answer read; client_cpu_pct: the client's own CPU. health is /healthz, the HTTP "
+        "server's floor. user asks for users of the event load, without parameters "
+        "(from_session: how many were answered from a session, the stream's latest answer "
+        "kept for the user; the rest are users the load has not reached yet, answered with "
+        "trending items). item asks for "
         "10 items like a random item of the catalog; session posts 4 random items. For "
         "comparison, Gorse's documentation publishes a mean of "
         f"{GORSE_ITEM_MEAN_MS} ms for its item-based neighbours (/10), on its own machine and "
@@ -200,8 +209,9 @@ def _api(results: dict[str, Any]) -> str:
         "CPU in each run:\n\n"
         + _table(events, list(events[0]))
         + f"\nEvent p99, median over runs, against the runs with events alone ({base:.0f} ms): "
-        f"{rises}. The broker, the worker, the event generator and the HTTP client share "
-        f"{results.get('cores')} cores.\n"
+        f"{rises}. The worker's CPU per request, its median CPU with the requests less that "
+        f"with events alone: {costs}. The broker, the worker, the event generator and the "
+        f"HTTP client share {results.get('cores')} cores.\n"
     )
 
 
