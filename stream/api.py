@@ -92,6 +92,8 @@ def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
         try:
             response: web.StreamResponse = await handler(request)
         except RequestError as exc:
+            if exc.status == 503:  # the group is moving partitions: soon answered again
+                return error(503, str(exc), Retry_After=str(RETRY_AFTER_S))
             return error(exc.status, str(exc))
         except web.HTTPNotFound:
             return error(404, f"no such path: {request.path[:200]}")
@@ -169,7 +171,9 @@ def _checked(
         raise RequestError(400, str(exc)) from None
 
 
-def session_body(settings: Settings, raw: bytes) -> tuple[list[tuple[str, str]], Any, Any]:
+def session_body(
+    settings: Settings, raw: bytes
+) -> tuple[list[tuple[str, str]], QueryDefaults, Filters]:
     """A session request's body: its events as (item_id, type), parameters and filters."""
     try:
         data = orjson.loads(raw)

@@ -4,6 +4,7 @@ tests/integration/test_api.py for the workers' HTTP answers)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from multidict import MultiDict
@@ -86,3 +87,42 @@ def test_the_description_in_docs_is_the_served_one() -> None:
     parameters = SPEC["paths"]["/v1/users/{user_id}/recommendations"]["get"]["parameters"]
     names = {p["name"] for p in parameters}
     assert set(QueryDefaults.__slots__) <= names and {"brands", "max_price", "exclude"} <= names
+
+
+def _ask_user(owners: dict[int, str], owned: set[int] | None, forwarded: bool) -> Any:
+    """A user request through the API's middleware and route, on a worker without a model."""
+    import asyncio
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from stream.api import FORWARDED, Api, _guard
+    from stream.kafka import partition_of
+    from stream.pipeline import Pipeline
+
+    pipeline = Pipeline(Settings(), None, {})
+    if owned is not None:
+        pipeline.table.own(owned)
+    api = Api(Settings(), pipeline, "http://me:8080", lambda: owners, lambda: True)
+    headers = {FORWARDED: "http://peer:8080"} if forwarded else {}
+    request = make_mocked_request("GET", "/v1/users/u2/recommendations", headers=headers)
+    assert partition_of(b"u2", Settings().partitions) == 2  # the partitions below are u2's
+
+    async def handler(r: Any) -> Any:
+        return await api.user(r, "u2")
+
+    return asyncio.run(_guard("")(request, handler))
+
+
+def test_a_user_request_is_answered_by_the_partitions_owner_or_told_to_retry() -> None:
+    import json
+
+    response = _ask_user({}, None, forwarded=False)  # no assignment yet
+    assert response.status == 503 and response.headers["Retry-After"] == "1"
+    assert json.loads(response.body)["error"] == "no worker owns partition 2 now: retry"
+    # Forwarded here, but the partition has just moved away: retry, never a wrong answer.
+    response = _ask_user({2: "http://me:8080"}, {0, 1}, forwarded=True)
+    assert response.status == 503
+    assert json.loads(response.body)["error"] == "partition 2 is moving to another worker: retry"
+    response = _ask_user({2: "http://me:8080"}, {2}, forwarded=False)  # this worker's own user
+    assert response.status == 200 and json.loads(response.body)["reason"] == "trending"
+    assert response.headers["X-Sessionrec-Answered-By"] == "http://me:8080"
