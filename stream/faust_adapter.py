@@ -67,8 +67,9 @@ fails loudly instead of silently skipping a patch.
    router (`external_topics_metadata`: the assignor's record of the group's assignment, each
    member's URL included). The query API routes a user's request by it. faust's own
    `topic_route` forwards without a timeout or the request's token, and back again when two
-   workers disagree during a rebalance; `stream.api` forwards once, with both.
-   Broker-independent.
+   workers disagree during a rebalance; `stream.api` forwards once, with both. `recovered`
+   reads whether the table manager's recovery has completed once (`app.tables.recovery`, not
+   in faust's types), for the API's readiness. Broker-independent.
 """
 
 from __future__ import annotations
