@@ -273,7 +273,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             f"({p['unanswered']} unanswered): Recall@20 "
             f"{p['served']['recall_at_20']} vs {p['offline_same_cases']['recall_at_20']}"
             f" offline on the same cases; MRR@20 {p['served']['mrr_at_20']} vs "
-            f"{p['offline_same_cases']['mrr_at_20']}.\n"
+            f"{p['offline_same_cases']['mrr_at_20']}. The protocol counts every item as a "
+            "candidate, the prefix's last item included: the worker here runs with "
+            "`query.exclude_current = false` (its default leaves the item in hand out of the "
+            "lists it pushes).\n"
         )
         timing = results["training"]
         parts.append(

@@ -97,6 +97,10 @@ class QueryDefaults:
     diversity: float = 0.0
     past_weight: float = 0.3
     exclude_seen: bool = False
+    # Leave out the item in hand (the latest event's item): a pushed list does not open with
+    # the item the user is looking at. The offline protocol (`eval`, `bench quality`) counts
+    # it as a candidate like any other.
+    exclude_current: bool = True
     name_weight: float = 1.0
     category_weight: float = 1.0
     brand_weight: float = 1.0

@@ -46,13 +46,15 @@ class PastIntent:
 
 @dataclass(slots=True)
 class Request:
-    """clicks: (item_id, event type) in time order; bought: never recommended back."""
+    """clicks: (item_id, event type) in time order; bought: never recommended back; current:
+    the item in hand (the latest event's), left out with `params.exclude_current`."""
 
     clicks: list[tuple[str, str]]
     bought: frozenset[str] = frozenset()
     past: list[PastIntent] = field(default_factory=list)
     params: QueryDefaults = field(default_factory=QueryDefaults)
     filters: Filters = NO_FILTERS
+    current: str | None = None
 
 
 @dataclass(slots=True)
@@ -356,6 +358,8 @@ class Recommender:
 
     def _fetch(self, req: Request) -> int:
         excluded = len(req.bought) + len(req.filters.exclude)
+        if req.current is not None and req.params.exclude_current:
+            excluded += 1
         if req.params.exclude_seen:
             excluded += len(req.clicks)
         return req.params.k * (OVERFETCH if req.params.diversity > 0 else 1) + excluded
@@ -372,6 +376,8 @@ class Recommender:
     ) -> Result:
         """The request's answer from its merged candidates, best first."""
         excluded = req.bought | req.filters.exclude
+        if req.current is not None and req.params.exclude_current:
+            excluded = excluded | {req.current}
         if req.params.exclude_seen:
             excluded = excluded | {item for item, _ in req.clicks}
         known = self.index.labels

@@ -39,7 +39,9 @@ def make_catalog(rng: np.random.Generator, per_category: int = 40) -> list[Item]
         for i in range(per_category):
             kind = kinds[i % len(kinds)]
             brand = str(brands[(i // len(kinds)) % len(brands)])
-            colour = _COLOURS[int(rng.integers(len(_COLOURS)))]
+            # Items of one kind and brand come round every 20: each round its own colour, so
+            # that no two items share a name.
+            colour = _COLOURS[(i // (len(kinds) * len(brands)) + c) % len(_COLOURS)]
             price = round(float(base_price * rng.lognormal(0.0, 0.35)), 2)
             items.append(
                 Item(

@@ -60,7 +60,12 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     set_current(model_dir, path.name)
     sample = cases[:: max(1, len(cases) // PIPELINE_CASES)]
     started = time.perf_counter()
-    served = serve_prefixes(settings, model_dir, [[i for i, _ in c.prefix] for c in sample], out)
+    # The offline protocol counts the prefix's last item as a candidate: so does the worker here.
+    protocol = dataclasses.replace(
+        settings, query=dataclasses.replace(settings.query, exclude_current=False)
+    )
+    prefixes = [[i for i, _ in c.prefix] for c in sample]
+    served = serve_prefixes(protocol, model_dir, prefixes, out)
     offline = recommender_for(
         trained.item_ids, trained.vectors, config.dims, trained.position_weights, settings.weights
     )

@@ -18,6 +18,8 @@ _PARAM_TEXT = {
     "diversity": "0: by similarity only; towards 1: items unlike each other (MMR)",
     "past_weight": "how much the intents of the user's past sessions count",
     "exclude_seen": "leave out the items of the session",
+    "exclude_current": "leave out the item in hand (the user's latest event's, or the session's "
+    "last)",
     "name_weight": "weight of the name space (32 of the 100 dimensions)",
     "category_weight": "weight of the category space",
     "brand_weight": "weight of the brand space",

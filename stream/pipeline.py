@@ -411,6 +411,7 @@ class Pipeline:
             frozenset(w.state.bought),
             self._past(w.state),
             params_from(self.settings.query, w.params, self.settings.limits),
+            current=w.events[-1].item_id,
         )
 
     @staticmethod
@@ -613,7 +614,11 @@ class Pipeline:
         state = self.table.get(user_id)[0]
         current = state.session.current
         clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
-        request = Request(clicks, frozenset(state.bought), self._past(state), params, filters)
+        # The item in hand: that of the event that arrived last, as the stream's answer has it.
+        in_hand = max(current.clicks, key=lambda c: c.seq).item_id if current else None
+        request = Request(
+            clicks, frozenset(state.bought), self._past(state), params, filters, in_hand
+        )
         answer = self._answer(request, user_id)
         answer.session_id = current.session_id if current is not None else "none"
         answer.event_ts = current.end if current is not None else 0
@@ -633,7 +638,8 @@ class Pipeline:
     ) -> Recommendation:
         """An anonymous session's answer: (item_id, event type) in time order; nothing is
         stored."""
-        return self._answer(Request(clicks, params=params, filters=filters), "")
+        in_hand = clicks[-1][0] if clicks else None
+        return self._answer(Request(clicks, params=params, filters=filters, current=in_hand), "")
 
     def _answer(self, request: Request, user_id: str) -> Recommendation:
         serving, result = self.serving, None

@@ -97,6 +97,8 @@ def test_any_worker_answers_for_any_user_as_the_stream_did(
     answered_by: dict[int, set[str]] = {}  # partition -> the workers whose answers came back
     for user, streamed in latest.items():
         topic = orjson.loads(encode(streamed))
+        # A list never holds the item in hand (the event's own item, by default).
+        assert streamed.item_id not in {i["item_id"] for i in topic["items"]}
         for url in urls:
             # Without parameters: the stream's own answer, kept (emitted_ts included) ...
             status, kept, headers = http(f"{url}/v1/users/{user}/recommendations")

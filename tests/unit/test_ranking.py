@@ -247,3 +247,14 @@ def test_filters_keep_only_matching_items_searching_among_them(exact: bool) -> N
 def test_bad_filters_are_refused_naming_the_filter(values: dict, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         filters_from(values)
+
+
+def test_the_item_in_hand_is_left_out_unless_the_protocol_counts_it() -> None:
+    rec = _world(exact=True)
+    clicks = [("c0-1", "view"), ("c0-2", "view")]
+    counted = rec.recommend([Request(clicks, params=QueryDefaults(exclude_current=False))])[0]
+    assert counted.items[0]["item_id"] == "c0-2"  # the item in hand is the nearest to itself
+    shown = rec.recommend([Request(clicks, current="c0-2")])[0]  # the default leaves it out
+    ids = [i["item_id"] for i in shown.items]
+    assert "c0-2" not in ids and len(ids) == 20
+    assert ids[:19] == [i["item_id"] for i in counted.items if i["item_id"] != "c0-2"][:19]
