@@ -127,26 +127,61 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from statistics import median
+
     from training.data import DataError, load_srgnn, load_srgnn_test
-    from training.evaluate import cases_from_srgnn, evaluate, recommender_for
-    from training.trainer import train
+    from training.evaluate import cases_from_srgnn, validation_split
 
     if args.format != "srgnn":
         raise DataError("eval reads --format srgnn (train_sessions.txt and test.tsv)")
+    if not 0 < args.validation < 1:
+        raise ValueError(f"--validation is {args.validation}, expected between 0 and 1")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds is {args.seeds}, expected >= 1")
     data = Path(args.data)
     corpus = load_srgnn(data)
     rejected: Counter[str] = Counter()
-    test = cases_from_srgnn(load_srgnn_test(data / "test.tsv", rejected))
+    if args.on == "validation":  # test.tsv is not read: tune here, never on the test cases
+        corpus, cases = validation_split(corpus, args.validation)
+    else:
+        cases = cases_from_srgnn(load_srgnn_test(data / "test.tsv", rejected))
     config = train_config(args, settings)
-    log.info("data: %s; %d test cases", corpus.report(), len(test))
+    log.info("data: %s; %d %s cases", corpus.report(), len(cases), args.on)
+    runs = []
+    for seed in range(config.seed, config.seed + args.seeds):
+        run = _eval_once(corpus, cases, dataclasses.replace(config, seed=seed), settings)
+        runs.append({**run, "on": args.on, "rejected_test_lines": sum(rejected.values())})
+        if args.seeds > 1:
+            log.info(
+                "seed %d: Recall@20 %.2f, MRR@20 %.2f", seed, run["recall_at_20"], run["mrr_at_20"]
+            )
+    out = runs[0]
+    if args.seeds > 1:  # the median of each score, and the seeds' spread
+        scores = [k for k, v in out.items() if k.startswith(("recall_at", "mrr_at"))]
+        out = {**out, **{k: round(median(r[k] for r in runs), 2) for k in scores}}
+        out["seeds"] = [r["seed"] for r in runs]
+        for k in ("recall_at_20", "mrr_at_20"):
+            out[f"{k}_spread"] = [min(r[k] for r in runs), max(r[k] for r in runs)]
+    if not args.json:
+        for key, value in out.items():
+            print(f"{key:>24}: {value}")
+    print(json.dumps(out))
+    return 0
+
+
+def _eval_once(corpus: Any, cases: Any, config: Any, settings: Settings) -> dict[str, Any]:
+    """Train once and score `cases` over the HNSW index and by exact search."""
+    from training.evaluate import evaluate, recommender_for
+    from training.trainer import train
+
     trained = train(corpus, config)
     approx = recommender_for(
         trained.item_ids, trained.vectors, config.dims, trained.position_weights, settings.weights
     )
     started = time.perf_counter()
-    result = evaluate(approx, test, progress="scoring, HNSW" if config.progress else None)
+    result = evaluate(approx, cases, progress="scoring, HNSW" if config.progress else None)
     log.info(
-        "scored %d cases on the HNSW index in %.1f s", len(test), time.perf_counter() - started
+        "scored %d cases on the HNSW index in %.1f s", len(cases), time.perf_counter() - started
     )
     started = time.perf_counter()
     exact = recommender_for(
@@ -159,10 +194,10 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         exact=True,
     )
     exact_result = evaluate(
-        exact, test, progress="scoring, exact search" if config.progress else None
+        exact, cases, progress="scoring, exact search" if config.progress else None
     )
     log.info("scored them by exact search in %.1f s", time.perf_counter() - started)
-    out = {
+    return {
         **result,
         "recall_at_20_exact": exact_result["recall_at_20"],
         "mrr_at_20_exact": exact_result["mrr_at_20"],
@@ -176,13 +211,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
         "batch_negatives": config.batch_negatives,
         "lr": config.lr,
         "seed": config.seed,
-        "rejected_test_lines": sum(rejected.values()),
     }
-    if not args.json:
-        for key, value in out.items():
-            print(f"{key:>24}: {value}")
-    print(json.dumps(out))
-    return 0
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -256,6 +285,28 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--format", choices=["srgnn"], default="srgnn")
     p.add_argument("--data", required=True, help="directory with train_sessions.txt, test.tsv")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.add_argument(
+        "--on",
+        choices=["test", "validation"],
+        default="test",
+        help="score on DIR/test.tsv (default), or on a validation split: the last "
+        "--validation of the training sessions, held out of training (test.tsv is not read; "
+        "choose hyperparameters here)",
+    )
+    p.add_argument(
+        "--validation",
+        type=float,
+        default=0.1,
+        help="the fraction of training sessions, the last ones, that --on validation holds "
+        "out (default 0.1)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train with this many seeds from --seed on; print the median of each score "
+        "and the spread of Recall@20 and MRR@20 (default 1)",
+    )
     _train_flags(p)
     common(p)
     p.set_defaults(handler=cmd_eval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from models.config import EventWeights, QueryDefaults
 from models.features import F32, Dims
 from models.index import ItemIndex
 from models.ranking import Recommender, Request
-from training.data import TrainSession
+from training.data import Corpus, TrainSession
 
 KS = (5, 10, 20)
 
@@ -38,6 +39,14 @@ def cases_from_sessions(sessions: Sequence[TrainSession]) -> list[Case]:
             if clicks[t][1] != "remove_from_cart"
         )
     return out
+
+
+def validation_split(corpus: Corpus, fraction: float) -> tuple[Corpus, list[Case]]:
+    """The corpus less its last `fraction` of sessions (the latest, in file order), and every
+    prefix -> next-item case of those held out."""
+    cut = len(corpus.sessions) - max(1, round(len(corpus.sessions) * fraction))
+    kept = dataclasses.replace(corpus, sessions=corpus.sessions[:cut])
+    return kept, cases_from_sessions(corpus.sessions[cut:])
 
 
 def evaluate(

@@ -307,3 +307,25 @@ def test_models_lists_a_malformed_manifest_as_unreadable(
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("  v-bad  unreadable manifest") for line in lines), lines
     assert any(line.startswith("* v") for line in lines)
+
+
+def test_eval_on_a_validation_split_never_reads_the_test_cases_and_takes_seeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    sessions = [[(s + j) % 60 for j in range(int(rng.integers(2, 6)))] for s in range(600)]
+    (tmp_path / "train_sessions.txt").write_text(
+        "\n".join(" ".join(str(i + 1) for i in s) for s in sessions) + "\n"
+    )
+    # No test.tsv at all: --on validation scores on the last 10 % of the training sessions.
+    flags = ["--fast", "--batch-size", "64", "--epochs", "15", "--no-progress", "--json"]
+    code = main(["eval", "--data", str(tmp_path), "--on", "validation", "--seeds", "2", *flags])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    held_out = sessions[540:]  # 60 sessions: every prefix of each is a case
+    assert out["on"] == "validation" and out["cases"] == sum(len(s) - 1 for s in held_out)
+    assert out["seeds"] == [0, 1] and out["recall_at_5"] >= 90
+    low, high = out["recall_at_20_spread"]
+    assert low <= out["recall_at_20"] <= high
+    assert main(["eval", "--data", str(tmp_path), "--validation", "1.5"]) == 2
+    assert "--validation is 1.5, expected between 0 and 1" in capsys.readouterr().err
