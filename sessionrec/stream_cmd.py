@@ -86,7 +86,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         settings.topics.events,
         events,
         rate=args.rate,
-        on_sent=lambda i: bar.update(1) if i % 100 == 0 or i == len(events) else None,
+        on_sent=progress(bar, len(events)),
     )
     bar.close()
     print(
@@ -94,6 +94,17 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def progress(bar: Any, total: int, every: int = 100) -> Callable[[int], None]:
+    """`on_sent` for a progress bar: moves it to the count sent, every `every` events and at
+    the last (so that it counts events, and its rate is events per second)."""
+
+    def sent(n: int) -> None:
+        if n % every == 0 or n == total:
+            bar.update(n - bar.n)
+
+    return sent
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:

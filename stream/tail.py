@@ -10,14 +10,22 @@ from models.config import Settings
 from models.records import Recommendation
 from stream.kafka import consumer_config
 
+# An event answered this long after its event time is history being replayed (or very late):
+# the gap says when the event happened, not how long the answer took.
+HISTORICAL_MS = 3_600_000
+
 
 def pretty(rec: Recommendation, width: int = 4) -> str:
     top = ", ".join(f"{i['item_id']}({i['score']:.2f}|{i['intent']})" for i in rec.items[:width])
     latency = rec.emitted_ts - rec.event_ts
+    if latency > HISTORICAL_MS:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(rec.event_ts / 1000))
+        timing = f"event time {when} UTC, historical"
+    else:
+        timing = f"event time to answer {latency} ms"
     return (
         f"{rec.user_id:<12} {rec.type or '':<16} {rec.item_id or '':<12} -> {top}"
-        f"  [{rec.reason}, {len(rec.intents)} intents, model {rec.model_version}, "
-        f"event->emit {latency} ms]"
+        f"  [{rec.reason}, {len(rec.intents)} intents, model {rec.model_version}, {timing}]"
     )
 
 
