@@ -238,15 +238,21 @@ def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path
         worker_cost(Settings(), tmp_path / "empty", sessions, users=30, batches=(20,))
 
 
+def _ring_sessions(directory: Path) -> list[list[int]]:
+    """train_sessions.txt of 600 sessions that walk up a ring of 60 items (ids 1 to 60): the
+    next item is always the one after."""
+    rng = np.random.default_rng(0)
+    sessions = [[(s + j) % 60 for j in range(int(rng.integers(2, 6)))] for s in range(600)]
+    (directory / "train_sessions.txt").write_text(
+        "\n".join(" ".join(str(i + 1) for i in s) for s in sessions) + "\n"
+    )
+    return sessions
+
+
 def test_eval_prints_its_scores_and_how_it_trained(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rng = np.random.default_rng(0)
-    # Sessions that walk up a ring of 60 items: the next item is always the one after.
-    sessions = [[(s + j) % 60 for j in range(int(rng.integers(2, 6)))] for s in range(600)]
-    (tmp_path / "train_sessions.txt").write_text(
-        "\n".join(" ".join(str(i + 1) for i in s) for s in sessions) + "\n"
-    )
+    _ring_sessions(tmp_path)
     tests = [f"{s + 1} {s + 2}\t{s + 3}" for s in range(40)]
     (tmp_path / "test.tsv").write_text("\n".join(tests) + "\nbroken line\n")
     flags = ["--fast", "--batch-size", "64", "--epochs", "15", "--no-progress", "--json"]
@@ -312,11 +318,7 @@ def test_models_lists_a_malformed_manifest_as_unreadable(
 def test_eval_on_a_validation_split_never_reads_the_test_cases_and_takes_seeds(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rng = np.random.default_rng(0)
-    sessions = [[(s + j) % 60 for j in range(int(rng.integers(2, 6)))] for s in range(600)]
-    (tmp_path / "train_sessions.txt").write_text(
-        "\n".join(" ".join(str(i + 1) for i in s) for s in sessions) + "\n"
-    )
+    sessions = _ring_sessions(tmp_path)
     # No test.tsv at all: --on validation scores on the last 10 % of the training sessions.
     flags = ["--fast", "--batch-size", "64", "--epochs", "15", "--no-progress", "--json"]
     code = main(["eval", "--data", str(tmp_path), "--on", "validation", "--seeds", "2", *flags])
