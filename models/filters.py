@@ -1,9 +1,8 @@
 """What a query may filter on (category, brand, price, named items), and the catalog metadata
 the filters read.
 
-Filters narrow the ranked candidates after the index search; a filtered query searches deeper
-(`Recommender` fetches FILTERED_OVERFETCH times k), and may still return fewer than k items
-when few candidates pass.
+A filtered query searches the index among the items that pass (`ItemIndex.search`'s
+`allowed`), and may return fewer than k items when few pass.
 """
 
 from __future__ import annotations
@@ -11,10 +10,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
-
-from models.features import I64
 
 MAX_FILTER_VALUES = 100  # values of one filter (categories, brands or excluded items)
 MAX_VALUE_CHARS = 256
@@ -52,15 +47,6 @@ class Filters:
             or self.not_brands
             or self.min_price is not None
             or self.max_price is not None
-        )
-
-    def keep(self, labels: I64, metadata: ItemMetadata) -> np.ndarray:
-        """(n,) bool: which of the index `labels` (n,) pass the category, brand and price
-        filters (`exclude` is applied by the caller, which knows the labels of ids)."""
-        if not self.narrows():
-            return np.ones(len(labels), dtype=bool)
-        return np.fromiter(
-            (self.passes(label, metadata) for label in labels.tolist()), bool, len(labels)
         )
 
     def passes(self, label: int, m: ItemMetadata) -> bool:

@@ -159,6 +159,8 @@ class ItemIndex:
                 block[:, dead] = -np.inf
             end = start + len(block)
             labels[start:end], scores[start:end] = top_k(block, k)
+        if allowed is not None:  # fewer allowed items than k: the rest are no answers
+            labels[np.isneginf(scores)] = -1
         return labels, scores
 
     def save(self, path: Path) -> None:

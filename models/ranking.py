@@ -382,12 +382,10 @@ class Recommender:
             excluded = excluded | {item for item, _ in req.clicks}
         known = self.index.labels
         dropped = {known[item] for item in excluded if item in known}
-        if dropped or req.filters.narrows():
-            keep = req.filters.keep(labels, self.metadata)
-            if dropped:  # a set lookup per candidate: cheaper than np.isin at these sizes
-                keep &= np.fromiter(
-                    (label not in dropped for label in labels.tolist()), bool, len(labels)
-                )
+        if dropped:  # a set lookup per candidate: cheaper than np.isin at these sizes
+            keep = np.fromiter(
+                (label not in dropped for label in labels.tolist()), bool, len(labels)
+            )
             scores, shown, labels = scores[keep], shown[keep], labels[keep]
             intents_of = intents_of[keep]
         k = req.params.k
