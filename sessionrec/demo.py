@@ -27,6 +27,7 @@ from stream.launch import WorkerProcess, on_local_broker
 from stream.replay import produce_items
 
 DEMO_DIR = Path("var/demo")
+API_TIMEOUT_S = 5.0
 LIVE_USERS = 12
 LIVE_RATE = 6.0  # events per second: slow enough to read
 READER_JOIN_S = 60.0
@@ -224,16 +225,13 @@ def _replay(
 
 def _ask_api(url: str, user: str, item: str, items: dict[str, Item]) -> None:
     """What the worker's query API answers for a live user and for one of the user's items."""
-    import json
-    import urllib.error
-    import urllib.request
+    from sessionrec.stream_cmd import ask_api
 
     print(f"\n5. the worker's query API ({url}) asked directly:")
     for path in (f"/v1/users/{user}/recommendations?k=3", f"/v1/items/{item}/similar?k=3"):
         try:
-            with urllib.request.urlopen(url + path, timeout=5) as response:
-                answer = json.loads(response.read())
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            answer = ask_api(url + path, None, "", API_TIMEOUT_S)
+        except ValueError as exc:
             print(f"   GET {path}: no answer ({exc})")
             continue
         names = "; ".join(

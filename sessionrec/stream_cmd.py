@@ -122,9 +122,7 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
     """Ask a worker's query API and print the answer."""
-    import urllib.error
     import urllib.parse
-    import urllib.request
 
     query: list[tuple[str, str]] = []
     if args.k is not None:
@@ -148,24 +146,7 @@ def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
         path, query = "/v1/sessions/recommendations", []
     base = (args.url or settings.api.url or f"http://127.0.0.1:{settings.api.port}").rstrip("/")
     url = base + path + ("?" + urllib.parse.urlencode(query) if query else "")
-    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
-    request.add_header("Content-Type", "application/json")
-    if settings.api.token:
-        request.add_header("Authorization", f"Bearer {settings.api.token}")
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read())["error"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        raise ValueError(f"{base} answered {exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ValueError(
-            f"cannot reach the query API at {base} ({reason}): is a worker running?"
-        ) from None
+    answer = ask_api(url, body, settings.api.token, args.timeout)
     if args.json:
         print(json.dumps(answer))
         return 0
@@ -189,10 +170,36 @@ def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def ask_api(url: str, body: bytes | None, token: str, timeout_s: float) -> Any:
+    """GET `url` of a worker's query API (POST with a JSON `body`) and return the answer's
+    JSON; ValueError in one line naming the API's error or why it could not be reached."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST" if body else "GET")
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise ValueError(f"{url} answered {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ValueError(
+            f"cannot reach the query API at {url} ({reason}): is a worker running?"
+        ) from None
+
+
 def _session_args(query: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """--param pairs as a session request's `params` and `filters` (lists for list filters,
     numbers for the rest; the API names what it refuses)."""
-    from models.filters import LIST_FILTERS
+    from models.filters import LIST_FILTERS, NUMBER_FILTERS
 
     params: dict[str, Any] = {}
     filters: dict[str, Any] = {}
@@ -204,7 +211,7 @@ def _session_args(query: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
             number = json.loads(value)
         except ValueError:
             number = value
-        (filters if name in ("min_price", "max_price") else params)[name] = number
+        (filters if name in NUMBER_FILTERS else params)[name] = number
     return {"params": params, "filters": filters}
 
 

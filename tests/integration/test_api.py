@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
 from models.artifact import current_version, load_model, version_path
 from models.codec import decode_recommendation, encode
@@ -132,6 +133,8 @@ def test_errors_limits_token_health_and_the_description(
     unique: str,
     retailrocket_model: Path,
     worker_factory,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     token = "s3cret-" + unique
     settings = _setup(broker, unique, retailrocket_model, token=token, max_items=5)
@@ -191,6 +194,16 @@ def test_errors_limits_token_health_and_the_description(
     assert status == 200 and spec == json.loads(openapi_text())
     # The worker is still serving after all that.
     assert http(f"{url}/v1/items/{known}/similar?k=2", token=token)[0] == 200
+
+    # `sessionrec recommend` asks the same API, with the token from the settings.
+    from sessionrec.cli import main
+
+    monkeypatch.setenv("SESSIONREC_API_TOKEN", token)
+    assert main(["recommend", "--item", known, "-k", "3", "--url", url]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("session answer, model ") and len(listed) == 4
+    assert main(["recommend", "--item", "no-such-item", "--url", url]) == 2
+    assert "answered 404: item 'no-such-item' is not in the catalog" in capsys.readouterr().err
 
 
 def test_partition_of_agrees_with_the_producers_partitioner(
