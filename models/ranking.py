@@ -98,6 +98,12 @@ def _unit(vector: F32) -> F32 | None:
     return (vector / norm).astype(np.float32) if norm > 1e-9 else None
 
 
+# Each query-time parameter's type (an override, or a query string's text, must be one).
+PARAMETER_KINDS: dict[str, type] = {
+    name: type(getattr(QueryDefaults(), name)) for name in QueryDefaults.__slots__
+}
+
+
 def params_from(
     defaults: QueryDefaults, overrides: dict[str, Any] | None, limits: Limits | None = None
 ) -> QueryDefaults:
@@ -109,7 +115,7 @@ def params_from(
     for key, value in overrides.items():
         if not hasattr(defaults, key):
             raise ValueError(f"params: unknown parameter {str(key)[:40]!r}")
-        kind = type(getattr(defaults, key))
+        kind = PARAMETER_KINDS[key]
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, int | float):
             raise ValueError(f"params: {key} is {str(value)[:40]!r}, expected {kind.__name__}")
         if kind is int and isinstance(value, float) and not value.is_integer():

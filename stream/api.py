@@ -33,7 +33,7 @@ from aiohttp import web
 from models.codec import MAX_ID_CHARS, answer_shared, encode, encode_answer
 from models.config import QueryDefaults, Settings
 from models.filters import LIST_FILTERS, NUMBER_FILTERS, Filters, filters_from
-from models.ranking import params_from
+from models.ranking import PARAMETER_KINDS, params_from
 from models.records import EVENT_TYPES, Recommendation
 from stream import metrics, openapi
 from stream.kafka import partition_of
@@ -131,7 +131,6 @@ def query_args(settings: Settings, query: Mapping[str, str]) -> tuple[QueryDefau
     (`?brands=a&brands=b`); anything unknown or malformed raises RequestError 400."""
     params: dict[str, Any] = {}
     filters: dict[str, Any] = {}
-    kinds = {f: type(getattr(settings.query, f)) for f in QueryDefaults.__slots__}
     getall = getattr(query, "getall", None)
     for name in dict.fromkeys(query):
         value = query[name]
@@ -139,8 +138,8 @@ def query_args(settings: Settings, query: Mapping[str, str]) -> tuple[QueryDefau
             filters[name] = list(getall(name)) if getall else [value]
         elif name in NUMBER_FILTERS:
             filters[name] = _number(name, value, float)
-        elif name in kinds:
-            params[name] = _number(name, value, kinds[name])
+        elif name in PARAMETER_KINDS:
+            params[name] = _number(name, value, PARAMETER_KINDS[name])
         else:
             raise RequestError(400, f"unknown parameter {name[:40]!r}")
     return _checked(settings, params, filters)

@@ -10,6 +10,7 @@ from typing import Any
 from models.codec import MAX_ID_CHARS
 from models.config import Api, Limits, QueryDefaults
 from models.filters import LIST_FILTERS, MAX_FILTER_VALUES, NUMBER_FILTERS
+from models.ranking import PARAMETER_KINDS
 from models.records import EVENT_TYPES
 
 _KIND = {bool: "boolean", int: "integer", float: "number"}
@@ -140,10 +141,7 @@ def _body() -> dict[str, Any]:
             "type": {"enum": list(EVENT_TYPES), "default": "view"},
         },
     }
-    params = {
-        name: {"type": _KIND[type(getattr(QueryDefaults(), name))]}
-        for name in QueryDefaults.__slots__
-    }
+    params = {name: {"type": _KIND[kind]} for name, kind in PARAMETER_KINDS.items()}
     filters: dict[str, Any] = {
         name: {"type": "array", "items": {"type": "string"}} for name in LIST_FILTERS
     }

@@ -404,15 +404,19 @@ class Pipeline:
         return Pending(incoming, out, work, requests, self.serving, plan, catalog=self.catalog)
 
     def _request(self, w: _UserWork) -> Request:
-        current = w.state.session.current
-        clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
         return Request(
-            clicks,
+            self._clicks(w.state),
             frozenset(w.state.bought),
             self._past(w.state),
             params_from(self.settings.query, w.params, self.settings.limits),
             current=w.events[-1].item_id,
         )
+
+    @staticmethod
+    def _clicks(state: UserState) -> list[tuple[str, str]]:
+        """The open session's (item, event type), in time order."""
+        current = state.session.current
+        return [(c.item_id, c.type) for c in current.clicks] if current is not None else []
 
     @staticmethod
     def _past(state: UserState) -> list[PastIntent]:
@@ -613,7 +617,7 @@ class Pipeline:
         bought items, asked with `params` (an unknown user gets trending items)."""
         state = self.table.get(user_id)[0]
         current = state.session.current
-        clicks = [(c.item_id, c.type) for c in current.clicks] if current is not None else []
+        clicks = self._clicks(state)
         # The item in hand: that of the event that arrived last, as the stream's answer has it.
         in_hand = max(current.clicks, key=lambda c: c.seq).item_id if current else None
         request = Request(
