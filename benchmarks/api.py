@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.config import Settings
-from stream.broker import EmbeddedBroker
-from stream.launch import WorkerProcess, on_local_broker
+from sessionrec.models.config import Settings
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.launch import WorkerProcess, on_local_broker
 
 # What each run asks alongside the events: /healthz first, the HTTP server's floor (no
 # ranking), then the three query endpoints.
@@ -206,7 +206,7 @@ def _run(
     log_dir: Path,
 ) -> tuple[ApiResult | None, dict[str, Any]]:
     """One run on a fresh broker and worker: the events, and `alongside` requests (or none)."""
-    from benchmarks.stream import run_rate
+    from sessionrec.benchmarks.stream import run_rate
 
     ctx = mp.get_context("spawn")
     asked = None

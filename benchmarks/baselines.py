@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.data import TrainSession
-from training.evaluate import Case, metrics_from_ranks
+from sessionrec.training.data import TrainSession
+from sessionrec.training.evaluate import Case, metrics_from_ranks
 
 
 class Popularity:

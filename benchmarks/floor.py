@@ -1,8 +1,9 @@
 """The faust floor: what the worker costs when its pipeline does nothing with the events.
 
-`python -m benchmarks.floor SETTINGS` runs the real worker (`stream.app.run_worker`: faust
-app, session table, `take_batches`, Outbox, acks once delivered) with `EchoPipeline`, which
-answers each event with its `event_ts` only: no sessions, no model, no state written. The
+`python -m sessionrec.benchmarks.floor SETTINGS` runs the real worker
+(`stream.app.run_worker`: faust app, session table, `take_batches`, Outbox, acks once delivered)
+with `EchoPipeline`, which answers each event with its `event_ts` only: no sessions, no model,
+no state written. The
 stream benchmark runs it next to the worker at the same rate, so the report shows how much of
 the worker's CPU and latency is faust's, the client libraries' and the broker's, whatever the
 pipeline does. SETTINGS: a pickled `Settings` written by `command`.
@@ -18,10 +19,10 @@ from typing import Any
 
 import orjson
 
-from models.config import Settings
-from stream.app import run_worker
-from stream.kafka import OutMessage
-from stream.pipeline import Incoming, Pipeline
+from sessionrec.models.config import Settings
+from sessionrec.stream.app import run_worker
+from sessionrec.stream.kafka import OutMessage
+from sessionrec.stream.pipeline import Incoming, Pipeline
 
 
 class EchoPipeline(Pipeline):
@@ -46,7 +47,7 @@ class EchoPipeline(Pipeline):
 def command(settings: Settings, path: Path) -> list[str]:
     """The command line that runs the floor with `settings` (written to `path`)."""
     path.write_bytes(pickle.dumps(settings))
-    return [sys.executable, "-m", "benchmarks.floor", str(path)]
+    return [sys.executable, "-m", "sessionrec.benchmarks.floor", str(path)]
 
 
 def main(path: str) -> None:

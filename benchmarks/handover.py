@@ -20,13 +20,13 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
-from benchmarks.stream import generate, wait_for
-from models.codec import encode
-from models.config import Settings
-from models.records import Event
-from stream.broker import EmbeddedBroker
-from stream.kafka import consumer_config, produce, producer_config, ready_messages
-from stream.launch import WorkerProcess, on_local_broker
+from sessionrec.benchmarks.stream import generate, wait_for
+from sessionrec.models.codec import encode
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.kafka import consumer_config, produce, producer_config, ready_messages
+from sessionrec.stream.launch import WorkerProcess, on_local_broker
 
 WORKERS = 3
 AFTER_KILL_S = 10.0  # events sent this long after the kill count towards the hand-over

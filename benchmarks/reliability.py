@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.codec import encode
-from models.config import Settings
-from models.records import Event, Item
+from sessionrec.models.codec import encode
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event, Item
 
 T0 = 1_767_300_000_000
 BIG_BYTES = 900_000  # under the producers' default 1,000,000-byte message limit
@@ -198,7 +198,7 @@ def produce_records(settings: Settings, topic: str, records: list[Record]) -> No
     """Produce the records in order; fails unless the broker took every one."""
     from confluent_kafka import Producer
 
-    from stream.kafka import producer_config
+    from sessionrec.stream.kafka import producer_config
 
     producer = Producer(producer_config(settings, **{"linger.ms": 5}))
     errors: list[str] = []
@@ -225,7 +225,7 @@ def read_until(
     """Values of `topic` from its beginning until `done(values)` or nothing came for idle_s."""
     from confluent_kafka import Consumer
 
-    from stream.kafka import consumer_config
+    from sessionrec.stream.kafka import consumer_config
 
     group = f"fuzz-read-{time.time_ns()}"
     consumer = Consumer(consumer_config(settings, group, **{"enable.auto.commit": False}))
@@ -346,7 +346,7 @@ def kill9_run(
 ) -> dict[str, Any]:
     """Events for `users` users, the worker killed with -9 once answers flow, a new worker
     started: how many events were never answered, and whether sessions went on."""
-    from stream.launch import WorkerProcess
+    from sessionrec.stream.launch import WorkerProcess
 
     t = settings.topics
     first = WorkerProcess(settings, log_path).start()

@@ -156,7 +156,7 @@ def _handover(runs: list[dict[str, Any]]) -> str:
 def _api(results: dict[str, Any]) -> str:
     from statistics import median
 
-    from benchmarks.api import GORSE_ITEM_MEAN_MS
+    from sessionrec.benchmarks.api import GORSE_ITEM_MEAN_MS
 
     rows = [
         {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}

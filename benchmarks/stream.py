@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import orjson
 
-from models.codec import encode
-from models.config import Settings
-from models.records import Event
-from stream.broker import EmbeddedBroker
-from stream.kafka import consumer_config, produce, producer_config, ready_messages
-from stream.launch import WorkerProcess, on_local_broker
+from sessionrec.models.codec import encode
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.kafka import consumer_config, produce, producer_config, ready_messages
+from sessionrec.stream.launch import WorkerProcess, on_local_broker
 
 JOIN_TIMEOUT_S = 60.0
 CONNECT_S = 30.0
@@ -292,7 +292,7 @@ def bench_stream(
     rates before it. With `echo`, the worker is the faust floor (`benchmarks.floor`) instead.
     With several `workers`, they share the partitions as one consumer group; their CPU is
     added up. With `idle_s`, their CPU with no events is measured that long before each rate."""
-    from benchmarks import floor
+    from sessionrec.benchmarks import floor
 
     results: list[RateResult] = []
     raw: dict[str, list[float]] = {}
@@ -381,7 +381,7 @@ def worker_cost(
     (merge, explain, encode), on the worker's model, with user states kept as the
     worker's table keeps them. CPU time of this thread, after `warm` events that are not
     counted. The model is loaded once; each batch size starts from no users."""
-    from models.serving import load_current
+    from sessionrec.models.serving import load_current
 
     serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
     if serving is None:
@@ -395,7 +395,7 @@ def worker_cost(
 def _cost(
     settings: Settings, serving: Any, walkers: Walkers, batch: int, events: int, warm: int
 ) -> WorkerCost:
-    from stream.pipeline import Incoming, Pipeline
+    from sessionrec.stream.pipeline import Incoming, Pipeline
 
     pipeline = Pipeline(settings, serving, {})
     spent = [0.0, 0.0, 0.0]
@@ -493,7 +493,7 @@ def broker_cost_as_log_fills(
     batches: the broker's cost grows with the batches already in the partition."""
     from confluent_kafka import Consumer, Producer
 
-    from stream.topics import TopicSpec, create_topics
+    from sessionrec.stream.topics import TopicSpec, create_topics
 
     rows = []
     with EmbeddedBroker(port=0) as broker:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.baselines import (
+from sessionrec.benchmarks.baselines import (
     Popularity,
     VSkNN,
     coverage_and_popularity,
@@ -20,11 +20,11 @@ from benchmarks.baselines import (
     metrics_from_lists,
     score_ranker,
 )
-from models.config import EventWeights
-from models.index import IndexConfig, ItemIndex
-from training.data import load_srgnn, load_srgnn_test
-from training.evaluate import Case, cases_from_srgnn, evaluate, recommender_for
-from training.trainer import FAST, TrainConfig, TrainedModel, train
+from sessionrec.models.config import EventWeights
+from sessionrec.models.index import IndexConfig, ItemIndex
+from sessionrec.training.data import load_srgnn, load_srgnn_test
+from sessionrec.training.evaluate import Case, cases_from_srgnn, evaluate, recommender_for
+from sessionrec.training.trainer import FAST, TrainConfig, TrainedModel, train
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def rss_mb() -> float:
 
 
 def _recommender_lists(rec: Any, cases: list[Case], k: int = 20) -> list[list[str]]:
-    from models.config import QueryDefaults
-    from models.ranking import Request
+    from sessionrec.models.config import QueryDefaults
+    from sessionrec.models.ranking import Request
 
     lists: list[list[str]] = []
     params = QueryDefaults(k=k)
@@ -320,11 +320,11 @@ def session_memory(users: int = 200_000, clicks: int = 5) -> dict[str, Any]:
     import gc
     import tracemalloc
 
-    from models.config import Settings
-    from models.records import Event
-    from models.session import SessionConfig, SessionState, advance
-    from models.state import UserState
-    from stream.pipeline import Output, Pipeline
+    from sessionrec.models.config import Settings
+    from sessionrec.models.records import Event
+    from sessionrec.models.session import SessionConfig, SessionState, advance
+    from sessionrec.models.state import UserState
+    from sessionrec.stream.pipeline import Output, Pipeline
 
     config = SessionConfig()
     gc.collect()

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from models.features import F32, I64, Dims, FeatureTables, Vocab
-from models.index import IndexConfig, ItemIndex
+from sessionrec.models.features import F32, I64, Dims, FeatureTables, Vocab
+from sessionrec.models.index import IndexConfig, ItemIndex
 
 FORMAT = 2  # 2: the manifest lists every file's size and sha256
 FORMATS = (1, 2)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.features import F32
+from sessionrec.models.features import F32
 
 
 @dataclass(slots=True)

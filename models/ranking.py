@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from models.config import EventWeights, Limits, QueryDefaults
-from models.features import F32, I64, Dims
-from models.filters import NO_FILTERS, Filters, ItemMetadata
-from models.index import ItemIndex
-from models.intent import cluster
-from models.records import RecommendedItem
+from sessionrec.models.config import EventWeights, Limits, QueryDefaults
+from sessionrec.models.features import F32, I64, Dims
+from sessionrec.models.filters import NO_FILTERS, Filters, ItemMetadata
+from sessionrec.models.index import ItemIndex
+from sessionrec.models.intent import cluster
+from sessionrec.models.records import RecommendedItem
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2

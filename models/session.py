@@ -12,7 +12,7 @@ import hashlib
 from bisect import insort
 from dataclasses import dataclass, replace
 
-from models.records import Event
+from sessionrec.models.records import Event
 
 DEFAULT_GAP_MS = 20 * 60 * 1000
 DEFAULT_MAX_LEN = 50

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from models.codec import encode
-from models.session import Click, Session, SessionState
+from sessionrec.models.codec import encode
+from sessionrec.models.session import Click, Session, SessionState
 
 log = logging.getLogger(__name__)
 

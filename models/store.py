@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from models.artifact import (
+from sessionrec.models.artifact import (
     ArtifactError,
     check_version,
     current_version,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.config import Settings
+from sessionrec.models.config import Settings
 
 DEFAULT_DATA = "../shared/data/diginetica"
 PIPELINE_CASES = 3000
@@ -27,12 +27,12 @@ SCALE_IDLE_S = 10.0  # the workers' CPU with no events is measured this long bef
 
 
 def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
-    from models.artifact import current_version
+    from sessionrec.models.artifact import current_version
 
     if current_version(model_dir) is not None:
         return
-    from training.job import JobSpec, run_once
-    from training.trainer import TrainConfig
+    from sessionrec.training.job import JobSpec, run_once
+    from sessionrec.training.trainer import TrainConfig
 
     print(f"no model in {model_dir}: training one on {data} first", file=sys.stderr)
     run_once(
@@ -43,13 +43,18 @@ def _ensure_model(data: Path, model_dir: Path, settings: Settings) -> None:
 
 
 def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from benchmarks.baselines import metrics_from_lists
-    from benchmarks.stream import serve_prefixes
-    from benchmarks.training import PUBLISHED, _recommender_lists, quality, training_curve
-    from models.artifact import set_current
-    from training.evaluate import recommender_for
-    from training.export import export
-    from training.trainer import TrainConfig
+    from sessionrec.benchmarks.baselines import metrics_from_lists
+    from sessionrec.benchmarks.stream import serve_prefixes
+    from sessionrec.benchmarks.training import (
+        PUBLISHED,
+        _recommender_lists,
+        quality,
+        training_curve,
+    )
+    from sessionrec.models.artifact import set_current
+    from sessionrec.training.evaluate import recommender_for
+    from sessionrec.training.export import export
+    from sessionrec.training.trainer import TrainConfig
 
     data, out = Path(args.data), Path(args.out)
     config = TrainConfig(weights=settings.weights, progress=False)
@@ -100,9 +105,9 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 
 def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from benchmarks.training import index_bench, session_memory, synthetic_vectors
-    from models.artifact import current_version, load_model
-    from models.index import IndexConfig
+    from sessionrec.benchmarks.training import index_bench, session_memory, synthetic_vectors
+    from sessionrec.models.artifact import current_version, load_model
+    from sessionrec.models.index import IndexConfig
 
     data, model_dir = Path(args.data), Path(args.model_dir_bench)
     _ensure_model(data, model_dir, settings)
@@ -123,7 +128,7 @@ def part_index(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from benchmarks.stream import HEADER, bench_stream, srgnn_sessions, worker_cost
+    from sessionrec.benchmarks.stream import HEADER, bench_stream, srgnn_sessions, worker_cost
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
     if not (data / "test.tsv").exists():
@@ -190,7 +195,7 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_scale(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from benchmarks.stream import HEADER, bench_stream, srgnn_sessions
+    from sessionrec.benchmarks.stream import HEADER, bench_stream, srgnn_sessions
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
     _ensure_model(data, model_dir, settings)
@@ -236,7 +241,7 @@ def _handovers(
     sessions: list[list[str]],
     out: Path,
 ) -> list[dict[str, Any]]:
-    from benchmarks.handover import HEADER, WORKERS, handover
+    from sessionrec.benchmarks.handover import HEADER, WORKERS, handover
 
     print(
         f"hand-over: {WORKERS} workers, {args.handover_sessions:,} live sessions, "
@@ -265,8 +270,8 @@ def _handovers(
 
 
 def part_api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from benchmarks.api import HEADER, bench_api
-    from benchmarks.stream import srgnn_sessions
+    from sessionrec.benchmarks.api import HEADER, bench_api
+    from sessionrec.benchmarks.stream import srgnn_sessions
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
     _ensure_model(data, model_dir, settings)
@@ -298,7 +303,7 @@ def part_api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from benchmarks.stream import broker_cost_as_log_fills
+    from sessionrec.benchmarks.stream import broker_cost_as_log_fills
 
     print(
         "embedded broker: CPU for a trickle of produce requests, read at the head of the log, "
@@ -308,9 +313,9 @@ def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def part_reliability(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from benchmarks.reliability import flood, fuzz, kill9_run, memory_per_user
-    from stream.broker import EmbeddedBroker
-    from stream.launch import WorkerProcess, on_local_broker
+    from sessionrec.benchmarks.reliability import flood, fuzz, kill9_run, memory_per_user
+    from sessionrec.stream.broker import EmbeddedBroker
+    from sessionrec.stream.launch import WorkerProcess, on_local_broker
 
     data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
     _ensure_model(data, model_dir, settings)
@@ -406,7 +411,7 @@ def _positive(kind: Callable[[str], float], zero_allowed: bool = False) -> Calla
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from benchmarks.report import write_report
+    from sessionrec.benchmarks.report import write_report
 
     everything = ["quality", "index", "stream", "scale", "api", "broker", "reliability"]
     parts = everything if args.part == "all" else [args.part]

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from models.codec import DecodeError
-from models.config import Settings
 from sessionrec import __version__
+from sessionrec.models.codec import DecodeError
+from sessionrec.models.config import Settings
 from sessionrec.settings import SettingsError, env_names, load_settings
 
 log = logging.getLogger("sessionrec")
@@ -35,7 +35,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.broker import EmbeddedBroker
+    from sessionrec.stream.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(host=args.host, port=args.port).start()
     print(f"bootstrap: {broker.bootstrap}", flush=True)
@@ -58,8 +58,8 @@ def _cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.broker import wait_for_kafka
-    from stream.topics import create_topics, topic_differences, topic_specs
+    from sessionrec.stream.broker import wait_for_kafka
+    from sessionrec.stream.topics import create_topics, topic_differences, topic_specs
 
     wait_for_kafka(settings.client_config(), timeout_s=args.timeout)
     specs = topic_specs(settings)
@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sessionrec: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a last line of defence: one readable line, details at debug
-        from stream.broker import BrokerError
+        from sessionrec.stream.broker import BrokerError
 
         if isinstance(exc, BrokerError | FileNotFoundError | PermissionError):
             print(f"sessionrec: error: {exc}", file=sys.stderr)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from models.codec import DecodeError, decode_recommendation, encode
-from models.config import Settings
-from models.records import Event, Item, Recommendation
-from models.session import SessionConfig
-from models.shop import Shop, make_shop
-from stream.broker import EmbeddedBroker
-from stream.kafka import consumer_config, producer_config, ready_messages
-from stream.launch import WorkerProcess, on_local_broker
-from stream.replay import produce_items
+from sessionrec.models.codec import DecodeError, decode_recommendation, encode
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event, Item, Recommendation
+from sessionrec.models.session import SessionConfig
+from sessionrec.models.shop import Shop, make_shop
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.kafka import consumer_config, producer_config, ready_messages
+from sessionrec.stream.launch import WorkerProcess, on_local_broker
+from sessionrec.stream.replay import produce_items
 
 DEMO_DIR = Path("var/demo")
 API_TIMEOUT_S = 5.0
@@ -41,9 +41,9 @@ NEW_ITEM = Item(
 
 
 def _train(shop: Shop, history: list[Event], settings: Settings, model_dir: Path) -> str:
-    from training.data import corpus_from_events
-    from training.export import export
-    from training.trainer import TrainConfig, train
+    from sessionrec.training.data import corpus_from_events
+    from sessionrec.training.export import export
+    from sessionrec.training.trainer import TrainConfig, train
 
     corpus = corpus_from_events(
         list(history),

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from models.config import (
+from sessionrec.models.config import (
     KAFKA_ENV_PREFIX,
     SECRET_PROPERTIES,
     SECRET_SETTINGS,
@@ -23,7 +23,7 @@ from models.config import (
     env_names,
     kafka_property,
 )
-from models.ranking import query_problem
+from sessionrec.models.ranking import query_problem
 
 __all__ = ["SettingsError", "env_names", "load_settings"]
 

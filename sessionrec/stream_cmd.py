@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.config import Settings
+from sessionrec.models.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,15 @@ log = logging.getLogger(__name__)
 def reach_kafka(settings: Settings) -> None:
     """Stop with one line naming the cause (wrong credentials, untrusted certificate, no
     broker) within CONNECT_TIMEOUT_S, before a client library would retry for ever."""
-    from stream.broker import CONNECT_TIMEOUT_S, wait_for_kafka
+    from sessionrec.stream.broker import CONNECT_TIMEOUT_S, wait_for_kafka
 
     wait_for_kafka(settings.client_config(), CONNECT_TIMEOUT_S)
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from models.store import locate, mirror
-    from stream.app import run_worker
-    from stream.topics import partition_problem
+    from sessionrec.models.store import locate, mirror
+    from sessionrec.stream.app import run_worker
+    from sessionrec.stream.topics import partition_problem
 
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
@@ -62,8 +62,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from stream.replay import produce_events, produce_items
-    from training.data import read_events
+    from sessionrec.stream.replay import produce_events, produce_items
+    from sessionrec.training.data import read_events
 
     events, items, rejected = read_events(
         args.format, Path(args.file), Path(args.catalog) if args.catalog else None
@@ -108,7 +108,7 @@ def progress(bar: Any, total: int, every: int = 100) -> Callable[[int], None]:
 
 
 def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.tail import tail
+    from sessionrec.stream.tail import tail
 
     reach_kafka(settings)
     return tail(
@@ -199,7 +199,7 @@ def ask_api(url: str, body: bytes | None, token: str, timeout_s: float) -> Any:
 def _session_args(query: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """--param pairs as a session request's `params` and `filters` (lists for list filters,
     numbers for the rest; the API names what it refuses)."""
-    from models.filters import LIST_FILTERS, NUMBER_FILTERS
+    from sessionrec.models.filters import LIST_FILTERS, NUMBER_FILTERS
 
     params: dict[str, Any] = {}
     filters: dict[str, Any] = {}

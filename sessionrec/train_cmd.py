@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models.config import Settings
-from training.data import FORMATS
+from sessionrec.models.config import Settings
+from sessionrec.training.data import FORMATS
 
 log = logging.getLogger("sessionrec")
 
@@ -44,7 +44,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace, settings: Settings) -> Any:
-    from training.trainer import FAST, TrainConfig
+    from sessionrec.training.trainer import FAST, TrainConfig
 
     values = {
         "epochs": args.epochs,
@@ -97,8 +97,8 @@ def check_paths(fmt: str, data: str | None, catalog: str | None, out: Path) -> N
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from models.store import locate
-    from training.job import JobSpec, parse_every, run_once, run_scheduled
+    from sessionrec.models.store import locate
+    from sessionrec.training.job import JobSpec, parse_every, run_once, run_scheduled
 
     if not 0 <= args.holdout < 1:
         raise ValueError(f"--holdout is {args.holdout}, expected 0 <= holdout < 1")
@@ -129,8 +129,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from statistics import median
 
-    from training.data import DataError, load_srgnn, load_srgnn_test
-    from training.evaluate import cases_from_srgnn, validation_split
+    from sessionrec.training.data import DataError, load_srgnn, load_srgnn_test
+    from sessionrec.training.evaluate import cases_from_srgnn, validation_split
 
     if args.format != "srgnn":
         raise DataError("eval reads --format srgnn (train_sessions.txt and test.tsv)")
@@ -171,8 +171,8 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def _eval_once(corpus: Any, cases: Any, config: Any, settings: Settings) -> dict[str, Any]:
     """Train once and score `cases` over the HNSW index and by exact search."""
-    from training.evaluate import evaluate, recommender_for
-    from training.trainer import train
+    from sessionrec.training.evaluate import evaluate, recommender_for
+    from sessionrec.training.trainer import train
 
     trained = train(corpus, config)
     approx = recommender_for(
@@ -215,9 +215,9 @@ def _eval_once(corpus: Any, cases: Any, config: Any, settings: Settings) -> dict
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from models.artifact import current_version, list_versions
-    from models.store import locate
-    from training.job import rollback
+    from sessionrec.models.artifact import current_version, list_versions
+    from sessionrec.models.store import locate
+    from sessionrec.training.job import rollback
 
     model_dir, store = locate(settings.model_dir, settings.model_cache)
     if args.action == "rollback":

@@ -89,9 +89,9 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from models.config import Settings
-from stream.kafka import consumer_config
-from stream.pipeline import Incoming
+from sessionrec.models.config import Settings
+from sessionrec.stream.kafka import consumer_config
+from sessionrec.stream.pipeline import Incoming
 
 log = logging.getLogger(__name__)
 FAUST_VERSION = "0.15.3"

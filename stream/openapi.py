@@ -1,17 +1,17 @@
 """The query API's OpenAPI 3.1 description, built from the parameters and filters the code
 takes; served at /openapi.json and kept in docs/openapi.json (a test holds them equal; write
-it again with `python -m stream.openapi > docs/openapi.json`)."""
+it again with `python -m sessionrec.stream.openapi > docs/openapi.json`)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from models.codec import MAX_ID_CHARS
-from models.config import Api, Limits, QueryDefaults
-from models.filters import LIST_FILTERS, MAX_FILTER_VALUES, NUMBER_FILTERS
-from models.ranking import PARAMETER_KINDS
-from models.records import EVENT_TYPES
+from sessionrec.models.codec import MAX_ID_CHARS
+from sessionrec.models.config import Api, Limits, QueryDefaults
+from sessionrec.models.filters import LIST_FILTERS, MAX_FILTER_VALUES, NUMBER_FILTERS
+from sessionrec.models.ranking import PARAMETER_KINDS
+from sessionrec.models.records import EVENT_TYPES
 
 _KIND = {bool: "boolean", int: "integer", float: "number"}
 _PARAM_TEXT = {

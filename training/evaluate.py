@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from models.config import EventWeights, QueryDefaults
-from models.features import F32, Dims
-from models.index import ItemIndex
-from models.ranking import Recommender, Request
-from training.data import Corpus, TrainSession
+from sessionrec.models.config import EventWeights, QueryDefaults
+from sessionrec.models.features import F32, Dims
+from sessionrec.models.index import ItemIndex
+from sessionrec.models.ranking import Recommender, Request
+from sessionrec.training.data import Corpus, TrainSession
 
 KS = (5, 10, 20)
 

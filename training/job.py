@@ -12,20 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import (
+from sessionrec.models.artifact import (
     ArtifactError,
     current_version,
     previous_version,
     set_current,
     version_path,
 )
-from models.config import Settings
-from models.index import ItemIndex
-from models.serving import load_serving
-from models.session import SessionConfig
-from models.store import RemoteStore, is_remote, mirror
-from training.data import Corpus, load_corpus
-from training.evaluate import (
+from sessionrec.models.config import Settings
+from sessionrec.models.index import ItemIndex
+from sessionrec.models.serving import load_serving
+from sessionrec.models.session import SessionConfig
+from sessionrec.models.store import RemoteStore, is_remote, mirror
+from sessionrec.training.data import Corpus, load_corpus
+from sessionrec.training.evaluate import (
     Case,
     cases_from_sessions,
     metrics_from_ranks,
@@ -33,8 +33,8 @@ from training.evaluate import (
     recommender_for,
     target_ranks,
 )
-from training.export import export
-from training.trainer import TrainConfig, train
+from sessionrec.training.export import export
+from sessionrec.training.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def announce(settings: Settings, version: str) -> None:
     """Tell running workers on `model-updates` that a new version is current."""
     from confluent_kafka import Producer
 
-    from models.codec import encode
+    from sessionrec.models.codec import encode
 
     producer = Producer(settings.client_config({"log_level": 3, "enable.idempotence": True}))
     producer.produce(

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.config import EventWeights
-from models.features import (
+from sessionrec.models.config import EventWeights
+from sessionrec.models.features import (
     F32,
     I64,
     Dims,
@@ -31,10 +31,10 @@ from models.features import (
     encode_items,
     price_stats,
 )
-from models.records import EVENT_TYPES, Item
-from training.data import Corpus
-from training.loss import shared_negatives_lse
-from training.model import (
+from sessionrec.models.records import EVENT_TYPES, Item
+from sessionrec.training.data import Corpus
+from sessionrec.training.loss import shared_negatives_lse
+from sessionrec.training.model import (
     ItemTower,
     ModelConfig,
     Prefixes,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import BrokerError, EmbeddedBroker
+from sessionrec.stream.broker import BrokerError, EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +35,10 @@ def unique() -> str:
 @pytest.fixture(scope="session")
 def retailrocket_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """A model trained on the RetailRocket events (ids match the events replayed in tests)."""
-    from models.session import SessionConfig
-    from training.data import load_retailrocket
-    from training.export import export
-    from training.trainer import TrainConfig, train
+    from sessionrec.models.session import SessionConfig
+    from sessionrec.training.data import load_retailrocket
+    from sessionrec.training.export import export
+    from sessionrec.training.trainer import TrainConfig, train
 
     corpus = load_retailrocket(shared_data / "retailrocket-events", SessionConfig())
     trained = train(corpus, TrainConfig(epochs=2, progress=False))
@@ -49,9 +49,9 @@ def retailrocket_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Pa
 
 @pytest.fixture(scope="session")
 def diginetica3_model(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    from training.data import load_diginetica_events
-    from training.export import export
-    from training.trainer import TrainConfig, train
+    from sessionrec.training.data import load_diginetica_events
+    from sessionrec.training.export import export
+    from sessionrec.training.trainer import TrainConfig, train
 
     corpus = load_diginetica_events(shared_data / "diginetica-3day" / "events.tsv")
     trained = train(corpus, TrainConfig(epochs=2, progress=False))

@@ -8,9 +8,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer
 
-from models.codec import encode
-from models.config import Api, Settings, Topics
-from models.records import Event, Item
+from sessionrec.models.codec import encode
+from sessionrec.models.config import Api, Settings, Topics
+from sessionrec.models.records import Event, Item
 
 CONSUME_IDLE_S = 20.0
 

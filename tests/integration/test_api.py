@@ -17,14 +17,14 @@ import numpy as np
 import orjson
 import pytest
 
-from models.artifact import current_version, load_model, version_path
-from models.codec import decode_recommendation, encode
-from models.config import Api, Settings
-from models.records import Event
-from stream.broker import EmbeddedBroker
-from stream.kafka import partition_of
-from stream.openapi import text as openapi_text
-from stream.topics import create_topics, topic_specs
+from sessionrec.models.artifact import current_version, load_model, version_path
+from sessionrec.models.codec import decode_recommendation, encode
+from sessionrec.models.config import Api, Settings
+from sessionrec.models.records import Event
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.kafka import partition_of
+from sessionrec.stream.openapi import text as openapi_text
+from sessionrec.stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import consume, produce, unique_settings
 from tests.integration.test_worker import worker_factory  # noqa: F401  # a fixture
 

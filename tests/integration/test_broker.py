@@ -13,13 +13,13 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from faust.types import TP
 
-from models.codec import DecodeError, decode_event, encode
-from models.config import TopicConfig, to_env
-from models.records import Event
-from stream.broker import EmbeddedBroker, free_port
-from stream.faust_adapter import log_ends
-from stream.kafka import Outbox, consumer_config, producer_config
-from stream.topics import create_topics, topic_specs
+from sessionrec.models.codec import DecodeError, decode_event, encode
+from sessionrec.models.config import TopicConfig, to_env
+from sessionrec.models.records import Event
+from sessionrec.stream.broker import EmbeddedBroker, free_port
+from sessionrec.stream.faust_adapter import log_ends
+from sessionrec.stream.kafka import Outbox, consumer_config, producer_config
+from sessionrec.stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import unique_settings
 
 READ_TIMEOUT_S = 30.0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.reliability import fuzz
-from stream.broker import EmbeddedBroker
-from stream.launch import WorkerProcess
-from stream.topics import create_topics, topic_specs
+from sessionrec.benchmarks.reliability import fuzz
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.launch import WorkerProcess
+from sessionrec.stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import unique_settings
 
 EVENTS = 10_000

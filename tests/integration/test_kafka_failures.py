@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from models.config import to_env
-from stream.broker import CONNECT_TIMEOUT_S, EmbeddedBroker, free_port
-from stream.topics import create_topics, topic_specs
+from sessionrec.models.config import to_env
+from sessionrec.stream.broker import CONNECT_TIMEOUT_S, EmbeddedBroker, free_port
+from sessionrec.stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import unique_settings
 
 PASSWORD = "not-a-real-password-7d1f"

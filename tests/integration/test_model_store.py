@@ -16,15 +16,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.artifact import ArtifactError, current_version, list_versions
-from models.codec import decode_recommendation, encode
-from models.records import Event
-from models.shop import make_shop
-from models.store import RemoteStore, mirror
 from sessionrec.cli import main
-from stream.broker import EmbeddedBroker, free_port
-from stream.launch import WorkerProcess
-from stream.topics import create_topics, topic_specs
+from sessionrec.models.artifact import ArtifactError, current_version, list_versions
+from sessionrec.models.codec import decode_recommendation, encode
+from sessionrec.models.records import Event
+from sessionrec.models.shop import make_shop
+from sessionrec.models.store import RemoteStore, mirror
+from sessionrec.stream.broker import EmbeddedBroker, free_port
+from sessionrec.stream.launch import WorkerProcess
+from sessionrec.stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import consume, produce, producer, unique_settings
 from tests.integration.model_io import renamed_version
 

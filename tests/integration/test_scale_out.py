@@ -17,17 +17,17 @@ import numpy as np
 import orjson
 import pytest
 
-from models.artifact import current_version, set_current
-from models.codec import decode_recommendation, encode
-from models.records import Event, Item
-from models.session import SessionConfig, sessionize
-from stream.broker import EmbeddedBroker
-from stream.launch import WorkerProcess
-from stream.topics import create_topics, topic_specs
+from sessionrec.models.artifact import current_version, set_current
+from sessionrec.models.codec import decode_recommendation, encode
+from sessionrec.models.records import Event, Item
+from sessionrec.models.session import SessionConfig, sessionize
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.launch import WorkerProcess
+from sessionrec.stream.topics import create_topics, topic_specs
+from sessionrec.training.data import read_events
 from tests.integration.kafka_io import consume, produce_items, producer, unique_settings
 from tests.integration.model_io import renamed_version
 from tests.integration.test_worker import READY_S, _check_bought_never_return
-from training.data import read_events
 
 PARTITIONS = 6
 EVENTS = 3_000

@@ -15,13 +15,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.config import Settings
-from models.records import Event
 from sessionrec.cli import main
-from stream.broker import EmbeddedBroker, free_port, wait_for_kafka
-from stream.launch import WorkerProcess
-from stream.replay import produce_events
-from stream.topics import create_topics, topic_specs
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event
+from sessionrec.stream.broker import EmbeddedBroker, free_port, wait_for_kafka
+from sessionrec.stream.launch import WorkerProcess
+from sessionrec.stream.replay import produce_events
+from sessionrec.stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import unique_settings
 
 STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
@@ -118,7 +118,7 @@ def _a_worker_answers_every_event(settings: Settings, tmp_path: Path, count: int
 def _consume_tls(settings: Settings, topic: str, count: int) -> list[bytes]:
     from confluent_kafka import Consumer
 
-    from stream.kafka import consumer_config
+    from sessionrec.stream.kafka import consumer_config
 
     consumer = Consumer(consumer_config(settings, f"tls-{time.time_ns()}"))
     consumer.subscribe([topic])
@@ -163,11 +163,11 @@ def test_tail_and_training_from_topics_work_over_tls(
 ) -> None:
     from confluent_kafka import Producer
 
-    from models.codec import encode, encode_session
-    from models.records import Item
-    from models.session import Click, Session
-    from stream.kafka import producer_config
-    from stream.tail import tail
+    from sessionrec.models.codec import encode, encode_session
+    from sessionrec.models.records import Item
+    from sessionrec.models.session import Click, Session
+    from sessionrec.stream.kafka import producer_config
+    from sessionrec.stream.tail import tail
 
     bootstrap, ca, _ = tls_broker
     settings = dataclasses.replace(
@@ -200,7 +200,7 @@ def test_tail_and_training_from_topics_work_over_tls(
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    from models.config import to_env
+    from sessionrec.models.config import to_env
 
     return to_env(settings)
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from models.artifact import current_version, set_current
-from models.codec import decode_recommendation
-from models.config import Settings
-from models.records import Event, Item
-from models.session import SessionConfig, sessionize
-from stream.broker import EmbeddedBroker
-from stream.launch import WorkerProcess
-from stream.topics import changelog_topic, create_topics, topic_specs
+from sessionrec.models.artifact import current_version, set_current
+from sessionrec.models.codec import decode_recommendation
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event, Item
+from sessionrec.models.session import SessionConfig, sessionize
+from sessionrec.stream.broker import EmbeddedBroker
+from sessionrec.stream.launch import WorkerProcess
+from sessionrec.stream.topics import changelog_topic, create_topics, topic_specs
+from sessionrec.training.data import read_events
 from tests.integration.kafka_io import consume, produce, produce_items, unique_settings
 from tests.integration.model_io import renamed_version
-from training.data import read_events
 
 READY_S = 60.0
 
@@ -382,7 +382,7 @@ def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_mode
     import dataclasses
     import urllib.request
 
-    from stream.broker import free_port
+    from sessionrec.stream.broker import free_port
 
     port = free_port()
     settings = dataclasses.replace(_setup(broker, unique, retailrocket_model), metrics_port=port)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from multidict import MultiDict
 
-from models.config import Limits, QueryDefaults, Settings
-from models.filters import Filters
-from stream.api import RequestError, query_args, session_body
-from stream.openapi import SPEC, text
+from sessionrec.models.config import Limits, QueryDefaults, Settings
+from sessionrec.models.filters import Filters
+from sessionrec.stream.api import RequestError, query_args, session_body
+from sessionrec.stream.openapi import SPEC, text
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -82,7 +82,7 @@ def test_a_session_body() -> None:
 
 def test_the_description_in_docs_is_the_served_one() -> None:
     assert (DOCS / "openapi.json").read_text() == text(), (
-        "docs/openapi.json is stale: python -m stream.openapi > docs/openapi.json"
+        "docs/openapi.json is stale: python -m sessionrec.stream.openapi > docs/openapi.json"
     )
     parameters = SPEC["paths"]["/v1/users/{user_id}/recommendations"]["get"]["parameters"]
     names = {p["name"] for p in parameters}
@@ -95,9 +95,9 @@ def _ask_user(owners: dict[int, str], owned: set[int] | None, forwarded: bool) -
 
     from aiohttp.test_utils import make_mocked_request
 
-    from stream.api import FORWARDED, Api, _guard
-    from stream.kafka import partition_of
-    from stream.pipeline import Pipeline
+    from sessionrec.stream.api import FORWARDED, Api, _guard
+    from sessionrec.stream.kafka import partition_of
+    from sessionrec.stream.pipeline import Pipeline
 
     pipeline = Pipeline(Settings(), None, {})
     if owned is not None:

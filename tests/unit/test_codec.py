@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.codec import (
+from sessionrec.models.codec import (
     DecodeError,
     answer_shared,
     decode_event,
@@ -20,7 +20,7 @@ from models.codec import (
     encode_answer,
     encode_answers,
 )
-from models.records import Event, Intent, Item, Recommendation, RecommendedItem
+from sessionrec.models.records import Event, Intent, Item, Recommendation, RecommendedItem
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 

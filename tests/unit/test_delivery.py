@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from stream.delivery import Deduplicator, InOrderAcks
+from sessionrec.stream.delivery import Deduplicator, InOrderAcks
 
 
 def test_deduplicator_drops_exact_repeats_per_partition() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from models.config import Settings, to_env
 from sessionrec.cli import main
+from sessionrec.models.config import Settings, to_env
 from sessionrec.settings import SettingsError, load_settings
-from stream.faust_adapter import broker_credentials, make_app
-from stream.kafka import consumer_config, producer_config
-from stream.topics import TopicSpec, _differences, topic_specs
+from sessionrec.stream.faust_adapter import broker_credentials, make_app
+from sessionrec.stream.kafka import consumer_config, producer_config
+from sessionrec.stream.topics import TopicSpec, _differences, topic_specs
 
 SECRET = "hunter2-do-not-show"
 

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from models.config import Settings
-from stream.kafka import Outbox, producer_config
+from sessionrec.models.config import Settings
+from sessionrec.stream.kafka import Outbox, producer_config
 
 
 def test_a_batch_no_broker_takes_fails_with_the_reason_after_its_attempts() -> None:

@@ -7,11 +7,11 @@ import logging
 import orjson
 import pytest
 
-from models.codec import encode
-from models.config import Settings
-from models.records import Event, Item
-from models.state import encode_state
-from stream.pipeline import Incoming, Output, Pipeline
+from sessionrec.models.codec import encode
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event, Item
+from sessionrec.models.state import encode_state
+from sessionrec.stream.pipeline import Incoming, Output, Pipeline
 
 
 def _pipeline(store: dict[str, bytes] | None = None) -> Pipeline:
@@ -80,7 +80,7 @@ def test_an_unreadable_state_is_reported_once(caplog: pytest.LogCaptureFixture) 
     t0 = 1_700_000_000_000
     table = {"u1": b"not json", "u2": b"neither"}  # as restored from a damaged changelog
     proc = _pipeline(table)
-    with caplog.at_level(logging.WARNING, logger="models.state"):
+    with caplog.at_level(logging.WARNING, logger="sessionrec.models.state"):
         assert proc.table.idle_users() == []  # the idle index reads both first
         for n, ts in enumerate((t0, t0 + 1)):
             event = Event("u1", "a", "view", ts)
@@ -159,8 +159,8 @@ def test_only_owned_partitions_close_and_states_copied_from_the_changelog_are_re
 def test_a_stored_state_takes_its_size_in_memory() -> None:
     import tracemalloc
 
-    from models.session import SessionConfig, SessionState, advance
-    from models.state import UserState
+    from sessionrec.models.session import SessionConfig, SessionState, advance
+    from sessionrec.models.state import UserState
 
     state = SessionState()
     for j in range(5):
@@ -177,7 +177,7 @@ def test_a_stored_state_takes_its_size_in_memory() -> None:
 
 
 def test_bench_users_walk_whole_sessions_in_order() -> None:
-    from benchmarks.stream import Walkers
+    from sessionrec.benchmarks.stream import Walkers
 
     sessions = [["a", "b", "c"], ["x", "y"], ["p"]]
     walk = Walkers(sessions, users=1, seed=3)
@@ -195,7 +195,7 @@ def test_bench_users_walk_whole_sessions_in_order() -> None:
 def test_a_dlq_record_of_any_size_keeps_a_stated_part_its_size_and_hash() -> None:
     import hashlib
 
-    from stream.pipeline import DLQ_ORIGINAL_BYTES
+    from sessionrec.stream.pipeline import DLQ_ORIGINAL_BYTES
 
     proc = _pipeline()
     control = b'{"user_id":"x","item_id":"' + b"\x01" * 200_000 + b'","type":"view"}'
@@ -270,7 +270,7 @@ def test_idle_users_states_expire_after_their_time_to_live() -> None:
     proc.connect(_Sink())
     sent = asyncio.run(_publish(proc, out))
     assert (proc.changelog, b'"old"', None, 0) in sent
-    from stream import metrics
+    from sessionrec.stream import metrics
 
     expired = metrics.EXPIRED._value.get()
     proc.count()  # as the idle timer does after publishing

@@ -3,12 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.config import EventWeights, Limits, QueryDefaults
-from models.features import Dims
-from models.filters import Filters, filters_from
-from models.index import ItemIndex, top_k
-from models.intent import cluster
-from models.ranking import Recommender, Request, params_from
+from sessionrec.models.config import EventWeights, Limits, QueryDefaults
+from sessionrec.models.features import Dims
+from sessionrec.models.filters import Filters, filters_from
+from sessionrec.models.index import ItemIndex, top_k
+from sessionrec.models.intent import cluster
+from sessionrec.models.ranking import Recommender, Request, params_from
 
 
 def _world(exact: bool = False) -> Recommender:

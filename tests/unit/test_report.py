@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.report import write_report
+from sessionrec.benchmarks.report import write_report
 
 
 def _rate(rate: float, worker_us: float, broker_us: float) -> dict[str, float]:

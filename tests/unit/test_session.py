@@ -5,8 +5,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.records import Event
-from models.session import (
+from sessionrec.models.records import Event
+from sessionrec.models.session import (
     SessionConfig,
     SessionState,
     advance,

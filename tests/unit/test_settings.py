@@ -89,7 +89,7 @@ def test_the_api_token_is_read_and_never_shown(capsys: pytest.CaptureFixture[str
 
 def test_a_child_process_environment_reproduces_every_setting() -> None:
     """What `demo` and `bench` hand their workers: every setting, none forgotten."""
-    from models.config import EventWeights, QueryDefaults, Settings, Topics, to_env
+    from sessionrec.models.config import EventWeights, QueryDefaults, Settings, Topics, to_env
 
     settings = Settings(
         bootstrap="b:1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.shop import make_catalog, make_shop
+from sessionrec.models.shop import make_catalog, make_shop
 
 
 def test_the_sample_shop_names_every_item_differently() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.records import Recommendation, RecommendedItem
-from stream.tail import pretty
+from sessionrec.models.records import Recommendation, RecommendedItem
+from sessionrec.stream.tail import pretty
 
 
 def _answer(event_ts: int, emitted_ts: int) -> Recommendation:

@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from models.codec import encode
-from models.config import Settings
-from models.records import Event, Item
-from stream.delivery import unless_done
-from stream.kafka import OutMessage
-from stream.pipeline import Incoming, Pending, Pipeline
-from stream.watch import Watcher
+from sessionrec.models.codec import encode
+from sessionrec.models.config import Settings
+from sessionrec.models.records import Event, Item
+from sessionrec.stream.delivery import unless_done
+from sessionrec.stream.kafka import OutMessage
+from sessionrec.stream.pipeline import Incoming, Pending, Pipeline
+from sessionrec.stream.watch import Watcher
 
 T0 = 1_700_000_000_000
 
@@ -190,7 +190,7 @@ def test_the_agent_goes_on_while_the_finisher_runs() -> None:
 def test_tune_gc_freezes_startup_objects_and_collects_less_often() -> None:
     import gc
 
-    from stream.faust_adapter import GC_YOUNG_THRESHOLD, tune_gc
+    from sessionrec.stream.faust_adapter import GC_YOUNG_THRESHOLD, tune_gc
 
     before = gc.get_threshold()
     try:
@@ -207,7 +207,7 @@ def test_resuming_flowing_flow_keeps_what_is_queued() -> None:
 
     from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
-    from stream.faust_adapter import keep_queued_on_resume
+    from sessionrec.stream.faust_adapter import keep_queued_on_resume
 
     app = SimpleNamespace(flow_control=FlowControlEvent())
     keep_queued_on_resume(app)
@@ -227,7 +227,11 @@ def test_resuming_flowing_flow_keeps_what_is_queued() -> None:
 
 
 def test_another_faust_version_stops_the_worker_at_start() -> None:
-    from stream.faust_adapter import FAUST_VERSION, FaustVersionError, check_faust_version
+    from sessionrec.stream.faust_adapter import (
+        FAUST_VERSION,
+        FaustVersionError,
+        check_faust_version,
+    )
 
     check_faust_version()  # the pinned one is installed
     with pytest.raises(
@@ -239,7 +243,7 @@ def test_another_faust_version_stops_the_worker_at_start() -> None:
 def test_a_line_repeated_by_a_failing_reconnect_is_logged_once_per_window() -> None:
     import logging
 
-    from stream.faust_adapter import RepeatFilter
+    from sessionrec.stream.faust_adapter import RepeatFilter
 
     repeats = RepeatFilter(window_s=60.0)
 
@@ -252,7 +256,9 @@ def test_a_line_repeated_by_a_failing_reconnect_is_logged_once_per_window() -> N
     ]
     assert passed == [True] + [False] * 99
     assert repeats.filter(record("aiokafka.client", logging.ERROR, "Other failure"))
-    assert repeats.filter(record("stream.pipeline", logging.ERROR, "Unable connect to %r", "x"))
+    assert repeats.filter(
+        record("sessionrec.stream.pipeline", logging.ERROR, "Unable connect to %r", "x")
+    )
     assert all(repeats.filter(record("aiokafka.conn", logging.INFO, "connected")) for _ in range(3))
     since, count = repeats.seen[("aiokafka.conn", "Unable connect to %r")]
     repeats.seen[("aiokafka.conn", "Unable connect to %r")] = (since - 61.0, count)  # a minute on
@@ -266,7 +272,7 @@ def test_refused_catalog_history_is_one_line_then_each_refusal_its_own(
     import logging
 
     watcher = Watcher(Settings(metrics_port=0), tmp_path, None)
-    with caplog.at_level(logging.WARNING, logger="stream.watch"):
+    with caplog.at_level(logging.WARNING, logger="sessionrec.stream.watch"):
         for n in range(50):  # what a compacted topic hands every start
             watcher._on_item(b"k", b"{not json %d" % n)
         watcher._on_item(b"gone", None)  # a tombstone is a delete, not a refusal
@@ -282,7 +288,7 @@ def test_refused_catalog_history_is_one_line_then_each_refusal_its_own(
 def test_the_watcher_starts_again_after_a_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stream import metrics, watch
+    from sessionrec.stream import metrics, watch
 
     monkeypatch.setattr(watch, "RESTART_S", 0.01)
     watcher = Watcher(Settings(metrics_port=0), tmp_path, None)
@@ -304,7 +310,7 @@ def test_the_watcher_starts_again_after_a_failure(
 def test_faust_gets_a_private_data_directory_of_its_own() -> None:
     import stat
 
-    from stream.faust_adapter import _datadir
+    from sessionrec.stream.faust_adapter import _datadir
 
     first, second = _datadir("group/with:odd chars"), _datadir("group/with:odd chars")
     assert first != second and first.is_dir()
@@ -315,8 +321,8 @@ def test_metrics_listen_on_the_address_they_are_given() -> None:
     import socket
     import urllib.request
 
-    from stream import metrics
-    from stream.broker import free_port
+    from sessionrec.stream import metrics
+    from sessionrec.stream.broker import free_port
 
     port = free_port()
     metrics.serve(port, "127.0.0.1")

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from models.session import SessionConfig
-from training.data import DataError, load_corpus, load_srgnn, read_events
-from training.job import parse_every
+from sessionrec.models.session import SessionConfig
+from sessionrec.training.data import DataError, load_corpus, load_srgnn, read_events
+from sessionrec.training.job import parse_every
 
 
 def test_srgnn_bad_rows_are_counted(tmp_path: Path) -> None:

@@ -8,18 +8,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.artifact import current_version, list_versions, load_index, load_model
-from models.codec import encode
-from models.config import Settings
-from models.index import ItemIndex
-from models.ranking import Recommender
-from models.session import SessionConfig
-from models.shop import make_shop
 from sessionrec.cli import main
-from training.data import load_corpus
-from training.evaluate import cases_from_sessions, evaluate
-from training.job import JobSpec, compare, rollback, run_once, run_scheduled, split_holdout
-from training.trainer import TrainConfig
+from sessionrec.models.artifact import current_version, list_versions, load_index, load_model
+from sessionrec.models.codec import encode
+from sessionrec.models.config import Settings
+from sessionrec.models.index import ItemIndex
+from sessionrec.models.ranking import Recommender
+from sessionrec.models.session import SessionConfig
+from sessionrec.models.shop import make_shop
+from sessionrec.training.data import load_corpus
+from sessionrec.training.evaluate import cases_from_sessions, evaluate
+from sessionrec.training.job import (
+    JobSpec,
+    compare,
+    rollback,
+    run_once,
+    run_scheduled,
+    split_holdout,
+)
+from sessionrec.training.trainer import TrainConfig
 
 FAST = ["--epochs", "2", "--batch-size", "128", "--negatives", "64", "--no-progress"]
 
@@ -89,7 +96,7 @@ def test_rollback_to_the_previous_version(shop_files, tmp_path: Path) -> None:
 def test_rollback_goes_only_to_a_plain_name_that_verifies(shop_files, tmp_path: Path) -> None:
     import shutil
 
-    from models.artifact import ArtifactError
+    from sessionrec.models.artifact import ArtifactError
 
     events, catalog = shop_files
     out = tmp_path / "models"
@@ -131,7 +138,7 @@ def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str])
 def test_fast_sets_its_hyperparameters_and_flags_beside_it_win() -> None:
     from sessionrec.cli import build_parser
     from sessionrec.train_cmd import train_config
-    from training.trainer import FAST
+    from sessionrec.training.trainer import FAST
 
     def config(*flags: str) -> TrainConfig:
         args = build_parser().parse_args(["train", "--format", "srgnn", "--data", "x", *flags])
@@ -146,8 +153,8 @@ def test_fast_sets_its_hyperparameters_and_flags_beside_it_win() -> None:
 
 
 def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_path: Path) -> None:
-    from models.config import EventWeights
-    from models.serving import load_current
+    from sessionrec.models.config import EventWeights
+    from sessionrec.models.serving import load_current
 
     events, catalog = shop_files
     out = tmp_path / "models"
@@ -214,9 +221,9 @@ def test_the_holdout_score_is_the_saved_artifacts(
 
 
 def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path: Path) -> None:
-    from benchmarks.stream import worker_cost
-    from models.config import EventWeights
-    from models.serving import load_current
+    from sessionrec.benchmarks.stream import worker_cost
+    from sessionrec.models.config import EventWeights
+    from sessionrec.models.serving import load_current
 
     events, catalog = shop_files
     out = tmp_path / "models"
@@ -290,7 +297,7 @@ def test_paths_of_the_wrong_kind_are_one_line_errors_before_any_work(
 def test_training_from_a_topic_with_no_broker_is_a_one_line_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stream import broker
+    from sessionrec.stream import broker
 
     monkeypatch.setattr(broker, "CONNECT_TIMEOUT_S", 2.0)
     nobody = f"127.0.0.1:{broker.free_port()}"

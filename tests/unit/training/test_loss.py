@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.loss import shared_negatives_lse
-from training.model import gather, normalize, unique_rows
-from training.trainer import _collisions
+from sessionrec.training.loss import shared_negatives_lse
+from sessionrec.training.model import gather, normalize, unique_rows
+from sessionrec.training.trainer import _collisions
 
 
 def _reference(q, n, pos, bias, excluded, t):

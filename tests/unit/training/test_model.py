@@ -11,16 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifact import ArtifactError, current_version, load_index, load_model, set_current
-from models.config import EventWeights
-from models.features import compose, encode_items
-from models.records import Item
-from models.session import SessionConfig
-from models.shop import make_shop
-from training.data import Corpus, TrainSession, corpus_from_events
-from training.evaluate import cases_from_sessions, evaluate, recommender_for
-from training.export import export
-from training.trainer import TrainConfig, Trainer, train
+from sessionrec.models.artifact import (
+    ArtifactError,
+    current_version,
+    load_index,
+    load_model,
+    set_current,
+)
+from sessionrec.models.config import EventWeights
+from sessionrec.models.features import compose, encode_items
+from sessionrec.models.records import Item
+from sessionrec.models.session import SessionConfig
+from sessionrec.models.shop import make_shop
+from sessionrec.training.data import Corpus, TrainSession, corpus_from_events
+from sessionrec.training.evaluate import cases_from_sessions, evaluate, recommender_for
+from sessionrec.training.export import export
+from sessionrec.training.trainer import TrainConfig, Trainer, train
 
 FAST = TrainConfig(
     epochs=4, batch_size=128, negatives=64, batch_negatives=32, lr=0.01, progress=False
@@ -112,7 +118,7 @@ def test_corrupt_or_incomplete_artifacts_are_refused(shop_corpus: Corpus, tmp_pa
 
 def _resign(path: Path) -> None:
     """Write the manifest's checksums anew, as if the files had been exported that way."""
-    from models.artifact import _fingerprint
+    from sessionrec.models.artifact import _fingerprint
 
     manifest = json.loads((path / "manifest.json").read_text())
     if not isinstance(manifest, dict):
@@ -200,7 +206,7 @@ def test_trainer_refuses_empty_corpus() -> None:
 
 
 def test_remove_from_cart_is_not_a_positive_target() -> None:
-    from training.trainer import build_cases, item_rows
+    from sessionrec.training.trainer import build_cases, item_rows
 
     corpus = Corpus([TrainSession(("a", "b", "c"), ("view", "remove_from_cart", "buy"))], [])
     _, rows = item_rows(corpus)
@@ -210,7 +216,7 @@ def test_remove_from_cart_is_not_a_positive_target() -> None:
 
 
 def test_case_prefixes_are_the_last_items_before_each_target() -> None:
-    from training.trainer import build_cases, item_rows
+    from sessionrec.training.trainer import build_cases, item_rows
 
     sessions = [
         TrainSession(("a", "b", "c", "d", "e"), ("view", "cart", "view", "view", "buy")),
@@ -310,7 +316,7 @@ def test_folding_constant_spaces_keeps_the_loss_and_gradients(shop_corpus: Corpu
 def test_bag_sums_and_their_gradients_equal_embedding_bag() -> None:
     from torch.nn import functional as F
 
-    from training.model import BagSum, Prefixes
+    from sessionrec.training.model import BagSum, Prefixes
 
     gen = torch.Generator().manual_seed(3)
     lengths = torch.tensor([3, 1, 4, 2])
