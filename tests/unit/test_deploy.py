@@ -73,3 +73,37 @@ def test_images_and_pods_run_unprivileged() -> None:
     assert env["SESSIONREC_METRICS_ADDRESS"] == "0.0.0.0"  # Prometheus reaches it from outside
     job = docs["CronJob/sessionrec-train"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert job["securityContext"]["runAsNonRoot"] is True and job["securityContext"]["fsGroup"]
+
+
+def test_one_way_to_torch_and_pinned_installs() -> None:
+    """The Makefile and the Dockerfile get the CPU torch from one script and install from
+    constraints.txt; the worker's image (service) installs neither torch nor the embedded
+    broker; constraints.txt pins every dependency pyproject.toml names."""
+    root = K8S.parents[1]
+    makefile = (root / "Makefile").read_text()
+    service, train = (root / "Dockerfile").read_text().split("\nFROM ")[1:]
+    assert "deploy/install-torch.sh" in makefile and "install-torch.sh" in train
+    assert "install-torch" not in service.split("COPY deploy/install-torch.sh")[1]
+    installs = [line for line in service.splitlines() if "pip install" in line]
+    assert installs == ["RUN pip install --no-cache-dir -c constraints.txt . \\"]
+    assert "-c constraints.txt -e '.[dev]'" in makefile
+
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pinned = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[name.lower().replace("_", "-")] = version
+    wanted = list(project["dependencies"])
+    wanted += [r for extra in project["optional-dependencies"].values() for r in extra]
+    for text in wanted:
+        req = Requirement(text)
+        if req.name == "sessionrec":  # an extra naming the others
+            continue
+        version = pinned.get(req.name.lower().replace("_", "-"))
+        assert version, f"constraints.txt does not pin {req.name}"
+        assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version}"
