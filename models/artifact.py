@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -32,6 +33,8 @@ import numpy as np
 
 from sessionrec.models.features import F32, I64, Dims, FeatureTables, Vocab
 from sessionrec.models.index import IndexConfig, ItemIndex
+
+log = logging.getLogger(__name__)
 
 FORMAT = 2  # 2: the manifest lists every file's size and sha256
 FORMATS = (1, 2)
@@ -445,6 +448,29 @@ def current_version(model_dir: Path) -> str | None:
 def previous_version(model_dir: Path) -> str | None:
     """The version CURRENT named before its last switch."""
     return _read_name(model_dir, "PREVIOUS")
+
+
+def doomed_versions(
+    versions: list[str], keep: int, current: str | None, previous: str | None
+) -> list[str]:
+    """Which of `versions` (names sort by age) a retention of `keep` deletes: all but the
+    newest `keep`, never `current` or `previous`; none when `keep` is 0."""
+    if keep <= 0:
+        return []
+    kept = set(sorted(versions)[-keep:]) | {current, previous}
+    return [v for v in sorted(versions) if v not in kept]
+
+
+def prune_versions(model_dir: Path, keep: int) -> list[str]:
+    """Delete the versions `doomed_versions` names from a model directory; returns them."""
+    doomed = doomed_versions(
+        list_versions(model_dir), keep, current_version(model_dir), previous_version(model_dir)
+    )
+    for version in doomed:
+        shutil.rmtree(version_path(model_dir, version), ignore_errors=True)
+    if doomed:
+        log.info("deleted old model versions %s from %s", ", ".join(doomed), model_dir)
+    return doomed
 
 
 def list_versions(model_dir: Path) -> list[str]:

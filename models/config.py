@@ -152,6 +152,10 @@ class Settings:
     index_ef: int = DEFAULT_INDEX_EF
     model_dir: str = "var/models"  # or a remote store's URL: s3://bucket/prefix (models/store.py)
     model_cache: str = "var/model-cache"  # where a worker keeps copies from a remote store
+    # Model versions kept in the store (and in a worker's cache): the newest this many, and
+    # always the one CURRENT names and its predecessor. Older ones are deleted after each
+    # training run (and each copy into a cache). 0: keep every version.
+    keep_versions: int = 10
     metrics_port: int = 9100
     metrics_address: str = "127.0.0.1"  # 0.0.0.0 in a container that Prometheus scrapes
     worker_group: str = "sessionrec-worker"

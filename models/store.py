@@ -20,6 +20,8 @@ from sessionrec.models.artifact import (
     ArtifactError,
     check_version,
     current_version,
+    doomed_versions,
+    prune_versions,
     set_current,
     verify_files,
 )
@@ -98,6 +100,17 @@ class RemoteStore:
             self.fs.pipe_file(self._path("PREVIOUS"), f"{before}\n".encode())
         self.fs.pipe_file(self._path("CURRENT"), f"{version}\n".encode())
 
+    def prune(self, keep: int) -> list[str]:
+        """Delete the versions a retention of `keep` gives up (`doomed_versions`), each one's
+        manifest first, so that a half-deleted version is never taken for a complete one."""
+        doomed = doomed_versions(self.versions(), keep, self.current(), self.previous())
+        for version in doomed:
+            self.fs.rm_file(self._path(version, "manifest.json"))
+            self.fs.rm(self._path(version), recursive=True)
+        if doomed:
+            log.info("deleted old model versions %s from %s", ", ".join(doomed), self.url)
+        return doomed
+
     def download(self, version: str, cache: Path) -> Path:
         """Copy a version into `cache` and check it; a version already there is kept."""
         target = cache / check_version(version)
@@ -120,20 +133,21 @@ class RemoteStore:
         return target
 
 
-def mirror(store: RemoteStore, cache: Path) -> str | None:
+def mirror(store: RemoteStore, cache: Path, keep: int = 0) -> str | None:
     """Bring the version the store's CURRENT names into `cache` (`take`). Returns that
     version (None: the store has none yet)."""
     version = store.current()
     if version is not None:
-        take(store, version, cache)
+        take(store, version, cache, keep)
     return version
 
 
-def take(store: RemoteStore, version: str, cache: Path) -> None:
-    """Copy `version` into `cache`, checked, and point the cache's CURRENT at it. On any
-    failure the cache's CURRENT is unchanged and the error is raised (`ArtifactError`: the
-    version itself is bad)."""
+def take(store: RemoteStore, version: str, cache: Path, keep: int = 0) -> None:
+    """Copy `version` into `cache`, checked, and point the cache's CURRENT at it; then delete
+    the cache's versions a retention of `keep` gives up (0: none). On any failure the cache's
+    CURRENT is unchanged and the error is raised (`ArtifactError`: the version itself is bad)."""
     if current_version(cache) != version:
         store.download(version, cache)
         set_current(cache, version)
         log.info("model %s copied from %s into %s", version, store.url, cache)
+        prune_versions(cache, keep)

@@ -52,7 +52,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     model_dir, store = locate(settings.model_dir, settings.model_cache)
     if store is not None:
         try:
-            mirror(store, model_dir)
+            mirror(store, model_dir, settings.keep_versions)
         except Exception as exc:  # serve what the cache has; the watcher tries again
             log.error("model store %s: %s; serving what %s has", store.url, exc, model_dir)
     run_worker(settings, model_dir, loglevel=level, logging_config=config, model_store=store)

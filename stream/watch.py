@@ -192,7 +192,7 @@ class Watcher(threading.Thread):
             version = self.store.current()
             if version is None or version in self.refused:
                 return
-            take(self.store, version, self.model_dir)
+            take(self.store, version, self.model_dir, self.settings.keep_versions)
         except ArtifactError as exc:
             self._refuse_once(version or "CURRENT", str(exc))
         except Exception as exc:  # the store unreachable, a network error: next time

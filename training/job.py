@@ -16,6 +16,7 @@ from sessionrec.models.artifact import (
     ArtifactError,
     current_version,
     previous_version,
+    prune_versions,
     set_current,
     version_path,
 )
@@ -160,6 +161,8 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
         spec.store.upload(path)
         if promote:
             spec.store.set_current(path.name)
+        spec.store.prune(settings.keep_versions)
+    prune_versions(spec.out, settings.keep_versions)
     metrics.update(version=path.name, promoted=promote, seconds=time.perf_counter() - started)
     if versus is not None and versus["worse"]:
         log.warning(

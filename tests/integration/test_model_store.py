@@ -98,6 +98,13 @@ def test_versions_go_up_and_come_down_checked(
     assert current_version(cache) == "v-2" and list_versions(cache) == ["v-2"]
     assert not [p for p in cache.iterdir() if p.name.startswith(".partial")]
 
+    # Retention: the newest version, CURRENT (v-3) and PREVIOUS (v-2) stay; v-1 goes.
+    store.upload(renamed_version(source, "v-4", tmp_path))
+    assert store.prune(1) == ["v-1"]
+    assert store.versions() == ["v-2", "v-3", "v-4"]
+    assert not store.fs.exists(f"{store.root}/v-1")
+    assert store.prune(0) == [] and store.prune(1) == []
+
 
 def test_train_models_and_rollback_on_a_store(
     s3: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from sessionrec.cli import main
-from sessionrec.models.artifact import current_version, list_versions, load_index, load_model
+from sessionrec.models.artifact import (
+    current_version,
+    doomed_versions,
+    list_versions,
+    load_index,
+    load_model,
+    previous_version,
+)
 from sessionrec.models.codec import encode
 from sessionrec.models.config import Settings
 from sessionrec.models.index import ItemIndex
@@ -91,6 +98,32 @@ def test_rollback_to_the_previous_version(shop_files, tmp_path: Path) -> None:
     assert current_version(out) == second
     assert rollback(out, None, Settings()) == first and current_version(out) == first
     assert rollback(out, None, Settings()) == second  # back to the version served before
+
+
+def test_retention_keeps_the_newest_and_never_current_nor_previous() -> None:
+    versions = ["v1", "v2", "v3", "v4", "v5"]
+    assert doomed_versions(versions, 2, "v5", "v4") == ["v1", "v2", "v3"]
+    assert doomed_versions(versions, 2, "v1", "v5") == ["v2", "v3"]  # rolled back to v1
+    assert doomed_versions(versions, 1, "v2", "v3") == ["v1", "v4"]
+    assert doomed_versions(versions, 0, "v5", "v4") == []  # 0: keep every version
+    assert doomed_versions(versions, 10, None, None) == []
+
+
+def test_training_runs_delete_versions_beyond_the_retention(
+    shop_files, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    monkeypatch.setenv("SESSIONREC_KEEP_VERSIONS", "1")
+    made = []
+    for _ in range(3):
+        assert _train(events, catalog, out) == 0
+        made.append(current_version(out))
+        time.sleep(1.1)  # version names are made of the time, to the second
+    assert list_versions(out) == made[1:]  # the newest (CURRENT) and PREVIOUS
+    assert previous_version(out) == made[1]
 
 
 def test_rollback_goes_only_to_a_plain_name_that_verifies(shop_files, tmp_path: Path) -> None:
