@@ -98,10 +98,13 @@ def check_paths(fmt: str, data: str | None, catalog: str | None, out: Path) -> N
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from sessionrec.models.store import locate
-    from sessionrec.training.job import JobSpec, parse_every, run_once, run_scheduled
+    from sessionrec.training import metrics as training_metrics
+    from sessionrec.training.job import JobSpec, parse_every, run_observed, run_scheduled
 
     if not 0 <= args.holdout < 1:
         raise ValueError(f"--holdout is {args.holdout}, expected 0 <= holdout < 1")
+    if not 0 <= args.metrics_port <= 65_535:
+        raise ValueError(f"--metrics-port is {args.metrics_port}, expected 0 to 65535")
     out, store = locate(args.out or settings.model_dir, settings.model_cache)
     config = train_config(args, settings)
     check_paths(args.format, args.data, args.catalog, out)
@@ -113,15 +116,18 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         holdout=args.holdout,
         announce=args.announce,
         store=store,
+        pushgateway=args.pushgateway,
     )
     if args.format == "topic" or args.announce:
         from sessionrec.stream_cmd import reach_kafka
 
         reach_kafka(settings)
     if args.every:
-        run_scheduled(spec, settings, config, parse_every(args.every), max_runs=args.max_runs)
+        every = parse_every(args.every)
+        training_metrics.serve(args.metrics_port, settings.metrics_address)
+        run_scheduled(spec, settings, config, every, max_runs=args.max_runs)
         return 0
-    metrics = run_once(spec, settings, config)
+    metrics = run_observed(spec, settings, config)
     print(json.dumps({k: v for k, v in metrics.items()}, default=str))
     return 0
 
@@ -271,6 +277,19 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--every", help="run on a schedule: 24h, 30m, or a cron expression")
     p.add_argument("--max-runs", type=int, help="with --every: stop after N runs")
     p.add_argument("--announce", action="store_true", help="announce on model-updates")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="with --every: serve the training metrics (runs, holdout scores, the last "
+        "run's time) on this port, at the settings' metrics_address (default 0: off)",
+    )
+    p.add_argument(
+        "--pushgateway",
+        metavar="URL",
+        help="push the training metrics to this Prometheus Pushgateway after each run "
+        "(for a job that ends, such as a CronJob)",
+    )
     _train_flags(p)
     common(p)
     p.set_defaults(handler=cmd_train)

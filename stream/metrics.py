@@ -9,6 +9,11 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
 EVENTS = Counter("sessionrec_events_total", "Events read from the events topic", ["outcome"])
+DLQ = Counter(
+    "sessionrec_dlq_total",
+    "Events sent to the dead-letter topic, by what was wrong with them (stream.pipeline.dlq_kind)",
+    ["reason"],
+)
 EMITTED = Counter("sessionrec_recommendations_emitted_total", "Recommendation messages sent")
 UNKNOWN = Counter(
     "sessionrec_unknown_items_total", "Events whose item is not in the catalog (unknown or deleted)"

@@ -148,6 +148,29 @@ class Updates(Protocol):
     def waiting(self) -> bool: ...
 
 
+# What a DLQ reason is about, in a few words fit for a metric's label (`dlq_kind`).
+_DLQ_KINDS = (
+    ("message has no value", "no_value"),
+    ("not valid UTF-8", "not_utf8"),
+    ("not JSON", "not_json"),
+    ("payload is JSON", "not_an_object"),
+    ("message key is", "wrong_key"),
+    ("params:", "bad_params"),
+)
+_EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(Event))
+
+
+def dlq_kind(reason: str) -> str:
+    """The kind of a DLQ reason, one of a few fixed words, so that the metric's labels stay
+    few however varied the reasons: `field_<name>` for a bad event field, `no_value`,
+    `not_utf8`, `not_json`, `not_an_object`, `wrong_key`, `bad_params`, else `other`."""
+    for words, kind in _DLQ_KINDS:
+        if words in reason:
+            return kind
+    field_name = reason.partition("field '")[2].partition("'")[0]
+    return f"field_{field_name}" if field_name in _EVENT_FIELDS else "other"
+
+
 def dlq_record(raw: bytes | None, reason: str, msg: Incoming) -> bytes:
     """The reason, and the original: its first DLQ_ORIGINAL_BYTES bytes (UTF-8 text when the
     original is, else base64), its size and sha256, so that a record of any size fits in a
@@ -195,6 +218,7 @@ class Pipeline:
         self.upserted: set[str] = set()  # catalog items upserted and not deleted since start
         self.dedup = Deduplicator()
         self.counters: Counter[str] = Counter()
+        self.dlq_kinds: Counter[str] = Counter()  # rejected events by `dlq_kind`, not yet counted
         ttl_ms = int(settings.state_ttl_days * 86_400_000)
         self.table = UserTable(store, settings.session_gap_ms, ttl_ms, self.counters)
         self.outbox: Sink | None = None
@@ -301,6 +325,7 @@ class Pipeline:
             decoded = self._decode(msg)
             if isinstance(decoded, str):
                 self.counters["rejected"] += 1
+                self.dlq_kinds[dlq_kind(decoded)] += 1
                 key = msg.key[:DLQ_KEY_BYTES] if msg.key is not None else None
                 out.dlq.append((key, dlq_record(msg.value, decoded, msg)))
                 continue
@@ -688,6 +713,9 @@ class Pipeline:
         now, last = self.counters, self._counted
         for outcome in ("accepted", "rejected"):
             metrics.EVENTS.labels(outcome).inc(now[outcome] - last[outcome])
+        for kind, n in self.dlq_kinds.items():
+            metrics.DLQ.labels(kind).inc(n)
+        self.dlq_kinds.clear()
         metrics.EMITTED.inc(now["emitted"] - last["emitted"])
         metrics.UNKNOWN.inc(now["unknown_item"] - last["unknown_item"])
         metrics.SESSIONS.inc(now["sessions_closed"] - last["sessions_closed"])

@@ -25,6 +25,7 @@ from sessionrec.models.index import ItemIndex
 from sessionrec.models.serving import load_serving
 from sessionrec.models.session import SessionConfig
 from sessionrec.models.store import RemoteStore, is_remote, mirror
+from sessionrec.training import metrics as training_metrics
 from sessionrec.training.data import Corpus, load_corpus
 from sessionrec.training.evaluate import (
     Case,
@@ -49,6 +50,7 @@ class JobSpec:
     holdout: float = 0.05
     announce: bool = False
     store: RemoteStore | None = None
+    pushgateway: str | None = None  # a Pushgateway's URL for the training metrics
 
 
 def split_holdout(corpus: Corpus, fraction: float) -> tuple[Corpus, Corpus]:
@@ -99,6 +101,18 @@ def compare(new_ranks: np.ndarray, old_ranks: np.ndarray, k: int = 20) -> dict[s
         "won": won,
         "worse": lost - won > 2.0 * math.sqrt(lost + won),
     }
+
+
+def run_observed(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str, Any]:
+    """`run_once`, recorded in the training metrics (`training.metrics`) and pushed to
+    `spec.pushgateway` if one is named, whether it succeeds or fails."""
+    run = None
+    try:
+        run = run_once(spec, settings, config)
+        return run
+    finally:
+        training_metrics.observe(run)
+        training_metrics.push(spec.pushgateway)
 
 
 def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str, Any]:
@@ -243,7 +257,7 @@ def run_scheduled(
     while max_runs is None or runs < max_runs:
         runs += 1
         try:
-            metrics = run_once(spec, settings, config)
+            metrics = run_observed(spec, settings, config)
             log.info(
                 "run %d: model %s, promoted=%s, holdout %s",
                 runs,

@@ -396,6 +396,7 @@ def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_mode
     for name in (
         'sessionrec_events_total{outcome="accepted"} 31.0',
         'sessionrec_events_total{outcome="rejected"} 1.0',
+        'sessionrec_dlq_total{reason="not_json"} 1.0',
         "sessionrec_recommendations_emitted_total 31.0",
         'sessionrec_oddities_total{kind="late"} 1.0',
         'sessionrec_oddities_total{kind="bad_state"} 0.0',

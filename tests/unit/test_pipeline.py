@@ -316,3 +316,36 @@ def test_memory_stays_flat_under_a_flood_of_one_event_users() -> None:
         held.append(len(table))
     assert max(held[60:]) == max(held[20:40])  # flat once the first users expire
     assert max(held) < 50 * 30
+
+
+def test_dlq_reasons_are_counted_by_a_few_fixed_kinds() -> None:
+    proc = _pipeline()
+    good = orjson.dumps({"user_id": "u", "item_id": "i", "type": "view", "ts": 1_700_000_000_000})
+    raws = [
+        b"not json",
+        b"\xff\xfe",
+        b"[1]",
+        orjson.dumps({"user_id": "u", "item_id": "i", "type": "like", "ts": 1_700_000_000_000}),
+        orjson.dumps({"user_id": "u", "item_id": "i", "type": "view", "ts": "soon"}),
+        orjson.dumps(
+            {
+                "user_id": "u",
+                "item_id": "i",
+                "type": "view",
+                "ts": 1_700_000_000_000,
+                "params": {"k": 0},
+            }
+        ),
+        good,
+    ]
+    keys = [b"u"] * (len(raws) - 1) + [b"someone else"]
+    proc.process([Incoming(k, raw, 0, next(_OFFSETS)) for k, raw in zip(keys, raws, strict=True)])
+    assert dict(proc.dlq_kinds) == {
+        "not_json": 1,
+        "not_utf8": 1,
+        "not_an_object": 1,
+        "field_type": 1,
+        "field_ts": 1,
+        "bad_params": 1,
+        "wrong_key": 1,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,10 +30,12 @@ from sessionrec.training.job import (
     JobSpec,
     compare,
     rollback,
+    run_observed,
     run_once,
     run_scheduled,
     split_holdout,
 )
+from sessionrec.training import metrics as training_metrics
 from sessionrec.training.trainer import TrainConfig
 
 FAST = ["--epochs", "2", "--batch-size", "128", "--negatives", "64", "--no-progress"]
@@ -77,6 +80,20 @@ def test_train_jsonl_writes_a_current_version(
     manifest = json.loads((out / metrics["version"] / "manifest.json").read_text())
     assert manifest["data"]["rejected"] == {"event: payload is not JSON": 1}
     assert manifest["hyperparameters"]["epochs"] == 2 and "holdout" in manifest["metrics"]
+    # The run is in the training metrics.
+    value = training_metrics.REGISTRY.get_sample_value
+    assert value("sessionrec_training_runs_total", {"outcome": "promoted"}) >= 1
+    assert (
+        value(
+            "sessionrec_training_version_info", {"version": metrics["version"], "promoted": "true"}
+        )
+        == 1
+    )
+    holdout = manifest["metrics"]["holdout"]
+    assert (
+        value("sessionrec_training_holdout_score", {"metric": "mrr_at_20"}) == holdout["mrr_at_20"]
+    )
+    assert value("sessionrec_training_holdout_cases") == holdout["cases"] > 0
 
 
 def test_failed_scheduled_run_keeps_the_current_model(shop_files, tmp_path: Path) -> None:
@@ -84,9 +101,47 @@ def test_failed_scheduled_run_keeps_the_current_model(shop_files, tmp_path: Path
     out = tmp_path / "models"
     assert _train(events, catalog, out) == 0
     before = current_version(out)
+    failed = training_metrics.REGISTRY.get_sample_value
+    before_failed = failed("sessionrec_training_runs_total", {"outcome": "failed"}) or 0.0
     spec = JobSpec("jsonl", str(tmp_path / "missing.jsonl"), None, out)
     run_scheduled(spec, Settings(), TrainConfig(epochs=1, progress=False), "1s", max_runs=1)
     assert current_version(out) == before and list_versions(out) == [before]
+    assert failed("sessionrec_training_runs_total", {"outcome": "failed"}) == before_failed + 1
+
+
+def test_a_run_pushes_its_metrics_to_a_pushgateway(shop_files, tmp_path: Path) -> None:
+    """A real HTTP server stands in for the Pushgateway: it takes what is pushed."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    pushed: list[tuple[str, bytes]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            pushed.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        events, catalog = shop_files
+        gateway = f"http://127.0.0.1:{server.server_address[1]}"
+        spec = JobSpec("jsonl", str(events), str(catalog), tmp_path / "m", pushgateway=gateway)
+        run = run_observed(spec, Settings(), TrainConfig(epochs=1, batch_size=128, progress=False))
+        # A gateway that is gone: the run stands, the failed push is only logged.
+        spec = dataclasses.replace(spec, pushgateway="http://127.0.0.1:9")
+        assert run_observed(spec, Settings(), TrainConfig(epochs=1, progress=False))["version"]
+    finally:
+        server.shutdown()
+    ((path, body),) = pushed
+    assert path == "/metrics/job/sessionrec-train"
+    info = next(line for line in body.decode().splitlines() if "version_info{" in line)
+    assert f'version="{run["version"]}"' in info and 'promoted="true"' in info
+    assert b"sessionrec_training_last_success_timestamp_seconds" in body
 
 
 def test_rollback_to_the_previous_version(shop_files, tmp_path: Path) -> None:
