@@ -24,6 +24,7 @@ from sessionrec.models.index import ItemIndex
 from sessionrec.models.ranking import Recommender
 from sessionrec.models.session import SessionConfig
 from sessionrec.models.shop import make_shop
+from sessionrec.training import metrics as training_metrics
 from sessionrec.training.data import load_corpus
 from sessionrec.training.evaluate import cases_from_sessions, evaluate
 from sessionrec.training.job import (
@@ -35,7 +36,6 @@ from sessionrec.training.job import (
     run_scheduled,
     split_holdout,
 )
-from sessionrec.training import metrics as training_metrics
 from sessionrec.training.trainer import TrainConfig
 
 FAST = ["--epochs", "2", "--batch-size", "128", "--negatives", "64", "--no-progress"]
