@@ -97,12 +97,15 @@ def check_paths(fmt: str, data: str | None, catalog: str | None, out: Path) -> N
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from sessionrec.models.artifact import current_version
     from sessionrec.models.store import locate
     from sessionrec.training import metrics as training_metrics
     from sessionrec.training.job import JobSpec, parse_every, run_observed, run_scheduled
 
     if not 0 <= args.holdout < 1:
         raise ValueError(f"--holdout is {args.holdout}, expected 0 <= holdout < 1")
+    if args.wait and not args.every:
+        raise ValueError("--wait waits for the schedule of --every: give both")
     if not 0 <= args.metrics_port <= 65_535:
         raise ValueError(f"--metrics-port is {args.metrics_port}, expected 0 to 65535")
     out, store = locate(args.out or settings.model_dir, settings.model_cache)
@@ -118,6 +121,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         store=store,
         pushgateway=args.pushgateway,
     )
+    if args.if_no_model:
+        existing = store.current() if store is not None else current_version(out)
+        if existing is not None:
+            log.info("model %s is current already: nothing to train (--if-no-model)", existing)
+            return 0
     if args.format == "topic" or args.announce:
         from sessionrec.stream_cmd import reach_kafka
 
@@ -125,7 +133,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if args.every:
         every = parse_every(args.every)
         training_metrics.serve(args.metrics_port, settings.metrics_address)
-        run_scheduled(spec, settings, config, every, max_runs=args.max_runs)
+        run_scheduled(spec, settings, config, every, max_runs=args.max_runs, wait=args.wait)
         return 0
     metrics = run_observed(spec, settings, config)
     print(json.dumps({k: v for k, v in metrics.items()}, default=str))
@@ -276,6 +284,18 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     )
     p.add_argument("--every", help="run on a schedule: 24h, 30m, or a cron expression")
     p.add_argument("--max-runs", type=int, help="with --every: stop after N runs")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --every: wait for the first scheduled time instead of training at once "
+        "(a deployment trains its first model from history with --if-no-model)",
+    )
+    p.add_argument(
+        "--if-no-model",
+        action="store_true",
+        help="do nothing if the model store already has a current version: train the first "
+        "model from historical events once, at deployment, before any traffic arrives",
+    )
     p.add_argument("--announce", action="store_true", help="announce on model-updates")
     p.add_argument(
         "--metrics-port",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
@@ -66,6 +67,10 @@ API_LATENCY = Histogram(
 LAG = Gauge("sessionrec_consumer_lag", "Events not yet processed, per partition", ["partition"])
 INDEX_SIZE = Gauge("sessionrec_index_items", "Items live in the index")
 MODEL = Info("sessionrec_model", "The model version being served")
+MODEL_CREATED = Gauge(
+    "sessionrec_model_created_timestamp_seconds",
+    "When the served model version was made (Unix time; 0: none served or not recorded)",
+)
 MODEL_SWAPS = Counter("sessionrec_model_swaps_total", "Model versions swapped in")
 WATCHER_UP = Gauge(
     "sessionrec_watcher_up",
@@ -92,6 +97,7 @@ def serve(port: int, address: str = "127.0.0.1") -> None:
 def observe_model(serving: Any) -> None:
     """The served model's version and index size (`serving`: a ServingModel or None)."""
     MODEL.info({"version": serving.version if serving is not None else "none"})
+    MODEL_CREATED.set(_created(serving.model.manifest) if serving is not None else 0.0)
     INDEX_SIZE.set(len(serving.index) if serving is not None else 0)
 
 
@@ -156,3 +162,11 @@ def observe_request(route: str, status: int, seconds: float) -> None:
     """One query API request: `route` is its path template (unknown paths: "other")."""
     API_REQUESTS.labels(route, str(status)).inc()
     API_LATENCY.labels(route).observe(seconds)
+
+
+def _created(manifest: dict[str, Any]) -> float:
+    """A manifest's `created` time (ISO 8601) as Unix time; 0 if it has none that parses."""
+    try:
+        return datetime.fromisoformat(str(manifest["created"])).timestamp()
+    except (KeyError, ValueError):
+        return 0.0

@@ -250,10 +250,13 @@ def run_scheduled(
     config: TrainConfig,
     every: timedelta | str,
     max_runs: int | None = None,
+    wait: bool = False,
 ) -> None:
-    """Run now, then on the schedule, forever (or `max_runs` times). A failed run is logged and
-    the previous model stays current."""
+    """Run now (with `wait`: at the first scheduled time), then on the schedule, forever (or
+    `max_runs` times). A failed run is logged and the previous model stays current."""
     runs = 0
+    if wait:
+        _sleep_until_next(every)
     while max_runs is None or runs < max_runs:
         runs += 1
         try:
@@ -269,10 +272,14 @@ def run_scheduled(
             log.error("run %d failed, the previous model stays current: %s", runs, exc)
         if max_runs is not None and runs >= max_runs:
             break
-        now = datetime.now(UTC)
-        wake = next_run(every, now)
-        log.info("next training run at %s", wake.isoformat(timespec="seconds"))
-        time.sleep(max(0.0, (wake - now).total_seconds()))
+        _sleep_until_next(every)
+
+
+def _sleep_until_next(every: timedelta | str) -> None:
+    now = datetime.now(UTC)
+    wake = next_run(every, now)
+    log.info("next training run at %s", wake.isoformat(timespec="seconds"))
+    time.sleep(max(0.0, (wake - now).total_seconds()))
 
 
 def rollback(

@@ -407,6 +407,8 @@ def test_metrics_port_serves_the_named_metrics(broker, unique, retailrocket_mode
         "sessionrec_index_items",
     ):
         assert name in text, name
+    created = next(x for x in text.splitlines() if x.startswith("sessionrec_model_created_"))
+    assert 1.7e9 < float(created.split()[-1]) < time.time()  # the served version's making
     # The query API counts its requests per route and status.
     api = worker.api_url()
     urllib.request.urlopen(f"{api}/v1/items/285930/similar", timeout=10).read()

@@ -107,3 +107,33 @@ def test_one_way_to_torch_and_pinned_installs() -> None:
         version = pinned.get(req.name.lower().replace("_", "-"))
         assert version, f"constraints.txt does not pin {req.name}"
         assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version}"
+
+
+def _compose_commands() -> dict[str, list[str]]:
+    compose = yaml.safe_load((K8S.parents[1] / "docker-compose.yml").read_text())
+    return {name: s["command"] for name, s in compose["services"].items() if "command" in s}
+
+
+def test_every_deployed_sessionrec_command_parses() -> None:
+    """The commands compose and Kubernetes run are ones the CLI takes, flags and all."""
+    from sessionrec.cli import build_parser
+
+    commands = [c for c in _compose_commands().values() if c[0] == "sessionrec"]
+    for doc in _docs().values():
+        spec = doc.get("spec", {})
+        pod = spec.get("jobTemplate", {}).get("spec", spec).get("template", {}).get("spec", {})
+        commands += [c["args"] for c in pod.get("containers", []) if c.get("args")]
+    assert len(commands) >= 6
+    for command in commands:
+        assert command[0] == "sessionrec", command
+        build_parser().parse_args(command[1:])  # exits on an unknown flag
+
+
+def test_a_first_model_from_history_then_nightly_training() -> None:
+    """The first model comes from historical events once (--if-no-model); the nightly run
+    waits for its schedule instead of training on an empty sessions topic at start."""
+    compose = _compose_commands()
+    assert "--if-no-model" in compose["first-model"] and "jsonl" in compose["first-model"]
+    assert "--wait" in compose["trainer"] and "--every" in compose["trainer"]
+    job = _docs()["Job/sessionrec-first-model"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--if-no-model" in job["args"] and "/history/events.jsonl" in job["args"]

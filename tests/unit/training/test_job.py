@@ -144,6 +144,62 @@ def test_a_run_pushes_its_metrics_to_a_pushgateway(shop_files, tmp_path: Path) -
     assert b"sessionrec_training_last_success_timestamp_seconds" in body
 
 
+def test_a_first_model_is_trained_once(shop_files, tmp_path: Path) -> None:
+    """--if-no-model trains only while the store has no current version (a deployment's first
+    model from history); --wait leaves the first run to the schedule."""
+    events, catalog = shop_files
+    out = tmp_path / "models"
+    first = ["--if-no-model"]
+    assert (
+        main(
+            [
+                "train",
+                "--format",
+                "jsonl",
+                "--data",
+                str(events),
+                "--catalog",
+                str(catalog),
+                "--out",
+                str(out),
+                *FAST,
+                *first,
+            ]
+        )
+        == 0
+    )
+    made = list_versions(out)
+    assert len(made) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--format",
+                "jsonl",
+                "--data",
+                str(events),
+                "--catalog",
+                str(catalog),
+                "--out",
+                str(out),
+                *FAST,
+                *first,
+            ]
+        )
+        == 0
+    )
+    assert list_versions(out) == made
+
+    import time
+    from datetime import timedelta
+
+    spec = JobSpec("jsonl", str(events), str(catalog), out)
+    started = time.monotonic()
+    config = TrainConfig(epochs=1, progress=False)
+    run_scheduled(spec, Settings(), config, timedelta(seconds=2), 1, wait=True)
+    assert time.monotonic() - started >= 1.0 and len(list_versions(out)) == 2
+
+
 def test_rollback_to_the_previous_version(shop_files, tmp_path: Path) -> None:
     events, catalog = shop_files
     out = tmp_path / "models"
@@ -221,6 +277,12 @@ def test_bad_flag_values_are_one_line_errors(capsys: pytest.CaptureFixture[str])
     assert main(["train", "--format", "jsonl", "--data", "x", "--lr", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sessionrec: error: --lr is 0.0, expected > 0"
+    assert main(["train", "--format", "jsonl", "--data", "x", "--wait"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sessionrec: error: --wait waits for the schedule of --every: give both"
+    assert main(["train", "--format", "jsonl", "--data", "x", "--metrics-port", "70000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sessionrec: error: --metrics-port is 70000, expected 0 to 65535"
 
 
 def test_fast_sets_its_hyperparameters_and_flags_beside_it_win() -> None:
