@@ -34,12 +34,14 @@ class Secret(str):
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    events: str = "events"
-    items: str = "items"
-    sessions: str = "sessions"
-    recommendations: str = "recommendations"
-    dlq: str = "events.dlq"
-    model_updates: str = "model-updates"
+    """The topics' names."""
+
+    events: str = "events"  # interaction events from the shop, keyed by user_id
+    items: str = "items"  # catalog upserts, keyed by item_id (compacted)
+    sessions: str = "sessions"  # closed sessions: the nightly training's input
+    recommendations: str = "recommendations"  # the workers' answers, keyed by user_id
+    dlq: str = "events.dlq"  # events the workers refused, with the reason
+    model_updates: str = "model-updates"  # new model versions announced to the workers
 
     def all(self) -> tuple[str, ...]:
         return (
@@ -56,8 +58,9 @@ class Topics:
 class TopicConfig:
     """How `sessionrec topics` creates one topic."""
 
-    partitions: int = 0  # 0: the `partitions` setting
-    retention_hours: float = 0.0  # 0: the broker's default; -1: kept forever
+    partitions: int = 0  # partitions of the topic; 0: the `partitions` setting
+    # How long the topic keeps messages; 0: the broker's default; -1: forever.
+    retention_hours: float = 0.0
     compact: bool = False  # keep the latest message per key (cleanup.policy=compact)
 
 
@@ -67,7 +70,7 @@ class TopicLayout:
     topic and of the session table's changelog. The defaults suit one local broker; docs/kafka.md
     gives values for a 3-broker cluster."""
 
-    replication_factor: int = 1
+    replication_factor: int = 1  # copies of every topic and of the changelog; 3 on a cluster
     events: TopicConfig = field(default_factory=TopicConfig)
     items: TopicConfig = field(default_factory=lambda: TopicConfig(compact=True))
     sessions: TopicConfig = field(default_factory=TopicConfig)
@@ -80,10 +83,10 @@ class TopicLayout:
 class EventWeights:
     """How much each event type says about interest; negative pushes away."""
 
-    view: float = 0.2
-    cart: float = 0.5
-    buy: float = 1.0
-    remove_from_cart: float = -0.5
+    view: float = 0.2  # a view's weight in the session's query and its intents
+    cart: float = 0.5  # an add to cart's weight
+    buy: float = 1.0  # a purchase's weight (bought items are never recommended back)
+    remove_from_cart: float = -0.5  # a removal's weight: negative pushes its intent away
 
     def of(self, event_type: str) -> float:
         return float(getattr(self, event_type, 0.0))
@@ -93,19 +96,19 @@ class EventWeights:
 class QueryDefaults:
     """Query-time parameters; an event may override them with its optional `params` field."""
 
-    k: int = 20
-    diversity: float = 0.0
-    past_weight: float = 0.3
-    exclude_seen: bool = False
+    k: int = 20  # items in a list
+    diversity: float = 0.0  # 0 to 1: trade similarity for variety (maximal marginal relevance)
+    past_weight: float = 0.3  # how much the user's past intents count beside the session
+    exclude_seen: bool = False  # leave out every item of the open session
     # Leave out the item in hand (the latest event's item): a pushed list does not open with
     # the item the user is looking at. The offline protocol (`eval`, `bench quality`) counts
     # it as a candidate like any other.
     exclude_current: bool = True
-    name_weight: float = 1.0
-    category_weight: float = 1.0
-    brand_weight: float = 1.0
-    price_weight: float = 1.0
-    max_intents: int = 3
+    name_weight: float = 1.0  # how much the name space counts in the search (0: not at all)
+    category_weight: float = 1.0  # how much the category space counts
+    brand_weight: float = 1.0  # how much the brand space counts
+    price_weight: float = 1.0  # how much the price space counts
+    max_intents: int = 3  # intents a session is clustered into, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +116,8 @@ class Limits:
     """What a single event's `params` (or the defaults) may ask for: operator caps that bound
     the cost of one answer."""
 
-    max_k: int = 100
-    max_intents: int = 5
+    max_k: int = 100  # the largest `k` an event or request may ask for
+    max_intents: int = 5  # the largest `max_intents` an event or request may ask for
     max_search_depth: int = 500  # items one query may fetch (k, overfetch, bought, seen)
 
 
@@ -122,8 +125,8 @@ class Limits:
 class Api:
     """The workers' HTTP query API (`stream/api.py`)."""
 
-    port: int = 8080  # 0: any free port (the worker logs which)
-    address: str = "127.0.0.1"  # 0.0.0.0 in a container that others call
+    port: int = 8080  # the API's port; 0: any free port (the worker logs which)
+    address: str = "127.0.0.1"  # where it listens; 0.0.0.0 in a container that others call
     # How the other workers reach this one; empty: http://<address or host name>:<port>. In
     # Kubernetes, the pod's IP (see deploy/k8s/worker.yaml).
     url: str = ""
@@ -144,28 +147,33 @@ DEFAULT_INDEX_EF = 20
 class Settings:
     """Everything configurable, in one frozen object (defaults < TOML < env < flags)."""
 
-    bootstrap: str = "127.0.0.1:9092"
-    partitions: int = 4  # of `events` and the session table; other topics' by default
-    session_gap_minutes: float = 20.0
-    max_session_len: int = 50
+    bootstrap: str = "127.0.0.1:9092"  # Kafka's bootstrap servers, comma-separated
+    # Partitions of `events` and the session table (the most workers that can share the
+    # load), and of the other topics unless [topic_layout] says otherwise.
+    partitions: int = 4
+    session_gap_minutes: float = 20.0  # inactivity that ends a session
+    max_session_len: int = 50  # clicks a session keeps, the latest
     state_ttl_days: float = 30.0  # a user's state (past intents, bought) after the last event
+    # The HNSW search beam (at least k): higher finds more of the exact top-k, and is slower.
     index_ef: int = DEFAULT_INDEX_EF
-    model_dir: str = "var/models"  # or a remote store's URL: s3://bucket/prefix (models/store.py)
+    # Where model versions live: a directory, or a remote store's URL (s3://bucket/prefix).
+    model_dir: str = "var/models"
     model_cache: str = "var/model-cache"  # where a worker keeps copies from a remote store
     # Model versions kept in the store (and in a worker's cache): the newest this many, and
     # always the one CURRENT names and its predecessor. Older ones are deleted after each
     # training run (and each copy into a cache). 0: keep every version.
     keep_versions: int = 10
-    metrics_port: int = 9100
-    metrics_address: str = "127.0.0.1"  # 0.0.0.0 in a container that Prometheus scrapes
-    worker_group: str = "sessionrec-worker"
+    metrics_port: int = 9100  # the worker's Prometheus metrics port; 0: off
+    # Where the metrics port listens; 0.0.0.0 in a container that Prometheus scrapes.
+    metrics_address: str = "127.0.0.1"
+    worker_group: str = "sessionrec-worker"  # the workers' consumer group (and table prefix)
     # Other workers that keep a copy of each partition's sessions, to take over a lost worker's
     # users without first reading the partition's whole changelog (faust's standby replicas).
     standby_replicas: int = 1
     # A worker that stops without leaving the group (killed, hung, cut off) loses its partitions
     # after this long. 6 is Apache Kafka's smallest by default (group.min.session.timeout.ms).
     session_timeout_s: float = 6.0
-    log_format: str = "text"
+    log_format: str = "text"  # text, or json: one JSON object a line
     topics: Topics = field(default_factory=Topics)
     topic_layout: TopicLayout = field(default_factory=TopicLayout)
     weights: EventWeights = field(default_factory=EventWeights)
