@@ -311,7 +311,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             "the same CPU per recommendation received, in microseconds (at low rates it "
             "includes what each spends idle). partitions: of every topic, all read by the "
             "one worker; the embedded broker does more work per partition "
-            "(docs/operating.md). "
+            "(docs/development.md). "
             + (
                 "pipeline echo: the faust floor (`benchmarks/floor.py`), the same worker whose "
                 "pipeline only echoes each event's time, with no sessions, model or state: what "
@@ -363,7 +363,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             _section("Embedded broker: cost as the log fills with small batches", rows)
             + "\nOne-record produce requests over 4 partitions, read by a consumer at the head "
             "of the log. The worker keeps its own batches few and large for this reason "
-            "(docs/operating.md).\n"
+            "(docs/development.md).\n"
         )
     if "reliability" in results:
         parts.append(_reliability(results["reliability"]))

@@ -155,7 +155,7 @@ def part_stream(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     single: list[float] = args.one_partition_rates
     if single and settings.partitions != 1:
         # The embedded broker does less work per event with one partition per topic, which a
-        # single local worker can use (docs/operating.md): the same rates again in that
+        # single local worker can use (docs/development.md): the same rates again in that
         # layout, side by side.
         more, more_raw, _ = bench_stream(
             dataclasses.replace(settings, partitions=1),

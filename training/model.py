@@ -245,7 +245,7 @@ class SessionEncoder(nn.Module):
 class BagSum(torch.autograd.Function):
     """Weighted sums of bags of table rows, as F.embedding_bag(mode="sum",
     per_sample_weights=w), with a backward of row gathers and one index_add instead of
-    embedding_bag's, which sorts the rows first (docs/operating.md gives the measured gain)."""
+    embedding_bag's, which sorts the rows first (docs/development.md gives the measured gain)."""
 
     @staticmethod
     def forward(ctx: Any, table: torch.Tensor, w: torch.Tensor, prefix: Prefixes) -> torch.Tensor:
