@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from sessionrec.models.config import Settings
 from sessionrec.stream.kafka import partition_of
 from sessionrec.stream.topics import create_topics, topic_specs
 from tests.integration.kafka_io import unique_settings
@@ -18,6 +19,33 @@ from tests.integration.test_worker import worker_factory  # noqa: F401  # a fixt
 
 CLIENT = Path(__file__).resolve().parents[2] / "examples" / "python" / "shop_client.py"
 TIMEOUT_S = 90
+
+
+def _check_answers(out: str, users: list[str], count: int) -> None:
+    """`listen` printed `count` lines, one list of items each, for exactly `users`."""
+    lines = out.splitlines()
+    assert len(lines) == count, out
+    assert {line.split(":")[0] for line in lines} == set(users)
+    assert all(len(line.split(": ")[1].split()) > 0 for line in lines)
+
+
+def _check_partitions(settings: Settings, group: str, count: int) -> set[int]:
+    """The first `count` events each sit on the partition partition_of gives their key (what
+    the query API routes by). Returns the partitions they used."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group})
+    used = set()
+    try:
+        consumer.assign(
+            [TopicPartition(settings.topics.events, p, 0) for p in range(settings.partitions)]
+        )
+        for _ in range(count):
+            msg = consumer.poll(10)
+            assert msg is not None and not msg.error(), "the events did not all arrive"
+            assert msg.partition() == partition_of(msg.key(), settings.partitions), msg.key()
+            used.add(msg.partition())
+    finally:
+        consumer.close()
+    return used
 
 
 def test_the_python_example_sends_events_and_reads_answers(
@@ -58,28 +86,9 @@ def test_the_python_example_sends_events_and_reads_answers(
         out, _ = listen.communicate(timeout=TIMEOUT_S)
     finally:
         listen.kill()
-    lines = out.splitlines()
-    assert len(lines) == len(users) + 1, out
-    assert {line.split(":")[0] for line in lines} == set(users)
-    assert all(len(line.split(": ")[1].split()) > 0 for line in lines)  # each a list of items
-
-    # The partitioner note in practice: each user's events sit on the partition that
-    # partition_of (what the query API routes by) names.
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"check-{unique}"})
-    try:
-        consumer.assign(
-            [TopicPartition(settings.topics.events, p, 0) for p in range(settings.partitions)]
-        )
-        found: dict[str, set[int]] = {}
-        for _ in range(len(users) + 1):  # every event sent
-            msg = consumer.poll(10)
-            assert msg is not None and not msg.error(), "the events did not all arrive"
-            found.setdefault(msg.key().decode(), set()).add(msg.partition())
-    finally:
-        consumer.close()
-    for user, partitions in found.items():
-        assert partitions == {partition_of(user.encode(), settings.partitions)}, user
-    assert len({p for ps in found.values() for p in ps}) > 1  # spread, not all on one
+    _check_answers(out, users, len(users) + 1)
+    # The partitioner note in practice, and the users spread over partitions.
+    assert len(_check_partitions(settings, f"check-{unique}", len(users) + 1)) > 1
 
 
 def test_the_node_example_sends_events_and_reads_answers(
@@ -138,19 +147,5 @@ def test_the_node_example_sends_events_and_reads_answers(
         out, _ = listen.communicate(timeout=TIMEOUT_S)
     finally:
         listen.kill()
-    lines = out.splitlines()
-    assert {line.split(":")[0] for line in lines} == set(users), out
-    assert all(len(line.split(": ")[1].split()) > 0 for line in lines)
-
-    # KafkaJS's default partitioner puts each user where partition_of says.
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"check-{unique}"})
-    try:
-        consumer.assign(
-            [TopicPartition(settings.topics.events, p, 0) for p in range(settings.partitions)]
-        )
-        for _ in users:
-            msg = consumer.poll(10)
-            assert msg is not None and not msg.error(), "the events did not all arrive"
-            assert msg.partition() == partition_of(msg.key(), settings.partitions)
-    finally:
-        consumer.close()
+    _check_answers(out, users, len(users))
+    _check_partitions(settings, f"check-{unique}", len(users))  # KafkaJS's default partitioner

@@ -41,7 +41,7 @@ from sessionrec.training.trainer import TrainConfig
 FAST = ["--epochs", "2", "--batch-size", "128", "--negatives", "64", "--no-progress"]
 
 
-def _train(events: Path, catalog: Path, out: Path) -> int:
+def _train(events: Path, catalog: Path, out: Path, *flags: str) -> int:
     return main(
         [
             "train",
@@ -54,6 +54,7 @@ def _train(events: Path, catalog: Path, out: Path) -> int:
             "--out",
             str(out),
             *FAST,
+            *flags,
         ]
     )
 
@@ -149,45 +150,10 @@ def test_a_first_model_is_trained_once(shop_files, tmp_path: Path) -> None:
     model from history); --wait leaves the first run to the schedule."""
     events, catalog = shop_files
     out = tmp_path / "models"
-    first = ["--if-no-model"]
-    assert (
-        main(
-            [
-                "train",
-                "--format",
-                "jsonl",
-                "--data",
-                str(events),
-                "--catalog",
-                str(catalog),
-                "--out",
-                str(out),
-                *FAST,
-                *first,
-            ]
-        )
-        == 0
-    )
+    assert _train(events, catalog, out, "--if-no-model") == 0
     made = list_versions(out)
     assert len(made) == 1
-    assert (
-        main(
-            [
-                "train",
-                "--format",
-                "jsonl",
-                "--data",
-                str(events),
-                "--catalog",
-                str(catalog),
-                "--out",
-                str(out),
-                *FAST,
-                *first,
-            ]
-        )
-        == 0
-    )
+    assert _train(events, catalog, out, "--if-no-model") == 0  # a model is current: nothing
     assert list_versions(out) == made
 
     import time
