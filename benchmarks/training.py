@@ -23,7 +23,13 @@ from sessionrec.benchmarks.baselines import (
 from sessionrec.models.config import EventWeights
 from sessionrec.models.index import IndexConfig, ItemIndex
 from sessionrec.training.data import load_srgnn, load_srgnn_test
-from sessionrec.training.evaluate import Case, cases_from_srgnn, evaluate, recommender_for
+from sessionrec.training.evaluate import (
+    Case,
+    cases_from_srgnn,
+    evaluate,
+    recommender_for,
+    trained_recommender,
+)
 from sessionrec.training.trainer import FAST, TrainConfig, TrainedModel, train
 
 log = logging.getLogger(__name__)
@@ -114,18 +120,8 @@ def quality(
             train_seconds=round(seconds, 2),
         )
     trained = train(corpus, config)
-    approx = recommender_for(
-        trained.item_ids, trained.vectors, config.dims, trained.position_weights, EventWeights()
-    )
-    exact = recommender_for(
-        trained.item_ids,
-        trained.vectors,
-        config.dims,
-        trained.position_weights,
-        EventWeights(),
-        index=approx.index,
-        exact=True,
-    )
+    approx = trained_recommender(trained, EventWeights())
+    exact = trained_recommender(trained, EventWeights(), index=approx.index, exact=True)
     ours_s = trained.stats["train_seconds"]
     add(
         "sessionrec, exact search",
@@ -141,9 +137,7 @@ def quality(
     )
     fast_config = replace(config, **FAST)
     fast = train(corpus, fast_config)
-    fast_rec = recommender_for(
-        fast.item_ids, fast.vectors, config.dims, fast.position_weights, EventWeights()
-    )
+    fast_rec = trained_recommender(fast, EventWeights())
     add(
         "sessionrec --fast, HNSW index",
         _recommender_lists(fast_rec, cases),
@@ -226,9 +220,7 @@ def training_curve(
         log.info("training curve %d/%d: gensim, then ours with %s", n, len(variants), changes)
         g_seconds = gensim_item2vec(corpus.sessions, c.epochs)[2]
         trained = train(corpus, c)
-        rec = recommender_for(
-            trained.item_ids, trained.vectors, c.dims, trained.position_weights, c.weights
-        )
+        rec = trained_recommender(trained, c.weights)
         scored = evaluate(rec, cases)
         ours = trained.stats["train_seconds"]
         steps = c.epochs * -(-int(trained.stats["cases"]) // c.batch_size)

@@ -33,6 +33,7 @@ import numpy as np
 
 from sessionrec.models.features import F32, I64, Dims, FeatureTables, Vocab
 from sessionrec.models.index import IndexConfig, ItemIndex
+from sessionrec.models.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ _ARRAYS = (
     "popularity",
 )
 # Optional arrays: a version written before they existed loads without them.
-_OPTIONAL_ARRAYS = ("item_price",)
+_TRANSITION_ARRAYS = ("transitions_indptr", "transitions_successors", "transitions_share")
+_OPTIONAL_ARRAYS = ("item_price", *_TRANSITION_ARRAYS)
 UNKNOWN_PRICE = -1.0  # item_price of an item without a price
 
 
@@ -78,6 +80,8 @@ class Model:
     manifest: dict[str, Any]
     # (n,) float32: each item's catalog price (UNKNOWN_PRICE: none), for price filters.
     item_price: F32 | None = None
+    # What followed what in the training sessions, to re-score candidates (None: not kept).
+    transitions: Transitions | None = None
 
     @property
     def dims(self) -> Dims:
@@ -131,6 +135,13 @@ def save_model(model: Model, directory: Path, index: ItemIndex | None = None) ->
     }
     if model.item_price is not None:
         arrays["item_price"] = model.item_price
+    if model.transitions is not None:
+        tr = model.transitions
+        arrays.update(
+            transitions_indptr=tr.indptr,
+            transitions_successors=tr.successors,
+            transitions_share=tr.share,
+        )
     for name, array in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
     (tmp / "items.json").write_text(json.dumps(list(model.item_ids)))
@@ -285,7 +296,7 @@ def _check_arrays(path: Path, a: dict[str, np.ndarray], n: int, dims: Dims, voca
     if a["position_weights"].ndim != 1 or not 1 <= len(a["position_weights"]) <= 10_000:
         raise _bad(path, f"position_weights.npy has shape {a['position_weights'].shape}")
     for name, array in a.items():
-        integer = name in ("item_category", "item_brand")
+        integer = name in ("item_category", "item_brand", *_TRANSITION_ARRAYS[:2])
         kind = "i" if integer else "f"
         if array.dtype.kind != kind:
             raise _bad(
@@ -327,6 +338,7 @@ def load_model(path: Path) -> Model:
             a[name] = _load_array(path, name)
     n = len(ids)
     _check_arrays(path, a, n, dims, vocab)
+    transitions = _transitions(path, a, n)
     tables = FeatureTables(
         dims=dims,
         token_vocab=Vocab(tuple(vocab["tokens"])),
@@ -352,7 +364,30 @@ def load_model(path: Path) -> Model:
         a["popularity"].astype(np.float32, copy=False),
         manifest,
         a["item_price"].astype(np.float32, copy=False) if "item_price" in a else None,
+        transitions,
     )
+
+
+def _transitions(path: Path, a: dict[str, np.ndarray], n: int) -> Transitions | None:
+    """The transition arrays as `Transitions`, checked (None: the version has none)."""
+    present = [name for name in _TRANSITION_ARRAYS if name in a]
+    if not present:
+        return None
+    if len(present) < len(_TRANSITION_ARRAYS):
+        missing = sorted(set(_TRANSITION_ARRAYS) - set(present))
+        raise _bad(path, f"it has some transition arrays but not {', '.join(missing)}")
+    indptr, successors, share = (a[name] for name in _TRANSITION_ARRAYS)
+    transitions = Transitions(
+        indptr.astype(np.int64, copy=False),
+        successors.astype(np.int32, copy=False),
+        share.astype(np.float32, copy=False),
+    )
+    if len(indptr) != n + 1:
+        raise _bad(path, f"transitions_indptr.npy has {len(indptr)} entries, expected {n + 1}")
+    problem = transitions.problem()
+    if problem:
+        raise _bad(path, f"its transitions are unusable: {problem}")
+    return transitions
 
 
 _INDEX_CHECK = """

@@ -30,6 +30,7 @@ from sessionrec.models.filters import NO_FILTERS, Filters, ItemMetadata
 from sessionrec.models.index import ItemIndex
 from sessionrec.models.intent import cluster
 from sessionrec.models.records import RecommendedItem
+from sessionrec.models.transitions import RECENT, Transitions
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
@@ -130,7 +131,14 @@ def params_from(
 
 def query_problem(q: QueryDefaults, limits: Limits) -> str | None:
     """What is wrong with query parameters (None: nothing), in words naming the parameter."""
-    for name in ("diversity", "past_weight", "name_weight", "category_weight", "brand_weight"):
+    for name in (
+        "diversity",
+        "past_weight",
+        "name_weight",
+        "category_weight",
+        "brand_weight",
+        "transition_weight",
+    ):
         value = getattr(q, name)
         if not math.isfinite(value) or value < 0:
             return f"{name} is {value!r}, expected a finite number >= 0"
@@ -155,9 +163,11 @@ class Recommender:
         position_weights: F32,
         weights: EventWeights,
         metadata: ItemMetadata | None = None,
+        transitions: Transitions | None = None,
     ):
         self.index = index
         self.metadata = metadata or ItemMetadata()  # what filters read
+        self.transitions = transitions  # re-scores the retrieved candidates (None: no)
         self.dims = dims
         self.position_weights = position_weights
         self.weights = weights
@@ -394,6 +404,9 @@ class Recommender:
             )
             scores, shown, labels = scores[keep], shown[keep], labels[keep]
             intents_of = intents_of[keep]
+        if self.transitions is not None and req.params.transition_weight > 0 and len(labels):
+            scores, labels, intents_of = self._rescore(req, scores, labels, intents_of)
+            shown = np.round(scores, 5)
         k = req.params.k
         if req.params.diversity > 0 and len(labels) > k:
             chosen = self._mmr(
@@ -416,6 +429,22 @@ class Recommender:
             )
         ]
         return Result(out, intents, unknown)
+
+    def _rescore(
+        self, req: Request, scores: Any, labels: I64, intents_of: I64
+    ) -> tuple[Any, I64, I64]:
+        """The candidates re-scored by what followed the session's latest clicks in training
+        (`Transitions.scores`, times `transition_weight`), best first, ties broken as
+        `_merge` breaks them."""
+        assert self.transitions is not None
+        known = self.index.labels
+        recent = [known[item] for item, _ in reversed(req.clicks[-len(RECENT) :]) if item in known]
+        bonus = self.transitions.scores(recent, labels)
+        if not bonus.any():
+            return scores, labels, intents_of
+        scores = scores + req.params.transition_weight * bonus.astype(np.float64)
+        order = np.lexsort((-intents_of, -labels, -scores))
+        return scores[order], labels[order], intents_of[order]
 
     def _closest(self, labels: list[int], intents: list[IntentOut]) -> list[int]:
         """For each item, the id of the intent whose centroid is most similar to it."""

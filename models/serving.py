@@ -114,7 +114,7 @@ def serving_model(model: Model, index: ItemIndex, weights: EventWeights) -> Serv
     if model.item_price is not None:
         prices = {row: p for row, p in enumerate(model.item_price.tolist()) if p >= 0}
     metadata = ItemMetadata(categories, brands, prices)
-    rec = Recommender(index, t.dims, model.position_weights, weights, metadata)
+    rec = Recommender(index, t.dims, model.position_weights, weights, metadata, model.transitions)
     return ServingModel(model, index, rec, metadata)
 
 

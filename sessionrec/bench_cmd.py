@@ -52,7 +52,7 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         training_curve,
     )
     from sessionrec.models.artifact import set_current
-    from sessionrec.training.evaluate import recommender_for
+    from sessionrec.training.evaluate import trained_recommender
     from sessionrec.training.export import export
     from sessionrec.training.trainer import TrainConfig
 
@@ -71,9 +71,7 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     )
     prefixes = [[i for i, _ in c.prefix] for c in sample]
     served = serve_prefixes(protocol, model_dir, prefixes, out)
-    offline = recommender_for(
-        trained.item_ids, trained.vectors, config.dims, trained.position_weights, settings.weights
-    )
+    offline = trained_recommender(trained, settings.weights)
     offline_lists = _recommender_lists(offline, sample)
     served_metrics = metrics_from_lists(served, sample)
     pipeline: dict[str, Any] = {

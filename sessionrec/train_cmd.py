@@ -185,28 +185,18 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def _eval_once(corpus: Any, cases: Any, config: Any, settings: Settings) -> dict[str, Any]:
     """Train once and score `cases` over the HNSW index and by exact search."""
-    from sessionrec.training.evaluate import evaluate, recommender_for
+    from sessionrec.training.evaluate import evaluate, trained_recommender
     from sessionrec.training.trainer import train
 
     trained = train(corpus, config)
-    approx = recommender_for(
-        trained.item_ids, trained.vectors, config.dims, trained.position_weights, settings.weights
-    )
+    approx = trained_recommender(trained, settings.weights)
     started = time.perf_counter()
     result = evaluate(approx, cases, progress="scoring, HNSW" if config.progress else None)
     log.info(
         "scored %d cases on the HNSW index in %.1f s", len(cases), time.perf_counter() - started
     )
     started = time.perf_counter()
-    exact = recommender_for(
-        trained.item_ids,
-        trained.vectors,
-        config.dims,
-        trained.position_weights,
-        settings.weights,
-        index=approx.index,
-        exact=True,
-    )
+    exact = trained_recommender(trained, settings.weights, index=approx.index, exact=True)
     exact_result = evaluate(
         exact, cases, progress="scoring, exact search" if config.progress else None
     )

@@ -26,6 +26,8 @@ _PARAM_TEXT = {
     "brand_weight": "weight of the brand space",
     "price_weight": "weight of the price space",
     "max_intents": "how many intents a session is split into",
+    "transition_weight": "how much a found item gains for having followed the session's latest "
+    "items in the training sessions (0: not at all)",
 }
 _FILTER_TEXT = {
     "categories": "only items of these categories (repeat the key for several)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -13,7 +14,11 @@ from sessionrec.models.config import EventWeights, QueryDefaults
 from sessionrec.models.features import F32, Dims
 from sessionrec.models.index import ItemIndex
 from sessionrec.models.ranking import Recommender, Request
+from sessionrec.models.transitions import Transitions
 from sessionrec.training.data import Corpus, TrainSession
+
+if TYPE_CHECKING:  # the trainer imports torch; evaluation does not need it
+    from sessionrec.training.trainer import TrainedModel
 
 KS = (5, 10, 20)
 
@@ -120,9 +125,29 @@ def recommender_for(
     weights: EventWeights,
     index: ItemIndex | None = None,
     exact: bool = False,
+    transitions: Transitions | None = None,
 ) -> Recommender:
     if index is None:
         index = ItemIndex.build(list(item_ids), vectors, exact=exact)
     elif exact:
         index = index.exact_twin()
-    return Recommender(index, dims, position_weights, weights)
+    return Recommender(index, dims, position_weights, weights, transitions=transitions)
+
+
+def trained_recommender(
+    trained: TrainedModel,
+    weights: EventWeights,
+    index: ItemIndex | None = None,
+    exact: bool = False,
+) -> Recommender:
+    """The recommender a trained model serves (its transitions too), before it is saved."""
+    return recommender_for(
+        trained.item_ids,
+        trained.vectors,
+        trained.config.dims,
+        trained.position_weights,
+        weights,
+        index=index,
+        exact=exact,
+        transitions=trained.transitions,
+    )

@@ -47,6 +47,7 @@ def to_model(trained: TrainedModel, version: str, manifest: dict[str, Any]) -> M
         popularity=trained.popularity if trained.popularity is not None else popularity,
         manifest=manifest,
         item_price=np.asarray([_price(i.price) for i in trained.items], np.float32),
+        transitions=trained.transitions,
     )
 
 

@@ -32,8 +32,8 @@ from sessionrec.training.evaluate import (
     cases_from_sessions,
     metrics_from_ranks,
     metrics_of,
-    recommender_for,
     target_ranks,
+    trained_recommender,
 )
 from sessionrec.training.export import export
 from sessionrec.training.trainer import TrainConfig, train
@@ -136,14 +136,7 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
     index = ItemIndex.build(list(trained.item_ids), trained.vectors)
     versus = None
     if holdout.sessions:
-        rec = recommender_for(
-            trained.item_ids,
-            trained.vectors,
-            config.dims,
-            trained.position_weights,
-            settings.weights,
-            index=index,
-        )
+        rec = trained_recommender(trained, settings.weights, index=index)
         cases = cases_from_sessions(holdout.sessions)
         ranks = target_ranks(rec, cases)
         metrics["holdout"] = metrics_of(rec, cases, ranks)

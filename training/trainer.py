@@ -32,6 +32,7 @@ from sessionrec.models.features import (
     price_stats,
 )
 from sessionrec.models.records import EVENT_TYPES, Item
+from sessionrec.models.transitions import Transitions
 from sessionrec.training.data import Corpus
 from sessionrec.training.loss import shared_negatives_lse
 from sessionrec.training.model import (
@@ -114,6 +115,7 @@ class TrainedModel:
     features: ItemFeatures
     position_weights: F32
     popularity: F32
+    transitions: Transitions
     config: TrainConfig
     stats: dict[str, float]
 
@@ -345,6 +347,10 @@ class Trainer:
             self.features,
             position,
             self.q.numpy().astype(np.float32),
+            # What followed what: the same (prefix's last click, target) pairs training uses.
+            Transitions.count(
+                self.cases.flat[self.cases.target_at - 1], self.cases.target, len(self.items)
+            ),
             self.config,
             stats,
         )

@@ -331,6 +331,7 @@ def test_the_holdout_score_is_the_saved_artifacts(
         model.dims,
         model.position_weights,
         settings.weights,
+        transitions=model.transitions,
     )
     assert len(builds) == 1
     assert evaluate(rec, cases_from_sessions(holdout.sessions)) == metrics["holdout"]

@@ -97,6 +97,13 @@ def test_artifact_round_trip_and_current_switch(shop_corpus: Corpus, tmp_path: P
     labels, _ = loaded.search(model.vectors[:5], 1)
     assert labels[:, 0].tolist() == [0, 1, 2, 3, 4]
     assert len(index) == len(trained.item_ids)
+    assert model.transitions is not None and len(model.transitions.successors) > 0
+    np.testing.assert_array_equal(model.transitions.share, trained.transitions.share)
+    # A version saved before transitions existed loads without them.
+    for name in ("indptr", "successors", "share"):
+        (path / f"transitions_{name}.npy").unlink()
+    _resign(path)
+    assert load_model(path).transitions is None
 
 
 def test_corrupt_or_incomplete_artifacts_are_refused(shop_corpus: Corpus, tmp_path: Path) -> None:
@@ -164,6 +171,21 @@ def _edit_json(path: Path, name: str, change: Any) -> None:
             r"item_brand\.npy refers to rows outside",
         ),
         (lambda p: (p / "index.hnsw").write_bytes(b"\x00" * 64), "index.hnsw is unusable"),
+        (
+            lambda p: np.save(
+                p / "transitions_successors.npy",
+                np.load(p / "transitions_successors.npy") + 10**6,
+            ),
+            "its transitions are unusable: transitions to items outside the model",
+        ),
+        (
+            lambda p: np.save(p / "transitions_indptr.npy", np.zeros(3, np.int64)),
+            r"transitions_indptr\.npy has 3 entries",
+        ),
+        (
+            lambda p: (p / "transitions_share.npy").unlink(),
+            "it has some transition arrays but not transitions_share",
+        ),
     ],
 )
 def test_an_artifact_of_the_wrong_shape_is_refused_with_the_reason(

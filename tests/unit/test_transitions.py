@@ -1,0 +1,86 @@
+"""Transitions: counted from the training pairs, kept as shares, and re-scoring what the index
+retrieved (never adding to it)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sessionrec.models.config import EventWeights, QueryDefaults
+from sessionrec.models.features import Dims
+from sessionrec.models.index import ItemIndex
+from sessionrec.models.ranking import Recommender, Request
+from sessionrec.models.transitions import MAX_SUCCESSORS, Transitions
+
+
+def _count(sessions: list[list[int]], n: int) -> Transitions:
+    first = np.array([a for s in sessions for a in s[:-1]], np.int64)
+    then = np.array([b for s in sessions for b in s[1:]], np.int64)
+    return Transitions.count(first, then, n)
+
+
+def test_shares_of_each_items_successors() -> None:
+    t = _count([[0, 1, 2], [0, 1], [0, 2], [3, 3]], 5)
+    assert t.problem() is None
+    np.testing.assert_allclose(t.scores([0], np.array([2, 1, 4, 0])), [1 / 3, 2 / 3, 0, 0])
+    np.testing.assert_allclose(t.scores([1], np.array([2, 0])), [1.0, 0.0])
+    np.testing.assert_allclose(t.scores([3], np.array([3])), [1.0])  # a repeat follows itself
+    # The latest click counts fully, the one before half.
+    np.testing.assert_allclose(t.scores([1, 0], np.array([2, 1])), [1 + 0.5 / 3, 0.5 * 2 / 3])
+    # Rows the model does not have (items added since) and items without successors: nothing.
+    np.testing.assert_allclose(t.scores([7, 2, 4], np.array([0, 1, 2])), [0, 0, 0])
+    assert Transitions.empty(3).scores([0], np.array([1, 2])).tolist() == [0, 0]
+
+
+def test_only_the_most_frequent_successors_are_kept_at_their_true_share() -> None:
+    n = MAX_SUCCESSORS + 50
+    sessions = [[0, j] for j in range(1, n)] + [[0, 1]] * 9  # item 1 follows 0 ten times
+    t = _count(sessions, n)
+    assert t.indptr[1] - t.indptr[0] == MAX_SUCCESSORS
+    total = n - 1 + 9
+    np.testing.assert_allclose(t.scores([0], np.array([1, 2])), [10 / total, 1 / total])
+
+
+def test_inconsistent_arrays_are_named() -> None:
+    t = _count([[0, 1]], 2)
+    assert "outside the model" in (
+        dataclasses.replace(t, successors=np.array([5], np.int32)).problem() or ""
+    )
+    assert "row offsets" in (
+        dataclasses.replace(t, indptr=np.array([0, 2, 1], np.int64)).problem() or ""
+    )
+    assert "finite" in (
+        dataclasses.replace(t, share=np.array([np.nan], np.float32)).problem() or ""
+    )
+
+
+def test_a_retrieved_item_that_follows_the_latest_click_moves_up() -> None:
+    """Items a, b, c close to the session's item; b usually follows it in training."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=100).astype(np.float32)
+    vectors = np.stack([base, base + 0.1, base + 0.3, base + 0.5, -base]).astype(np.float32)
+    vectors += 0.01 * rng.normal(size=vectors.shape).astype(np.float32)
+    ids = ["x", "a", "b", "c", "far"]
+    index = ItemIndex.build(ids, vectors, exact=True)
+    transitions = _count([[0, 2], [0, 2], [0, 1], [0, 4]], len(ids))  # x -> b mostly; x -> far
+    rec = Recommender(
+        index, Dims(), np.ones(20, np.float32), EventWeights(), transitions=transitions
+    )
+    clicks = [("x", "view")]
+    plain = QueryDefaults(k=3, transition_weight=0.0, exclude_current=False)
+    assert [i["item_id"] for i in rec.recommend([Request(clicks, params=plain)])[0].items] == [
+        "x",
+        "a",
+        "b",
+    ]
+    boosted = dataclasses.replace(plain, transition_weight=1.0)
+    (result,) = rec.recommend([Request(clicks, params=boosted)])
+    assert [i["item_id"] for i in result.items] == ["b", "a", "x"]  # b: 2 of 4, a: 1 of 4
+    # "far" follows x too, but the search did not retrieve it: it is not brought in.
+    assert "far" not in [i["item_id"] for i in result.items]
+    # Its shown score is the cosine plus the weighted share.
+    cosine = float(
+        vectors[2] @ vectors[0] / np.linalg.norm(vectors[2]) / np.linalg.norm(vectors[0])
+    )
+    assert abs(result.items[0]["score"] - (cosine + 0.5)) < 1e-3
