@@ -30,12 +30,14 @@ from sessionrec.models.filters import NO_FILTERS, Filters, ItemMetadata
 from sessionrec.models.index import ItemIndex
 from sessionrec.models.intent import cluster
 from sessionrec.models.records import RecommendedItem
-from sessionrec.models.transitions import RECENT, Transitions
+from sessionrec.models.transitions import Transitions
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
 MIN_INTENT_SHARE = 0.25
 FETCH_GROUP = 10  # a query searches as deep as its need rounded up to a multiple of this
+# With transitions, a query fetches at least this many candidates for them to re-score.
+RESCORE_POOL = 40
 
 
 @dataclass(slots=True)
@@ -334,9 +336,10 @@ class Recommender:
         places as answers show them, labels, intents).
 
         A candidate found by several of a request's queries keeps its best weighted score and
-        that query's intent (the earliest query's, among equal scores); candidates rank by
-        score, then by label and intent, both descending. The whole batch is merged with a few
-        sorts instead of a loop over every found item."""
+        that query's intent (the earliest query's, among equal scores), plus what it gains
+        from transitions (`_transition_bonus`); candidates rank by that score, then by label
+        and intent, both descending. The whole batch is merged with a few sorts instead of a
+        loop over every found item."""
         n_requests = len(plan.requests)
         empty = np.zeros(0, np.int64)
         if labels.size == 0:
@@ -360,6 +363,8 @@ class Recommender:
         )
         best = by_label[first]
         request, intent, score, label = request[best], intent[best], score[best], label[best]
+        if self.transitions is not None:  # re-scored by what followed the latest click
+            score = score + self._transition_bonus(plan, request, label)
         ranked = np.lexsort((-intent, -label, -score, request))
         request, intent, score, label = (
             request[ranked],
@@ -378,7 +383,10 @@ class Recommender:
             excluded += 1
         if req.params.exclude_seen:
             excluded += len(req.clicks)
-        return req.params.k * (OVERFETCH if req.params.diversity > 0 else 1) + excluded
+        need = req.params.k * (OVERFETCH if req.params.diversity > 0 else 1) + excluded
+        if self.transitions is not None and req.params.transition_weight > 0:
+            return max(need, RESCORE_POOL)
+        return need
 
     def _finish(
         self,
@@ -404,9 +412,6 @@ class Recommender:
             )
             scores, shown, labels = scores[keep], shown[keep], labels[keep]
             intents_of = intents_of[keep]
-        if self.transitions is not None and req.params.transition_weight > 0 and len(labels):
-            scores, labels, intents_of = self._rescore(req, scores, labels, intents_of)
-            shown = np.round(scores, 5)
         k = req.params.k
         if req.params.diversity > 0 and len(labels) > k:
             chosen = self._mmr(
@@ -430,21 +435,21 @@ class Recommender:
         ]
         return Result(out, intents, unknown)
 
-    def _rescore(
-        self, req: Request, scores: Any, labels: I64, intents_of: I64
-    ) -> tuple[Any, I64, I64]:
-        """The candidates re-scored by what followed the session's latest clicks in training
-        (`Transitions.scores`, times `transition_weight`), best first, ties broken as
-        `_merge` breaks them."""
+    def _transition_bonus(self, plan: Plan, request: I64, label: I64) -> Any:
+        """What each (request, candidate) gains from transitions: `transition_weight` times
+        the candidate's share of the successors of the request's latest click
+        (`Transitions.shares`), for the whole batch at once."""
         assert self.transitions is not None
         known = self.index.labels
-        recent = [known[item] for item, _ in reversed(req.clicks[-len(RECENT) :]) if item in known]
-        bonus = self.transitions.scores(recent, labels)
-        if not bonus.any():
-            return scores, labels, intents_of
-        scores = scores + req.params.transition_weight * bonus.astype(np.float64)
-        order = np.lexsort((-intents_of, -labels, -scores))
-        return scores[order], labels[order], intents_of[order]
+        latest = np.fromiter(
+            (known.get(r.clicks[-1][0], -1) if r.clicks else -1 for r in plan.requests),
+            np.int64,
+            len(plan.requests),
+        )
+        weight = np.fromiter(
+            (r.params.transition_weight for r in plan.requests), np.float64, len(plan.requests)
+        )
+        return weight[request] * self.transitions.shares(latest[request], label)
 
     def _closest(self, labels: list[int], intents: list[IntentOut]) -> list[int]:
         """For each item, the id of the intent whose centroid is most similar to it."""

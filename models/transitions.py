@@ -4,9 +4,8 @@ The embedding search finds items like the session; it cannot tell which of them 
 *next*. For each item, the training job counts the items that came right after it in a
 session and keeps each one's share of that item's successors (the most frequent
 `MAX_SUCCESSORS`). At serving, a candidate the index retrieved gains `transition_weight` times
-its share after the session's latest item, plus half that after the item before, and a
-quarter after the one before that. Nothing else changes: the candidates are the ones the
-index found, so a transition never brings in an item the search did not.
+its share of the successors of the session's latest item. Nothing else changes: the candidates
+are the ones the index found, so a transition never brings in an item the search did not.
 
 Stored as a sparse matrix in CSR arrays over the model's item rows: `indptr` (n + 1,),
 `successors` (nnz,) sorted within each row, `share` (nnz,) float32.
@@ -14,8 +13,8 @@ Stored as a sparse matrix in CSR arrays over the model's item rows: `indptr` (n 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -24,10 +23,9 @@ from sessionrec.models.features import F32, I64
 
 I32 = npt.NDArray[np.int32]
 MAX_SUCCESSORS = 100  # kept per item, the most frequent
-RECENT = (1.0, 0.5, 0.25)  # the weights of the latest clicked items' successors
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Transitions:
     indptr: I64
     successors: I32
@@ -36,6 +34,12 @@ class Transitions:
     @property
     def items(self) -> int:
         return len(self.indptr) - 1
+
+    @cached_property
+    def keys(self) -> I64:
+        """Each entry as row * items + column: in order, as the rows and their columns are."""
+        rows = np.repeat(np.arange(self.items, dtype=np.int64), np.diff(self.indptr))
+        return rows * self.items + self.successors
 
     @classmethod
     def count(cls, first: I64, then: I64, n_items: int) -> Transitions:
@@ -76,18 +80,18 @@ class Transitions:
             return "transition shares that are not finite and >= 0"
         return None
 
-    def scores(self, recent: Sequence[int], candidates: I64) -> F32:
-        """Each candidate's weighted share after the `recent` item rows (latest first; rows
-        the model does not have, as catalog items added since, count nothing)."""
+    def shares(self, latest: I64, candidates: I64) -> F32:
+        """For each (latest, candidate) pair of item rows, the candidate's share of the
+        successors of `latest`; 0 where it never followed it, and for rows the model does not
+        have (-1: none; catalog items added since). One sorted search for all the pairs: the
+        CSR entries, read as row * items + column, are in order."""
+        n = self.items
+        valid = (latest >= 0) & (latest < n) & (candidates >= 0) & (candidates < n)
         out = np.zeros(len(candidates), np.float32)
-        for weight, row in zip(RECENT, recent, strict=False):
-            if not 0 <= row < self.items:
-                continue
-            start, end = int(self.indptr[row]), int(self.indptr[row + 1])
-            if start == end:
-                continue
-            successors = self.successors[start:end]
-            at = np.searchsorted(successors, candidates).clip(max=end - start - 1)
-            found = successors[at] == candidates
-            out += weight * np.where(found, self.share[start:end][at], np.float32(0.0))
+        if not len(self.successors) or not valid.any():
+            return out
+        keys = self.keys
+        wanted = latest[valid] * n + candidates[valid]
+        at = np.searchsorted(keys, wanted).clip(max=len(keys) - 1)
+        out[valid] = np.where(keys[at] == wanted, self.share[at], np.float32(0.0))
         return out

@@ -23,14 +23,23 @@ def _count(sessions: list[list[int]], n: int) -> Transitions:
 def test_shares_of_each_items_successors() -> None:
     t = _count([[0, 1, 2], [0, 1], [0, 2], [3, 3]], 5)
     assert t.problem() is None
-    np.testing.assert_allclose(t.scores([0], np.array([2, 1, 4, 0])), [1 / 3, 2 / 3, 0, 0])
-    np.testing.assert_allclose(t.scores([1], np.array([2, 0])), [1.0, 0.0])
-    np.testing.assert_allclose(t.scores([3], np.array([3])), [1.0])  # a repeat follows itself
-    # The latest click counts fully, the one before half.
-    np.testing.assert_allclose(t.scores([1, 0], np.array([2, 1])), [1 + 0.5 / 3, 0.5 * 2 / 3])
-    # Rows the model does not have (items added since) and items without successors: nothing.
-    np.testing.assert_allclose(t.scores([7, 2, 4], np.array([0, 1, 2])), [0, 0, 0])
-    assert Transitions.empty(3).scores([0], np.array([1, 2])).tolist() == [0, 0]
+
+    def shares(latest: int, candidates: list[int]) -> list[float]:
+        rows = np.full(len(candidates), latest, np.int64)
+        return t.shares(rows, np.array(candidates, np.int64)).tolist()
+
+    np.testing.assert_allclose(shares(0, [2, 1, 4, 0]), [1 / 3, 2 / 3, 0, 0])
+    np.testing.assert_allclose(shares(1, [2, 0, 9]), [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(shares(3, [3]), [1.0])  # a repeat follows itself
+    # Nothing: an item without successors, a row the model does not have (a catalog item
+    # added since), no latest click (-1).
+    assert shares(2, [0, 1]) == shares(7, [0, 1]) == shares(-1, [0, 1]) == [0.0, 0.0]
+    # Pairs of different rows in one call, as a batch of requests.
+    np.testing.assert_allclose(
+        t.shares(np.array([0, 1, 3, 0]), np.array([1, 2, 3, 3])), [2 / 3, 1, 1, 0]
+    )
+    empty = Transitions.empty(3).shares(np.array([0, 1]), np.array([1, 2]))
+    assert empty.tolist() == [0.0, 0.0]
 
 
 def test_only_the_most_frequent_successors_are_kept_at_their_true_share() -> None:
@@ -39,7 +48,9 @@ def test_only_the_most_frequent_successors_are_kept_at_their_true_share() -> Non
     t = _count(sessions, n)
     assert t.indptr[1] - t.indptr[0] == MAX_SUCCESSORS
     total = n - 1 + 9
-    np.testing.assert_allclose(t.scores([0], np.array([1, 2])), [10 / total, 1 / total])
+    np.testing.assert_allclose(
+        t.shares(np.zeros(2, np.int64), np.array([1, 2])), [10 / total, 1 / total]
+    )
 
 
 def test_inconsistent_arrays_are_named() -> None:
