@@ -6,9 +6,11 @@ The same code serves the stream worker and the offline evaluation. For each requ
    intents), each intent alone when there are several, pairs of intents when there are three or
    more, and the user's past intents (scaled by `past_weight`);
 3. search the index with every query of every request in one batched call;
-4. merge candidates by their best weighted cosine, drop bought (and optionally seen) items and
-   what the request's filters exclude, and, with diversity > 0, re-rank by maximal marginal
-   relevance.
+4. merge candidates by their best weighted cosine, plus `transition_weight` times their share
+   of what followed the latest click in the training sessions (models/transitions.py: it
+   re-scores the candidates the search found, and never adds one);
+5. drop bought (and optionally seen) items and what the request's filters exclude, and, with
+   diversity > 0, re-rank by maximal marginal relevance.
 
 A request's answer depends on the request and the index only, never on the other requests of
 its batch: the HTTP API answers a user alone and gives the list the stream gave.
