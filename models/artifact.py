@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from sessionrec.models.features import F32, I64, Dims, FeatureTables, Vocab
-from sessionrec.models.index import IndexConfig, ItemIndex
-from sessionrec.models.transitions import Transitions
+from .features import F32, I64, Dims, FeatureTables, Vocab
+from .index import IndexConfig, ItemIndex
+from .transitions import Transitions
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from sessionrec.models.records import (
+from .records import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     Event,
@@ -23,7 +23,7 @@ from sessionrec.models.records import (
     Recommendation,
     RecommendedItem,
 )
-from sessionrec.models.session import Session
+from .session import Session
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_ID_CHARS = 256

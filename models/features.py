@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from sessionrec.models.records import Item
+from .records import Item
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

@@ -14,8 +14,8 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 
-from sessionrec.models.config import DEFAULT_INDEX_EF
-from sessionrec.models.features import F32, I64, normalise
+from .config import DEFAULT_INDEX_EF
+from .features import F32, I64, normalise
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sessionrec.models.features import F32
+from .features import F32
 
 
 @dataclass(slots=True)

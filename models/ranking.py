@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from sessionrec.models.config import EventWeights, Limits, QueryDefaults
-from sessionrec.models.features import F32, I64, Dims
-from sessionrec.models.filters import NO_FILTERS, Filters, ItemMetadata
-from sessionrec.models.index import ItemIndex
-from sessionrec.models.intent import cluster
-from sessionrec.models.records import RecommendedItem
-from sessionrec.models.transitions import Transitions
+from .config import EventWeights, Limits, QueryDefaults
+from .features import F32, I64, Dims
+from .filters import NO_FILTERS, Filters, ItemMetadata
+from .index import ItemIndex
+from .intent import cluster
+from .records import RecommendedItem
+from .transitions import Transitions
 
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2

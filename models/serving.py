@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sessionrec.models.artifact import Model, current_version, load_index, load_model, version_path
-from sessionrec.models.config import EventWeights
-from sessionrec.models.features import compose, encode_items
-from sessionrec.models.filters import ItemMetadata
-from sessionrec.models.index import ItemIndex
-from sessionrec.models.ranking import IntentOut, Recommender
-from sessionrec.models.records import Intent, Item
+from .artifact import Model, current_version, load_index, load_model, version_path
+from .config import EventWeights
+from .features import compose, encode_items
+from .filters import ItemMetadata
+from .index import ItemIndex
+from .ranking import IntentOut, Recommender
+from .records import Intent, Item
 
 log = logging.getLogger(__name__)
 

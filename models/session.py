@@ -12,7 +12,7 @@ import hashlib
 from bisect import insort
 from dataclasses import dataclass, replace
 
-from sessionrec.models.records import Event
+from .records import Event
 
 DEFAULT_GAP_MS = 20 * 60 * 1000
 DEFAULT_MAX_LEN = 50

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sessionrec.models.records import Event, EventType, Item
+from .records import Event, EventType, Item
 
 _CATEGORIES: dict[str, tuple[list[str], float]] = {
     "running shoes": (["trail", "road", "racing", "cushioned", "light"], 110.0),

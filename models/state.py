@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from sessionrec.models.codec import encode
-from sessionrec.models.session import Click, Session, SessionState
+from .codec import encode
+from .session import Click, Session, SessionState
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from sessionrec.models.artifact import (
+from .artifact import (
     ArtifactError,
     check_version,
     current_version,

@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from sessionrec.models.features import F32, I64
+from .features import F32, I64
 
 I32 = npt.NDArray[np.int32]
 MAX_SUCCESSORS = 100  # kept per item, the most frequent

@@ -30,14 +30,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from sessionrec.models.codec import MAX_ID_CHARS, answer_shared, encode, encode_answer
-from sessionrec.models.config import QueryDefaults, Settings
-from sessionrec.models.filters import LIST_FILTERS, NUMBER_FILTERS, Filters, filters_from
-from sessionrec.models.ranking import PARAMETER_KINDS, params_from
-from sessionrec.models.records import EVENT_TYPES, Recommendation
-from sessionrec.stream import metrics, openapi
-from sessionrec.stream.kafka import partition_of
-from sessionrec.stream.pipeline import Pipeline
+from ..models.codec import MAX_ID_CHARS, answer_shared, encode, encode_answer
+from ..models.config import QueryDefaults, Settings
+from ..models.filters import LIST_FILTERS, NUMBER_FILTERS, Filters, filters_from
+from ..models.ranking import PARAMETER_KINDS, params_from
+from ..models.records import EVENT_TYPES, Recommendation
+from . import metrics, openapi
+from .kafka import partition_of
+from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 512 * 1024

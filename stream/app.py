@@ -17,17 +17,17 @@ import faust
 from faust.types import TP
 from faust.web import View
 
-from sessionrec.models.artifact import ArtifactError
-from sessionrec.models.config import Settings
-from sessionrec.models.serving import ServingModel, load_current
-from sessionrec.models.store import RemoteStore
-from sessionrec.stream import faust_adapter, metrics
-from sessionrec.stream.api import Api, api_url, web_options
-from sessionrec.stream.broker import free_port
-from sessionrec.stream.kafka import Outbox, producer_config
-from sessionrec.stream.pipeline import Pipeline
-from sessionrec.stream.topics import SESSION_TABLE
-from sessionrec.stream.watch import Watcher
+from ..models.artifact import ArtifactError
+from ..models.config import Settings
+from ..models.serving import ServingModel, load_current
+from ..models.store import RemoteStore
+from . import faust_adapter, metrics
+from .api import Api, api_url, web_options
+from .broker import free_port
+from .kafka import Outbox, producer_config
+from .pipeline import Pipeline
+from .topics import SESSION_TABLE
+from .watch import Watcher
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 500

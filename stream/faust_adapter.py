@@ -89,9 +89,9 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 
-from sessionrec.models.config import Settings
-from sessionrec.stream.kafka import consumer_config
-from sessionrec.stream.pipeline import Incoming
+from ..models.config import Settings
+from .kafka import consumer_config
+from .pipeline import Incoming
 
 log = logging.getLogger(__name__)
 FAUST_VERSION = "0.15.3"

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from sessionrec.models.config import Settings
+from ..models.config import Settings
 
 log = logging.getLogger(__name__)
 # An output message: topic, key, value, and its partition (None: the key's partition).

@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from sessionrec.models.config import Settings, to_env
-from sessionrec.stream.broker import cpu_seconds
-from sessionrec.stream.topics import create_topics, topic_specs
+from ..models.config import Settings, to_env
+from .broker import cpu_seconds
+from .topics import create_topics, topic_specs
 
 READY_TIMEOUT_S = 60.0
 API_LINE = re.compile(r"query API on (\S+)")  # logged by stream.app at start

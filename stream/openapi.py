@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sessionrec.models.codec import MAX_ID_CHARS
-from sessionrec.models.config import Api, Limits, QueryDefaults
-from sessionrec.models.filters import LIST_FILTERS, MAX_FILTER_VALUES, NUMBER_FILTERS
-from sessionrec.models.ranking import PARAMETER_KINDS
-from sessionrec.models.records import EVENT_TYPES
+from ..models.codec import MAX_ID_CHARS
+from ..models.config import Api, Limits, QueryDefaults
+from ..models.filters import LIST_FILTERS, MAX_FILTER_VALUES, NUMBER_FILTERS
+from ..models.ranking import PARAMETER_KINDS
+from ..models.records import EVENT_TYPES
 
 _KIND = {bool: "boolean", int: "integer", float: "number"}
 _PARAM_TEXT = {

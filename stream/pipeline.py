@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from sessionrec.models.codec import (
+from ..models.codec import (
     DecodeError,
     answer_shared,
     decode_event,
@@ -42,19 +42,19 @@ from sessionrec.models.codec import (
     encode_answers,
     encode_session,
 )
-from sessionrec.models.config import QueryDefaults, Settings
-from sessionrec.models.features import F32, I64
-from sessionrec.models.filters import NO_FILTERS, Filters
-from sessionrec.models.intent import cluster
-from sessionrec.models.ranking import PastIntent, Plan, Request, Result, params_from
-from sessionrec.models.records import Event, Intent, Item, Recommendation, RecommendedItem
-from sessionrec.models.serving import ServingModel
-from sessionrec.models.session import Session, SessionConfig, advance, close_idle
-from sessionrec.models.state import MAX_BOUGHT, PastIntentState, UserState, UserTable
-from sessionrec.models.trending import Trending
-from sessionrec.stream import metrics
-from sessionrec.stream.delivery import Deduplicator, InOrderAcks, unless_done
-from sessionrec.stream.kafka import OutMessage
+from ..models.config import QueryDefaults, Settings
+from ..models.features import F32, I64
+from ..models.filters import NO_FILTERS, Filters
+from ..models.intent import cluster
+from ..models.ranking import PastIntent, Plan, Request, Result, params_from
+from ..models.records import Event, Intent, Item, Recommendation, RecommendedItem
+from ..models.serving import ServingModel
+from ..models.session import Session, SessionConfig, advance, close_idle
+from ..models.state import MAX_BOUGHT, PastIntentState, UserState, UserTable
+from ..models.trending import Trending
+from . import metrics
+from .delivery import Deduplicator, InOrderAcks, unless_done
+from .kafka import OutMessage
 
 log = logging.getLogger(__name__)
 MAX_PAST_INTENTS = 3

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from sessionrec.models.codec import encode
-from sessionrec.models.config import Settings
-from sessionrec.models.records import Event, Item
-from sessionrec.stream.kafka import produce, producer_config
+from ..models.codec import encode
+from ..models.config import Settings
+from ..models.records import Event, Item
+from .kafka import produce, producer_config
 
 
 def produce_items(settings: Settings, topic: str, items: Iterable[Item]) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 import time
 
-from sessionrec.models.codec import DecodeError, decode_recommendation
-from sessionrec.models.config import Settings
-from sessionrec.models.records import Recommendation
-from sessionrec.stream.kafka import consumer_config
+from ..models.codec import DecodeError, decode_recommendation
+from ..models.config import Settings
+from ..models.records import Recommendation
+from .kafka import consumer_config
 
 # An event answered this long after its event time is history being replayed (or very late):
 # the gap says when the event happened, not how long the answer took.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sessionrec.models.config import Settings, TopicConfig
+from ..models.config import Settings, TopicConfig
 
 log = logging.getLogger(__name__)
 HOUR_MS = 3_600_000

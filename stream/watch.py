@@ -16,14 +16,14 @@ from typing import Any
 
 import orjson
 
-from sessionrec.models.artifact import ArtifactError, check_version, current_version, version_path
-from sessionrec.models.codec import MAX_ID_CHARS, DecodeError, decode_item
-from sessionrec.models.config import Settings
-from sessionrec.models.records import Item
-from sessionrec.models.serving import ServingModel, load_serving
-from sessionrec.models.store import RemoteStore, take
-from sessionrec.stream import metrics
-from sessionrec.stream.kafka import consumer_config, ready_messages
+from ..models.artifact import ArtifactError, check_version, current_version, version_path
+from ..models.codec import MAX_ID_CHARS, DecodeError, decode_item
+from ..models.config import Settings
+from ..models.records import Item
+from ..models.serving import ServingModel, load_serving
+from ..models.store import RemoteStore, take
+from . import metrics
+from .kafka import consumer_config, ready_messages
 
 log = logging.getLogger(__name__)
 POLL_S = 0.2

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sessionrec.models.codec import DecodeError, decode_event, decode_item
-from sessionrec.models.config import Settings
-from sessionrec.models.records import Event, Item
-from sessionrec.models.session import SessionConfig, sessionize
+from ..models.codec import DecodeError, decode_event, decode_item
+from ..models.config import Settings
+from ..models.records import Event, Item
+from ..models.session import SessionConfig, sessionize
 
 FORMATS = ("jsonl", "srgnn", "diginetica", "retailrocket", "topic")
 TOPIC_TIMEOUT_S = 30.0  # to reach the broker and to read a topic to its end
@@ -257,8 +257,8 @@ def load_topic(
     settings: Settings, sessions_topic: str, items_topic: str, timeout_s: float | None = None
 ) -> Corpus:
     """Replay the `sessions` topic (and the `items` catalog) from the beginning to its end."""
-    from sessionrec.models.codec import decode_session
-    from sessionrec.training.replay import read_topic
+    from ..models.codec import decode_session
+    from .replay import read_topic
 
     timeout_s = TOPIC_TIMEOUT_S if timeout_s is None else timeout_s
     rejected: Counter[str] = Counter()

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from sessionrec.models.config import EventWeights, QueryDefaults
-from sessionrec.models.features import F32, Dims
-from sessionrec.models.index import ItemIndex
-from sessionrec.models.ranking import Recommender, Request
-from sessionrec.models.transitions import Transitions
-from sessionrec.training.data import Corpus, TrainSession
+from ..models.config import EventWeights, QueryDefaults
+from ..models.features import F32, Dims
+from ..models.index import ItemIndex
+from ..models.ranking import Recommender, Request
+from ..models.transitions import Transitions
+from .data import Corpus, TrainSession
 
 if TYPE_CHECKING:  # the trainer imports torch; evaluation does not need it
-    from sessionrec.training.trainer import TrainedModel
+    from .trainer import TrainedModel
 
 KS = (5, 10, 20)
 

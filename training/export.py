@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from sessionrec.models.artifact import UNKNOWN_PRICE, Model, save_model, set_current
-from sessionrec.models.features import Vocab
-from sessionrec.models.index import IndexConfig, ItemIndex
-from sessionrec.training.trainer import TrainedModel
+from ..models.artifact import UNKNOWN_PRICE, Model, save_model, set_current
+from ..models.features import Vocab
+from ..models.index import IndexConfig, ItemIndex
+from .trainer import TrainedModel
 
 log = logging.getLogger(__name__)
 

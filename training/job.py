@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sessionrec.models.artifact import (
+from ..models.artifact import (
     ArtifactError,
     current_version,
     previous_version,
@@ -20,14 +20,14 @@ from sessionrec.models.artifact import (
     set_current,
     version_path,
 )
-from sessionrec.models.config import Settings
-from sessionrec.models.index import ItemIndex
-from sessionrec.models.serving import load_serving
-from sessionrec.models.session import SessionConfig
-from sessionrec.models.store import RemoteStore, is_remote, mirror
-from sessionrec.training import metrics as training_metrics
-from sessionrec.training.data import Corpus, load_corpus
-from sessionrec.training.evaluate import (
+from ..models.config import Settings
+from ..models.index import ItemIndex
+from ..models.serving import load_serving
+from ..models.session import SessionConfig
+from ..models.store import RemoteStore, is_remote, mirror
+from . import metrics as training_metrics
+from .data import Corpus, load_corpus
+from .evaluate import (
     Case,
     cases_from_sessions,
     metrics_from_ranks,
@@ -35,8 +35,8 @@ from sessionrec.training.evaluate import (
     target_ranks,
     trained_recommender,
 )
-from sessionrec.training.export import export
-from sessionrec.training.trainer import TrainConfig, train
+from .export import export
+from .trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def announce(settings: Settings, version: str) -> None:
     """Tell running workers on `model-updates` that a new version is current."""
     from confluent_kafka import Producer
 
-    from sessionrec.models.codec import encode
+    from ..models.codec import encode
 
     producer = Producer(settings.client_config({"log_level": 3, "enable.idempotence": True}))
     producer.produce(

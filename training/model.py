@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sessionrec.models.features import Dims, ItemFeatures
+from ..models.features import Dims, ItemFeatures
 
 
 @dataclass(frozen=True, slots=True)

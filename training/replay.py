@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from sessionrec.models.config import Settings
+from ..models.config import Settings
 
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 30.0) -> Iterator[bytes]:

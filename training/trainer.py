@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sessionrec.models.config import EventWeights
-from sessionrec.models.features import (
+from ..models.config import EventWeights
+from ..models.features import (
     F32,
     I64,
     Dims,
@@ -31,11 +31,11 @@ from sessionrec.models.features import (
     encode_items,
     price_stats,
 )
-from sessionrec.models.records import EVENT_TYPES, Item
-from sessionrec.models.transitions import Transitions
-from sessionrec.training.data import Corpus
-from sessionrec.training.loss import shared_negatives_lse
-from sessionrec.training.model import (
+from ..models.records import EVENT_TYPES, Item
+from ..models.transitions import Transitions
+from .data import Corpus
+from .loss import shared_negatives_lse
+from .model import (
     ItemTower,
     ModelConfig,
     Prefixes,

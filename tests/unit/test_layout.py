@@ -26,13 +26,21 @@ def _package(module: str) -> str:
 
 
 def _imports(path: Path) -> set[str]:
-    """The packages a module imports (anywhere in it, lazily too), as `_package` names them."""
+    """The packages a module imports (anywhere in it, lazily too), as `_package` names them.
+    Relative imports count too: `.x` is the module's own package, `..models.x` is models."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(_package(a.name) for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             names.add(_package(node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level == 1:
+            names.add(path.parent.name)
+        elif isinstance(node, ast.ImportFrom) and node.level == 2:
+            heads = [node.module] if node.module else [a.name for a in node.names]
+            names.update(head.split(".")[0] for head in heads)
+        elif isinstance(node, ast.ImportFrom):
+            raise AssertionError(f"{path}: an import from above the packages")
     return names
 
 
@@ -54,6 +62,23 @@ def test_stream_never_imports_torch_nor_training() -> None:
 def test_training_never_imports_stream() -> None:
     for path in _modules("training"):
         assert "stream" not in _imports(path), path
+
+
+def test_relative_imports_are_read() -> None:
+    """The rules below see the product packages' relative imports."""
+    assert {"models", "stream"} <= _imports(ROOT / "stream" / "pipeline.py")
+    assert "models" in _imports(ROOT / "training" / "trainer.py")
+
+
+def test_the_product_packages_do_not_name_the_cli_package() -> None:
+    """They import each other relatively, so that no import in them names `sessionrec`, the
+    command line's package, though they are installed under it."""
+    for path in _modules(*PRODUCT):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            assert not [n for n in names if n.split(".")[0] == "sessionrec"], path
 
 
 def test_nothing_imports_the_cli_package() -> None:
