@@ -13,8 +13,7 @@ Stored as a sparse matrix in CSR arrays over the model's item rows: `indptr` (n 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -25,21 +24,31 @@ I32 = npt.NDArray[np.int32]
 MAX_SUCCESSORS = 100  # kept per item, the most frequent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transitions:
     indptr: I64
     successors: I32
     share: F32
+    # Each entry as row * items + column, in order as the rows and their columns are: what
+    # `shares` searches. Made with the object (when a model loads), not on the first batch.
+    keys: I64 = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        counts = np.diff(self.indptr)
+        keys = np.zeros(0, np.int64)  # inconsistent arrays have none: `problem` says why
+        if (
+            self.indptr.ndim == 1
+            and len(self.indptr)
+            and (counts >= 0).all()
+            and int(self.indptr[-1]) == len(self.successors)
+        ):
+            rows = np.repeat(np.arange(self.items, dtype=np.int64), counts)
+            keys = rows * self.items + self.successors
+        object.__setattr__(self, "keys", keys)
 
     @property
     def items(self) -> int:
         return len(self.indptr) - 1
-
-    @cached_property
-    def keys(self) -> I64:
-        """Each entry as row * items + column: in order, as the rows and their columns are."""
-        rows = np.repeat(np.arange(self.items, dtype=np.int64), np.diff(self.indptr))
-        return rows * self.items + self.successors
 
     @classmethod
     def count(cls, first: I64, then: I64, n_items: int) -> Transitions:
@@ -88,9 +97,9 @@ class Transitions:
         n = self.items
         valid = (latest >= 0) & (latest < n) & (candidates >= 0) & (candidates < n)
         out = np.zeros(len(candidates), np.float32)
-        if not len(self.successors) or not valid.any():
-            return out
         keys = self.keys
+        if not len(keys) or not valid.any():
+            return out
         wanted = latest[valid] * n + candidates[valid]
         at = np.searchsorted(keys, wanted).clip(max=len(keys) - 1)
         out[valid] = np.where(keys[at] == wanted, self.share[at], np.float32(0.0))
