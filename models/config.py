@@ -10,6 +10,8 @@ environment a property is `SESSIONREC_KAFKA_` and its name in capitals with `_` 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +98,7 @@ class EventWeights:
 class QueryDefaults:
     """Query-time parameters; an event may override them with its optional `params` field."""
 
-    k: int = 20  # items in a list
+    k: int = 20  # items in a list (at most `limits.max_k`)
     diversity: float = 0.0  # 0 to 1: trade similarity for variety (maximal marginal relevance)
     past_weight: float = 0.3  # how much the user's past intents count beside the session
     exclude_seen: bool = False  # leave out every item of the open session
@@ -245,3 +247,25 @@ def kafka_property(env_name: str) -> str:
     """`SESSIONREC_KAFKA_SECURITY_PROTOCOL` -> `security.protocol` (librdkafka's names use
     dots, never underscores)."""
     return env_name[len(KAFKA_ENV_PREFIX) :].lower().replace("_", ".")
+
+
+_FIELD = re.compile(r"    (\w+): [^=]+=(.*)$")  # a field of a class body
+
+
+def field_notes(cls: type) -> dict[str, str]:
+    """Each field's comment in this file: the comment lines right above it and the one beside
+    it. The one place a setting's meaning is written; the settings reference and the API's
+    description read it here."""
+    notes: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(stripped.lstrip("#").strip())
+            continue
+        match = _FIELD.match(line)
+        if match:
+            beside = match.group(2).partition("  # ")[2].strip()
+            notes[match.group(1)] = " ".join([*pending, beside] if beside else pending)
+        pending = []
+    return notes

@@ -8,29 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import re
 from typing import Any
 
-from sessionrec.models.config import SECRET_SETTINGS, Settings, env_fields
-
-_FIELD = re.compile(r"    (\w+): [^=]+=(.*)$")  # a field of a class body
-
-
-def field_notes(cls: type) -> dict[str, str]:
-    """Each field's comment: the comment lines right above it and the one beside it."""
-    notes: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            pending.append(stripped.lstrip("#").strip())
-            continue
-        match = _FIELD.match(line)
-        if match:
-            beside = match.group(2).partition("  # ")[2].strip()
-            notes[match.group(1)] = " ".join([*pending, beside] if beside else pending)
-        pending = []
-    return notes
+from sessionrec.models.config import SECRET_SETTINGS, Settings, env_fields, field_notes
 
 
 def _default(value: Any) -> str:

@@ -8,27 +8,12 @@ import json
 from typing import Any
 
 from ..models.codec import MAX_ID_CHARS
-from ..models.config import Api, Limits, QueryDefaults
+from ..models.config import Api, Limits, QueryDefaults, field_notes
 from ..models.filters import LIST_FILTERS, MAX_FILTER_VALUES, NUMBER_FILTERS
 from ..models.ranking import PARAMETER_KINDS
 from ..models.records import EVENT_TYPES
 
 _KIND = {bool: "boolean", int: "integer", float: "number"}
-_PARAM_TEXT = {
-    "k": "how many items (at most `limits.max_k`)",
-    "diversity": "0: by similarity only; towards 1: items unlike each other (MMR)",
-    "past_weight": "how much the intents of the user's past sessions count",
-    "exclude_seen": "leave out the items of the session",
-    "exclude_current": "leave out the item in hand (the user's latest event's, or the session's "
-    "last)",
-    "name_weight": "weight of the name space (32 of the 100 dimensions)",
-    "category_weight": "weight of the category space",
-    "brand_weight": "weight of the brand space",
-    "price_weight": "weight of the price space",
-    "max_intents": "how many intents a session is split into",
-    "transition_weight": "how much a found item gains for having followed the session's latest "
-    "items in the training sessions (0: not at all)",
-}
 _FILTER_TEXT = {
     "categories": "only items of these categories (repeat the key for several)",
     "not_categories": "no items of these categories",
@@ -100,14 +85,14 @@ def _answer(description: str, properties: dict[str, Any]) -> dict[str, Any]:
 
 
 def _query_parameters() -> list[dict[str, Any]]:
-    defaults, limits = QueryDefaults(), Limits()
+    defaults, limits, notes = QueryDefaults(), Limits(), field_notes(QueryDefaults)
     out: list[dict[str, Any]] = []
     for name in QueryDefaults.__slots__:
         value = getattr(defaults, name)
         schema: dict[str, Any] = {"type": _KIND[type(value)], "default": value}
         if name == "k":
             schema.update(minimum=1, maximum=limits.max_k)
-        text = f"{_PARAM_TEXT[name]}; the default is the `query.{name}` setting"
+        text = f"{notes[name]} (the default is the `query.{name}` setting)"
         out.append({"name": name, "in": "query", "description": text, "schema": schema})
     for name in LIST_FILTERS:
         array = {"type": "array", "items": {"type": "string"}, "maxItems": MAX_FILTER_VALUES}
