@@ -111,8 +111,8 @@ class QueryDefaults:
     brand_weight: float = 1.0  # how much the brand space counts
     price_weight: float = 1.0  # how much the price space counts
     max_intents: int = 3  # intents a session is clustered into, at most
-    # How much a retrieved item gains for having followed the session's latest items in the
-    # training sessions (its share of their successors; models/transitions.py); 0: not at all.
+    # How much a retrieved item gains for having followed the session's latest click in the
+    # training sessions (its share of that item's successors; models/transitions.py); 0: none.
     transition_weight: float = 0.4
 
 
