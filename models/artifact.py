@@ -56,7 +56,9 @@ _ARRAYS = (
 )
 # Optional arrays: a version written before they existed loads without them.
 _TRANSITION_ARRAYS = ("transitions_indptr", "transitions_successors", "transitions_share")
-_OPTIONAL_ARRAYS = ("item_price", *_TRANSITION_ARRAYS)
+# Counted later than the others: a version may have transitions without it.
+_RETURNS_ARRAY = "transitions_returns"
+_OPTIONAL_ARRAYS = ("item_price", *_TRANSITION_ARRAYS, _RETURNS_ARRAY)
 UNKNOWN_PRICE = -1.0  # item_price of an item without a price
 
 
@@ -136,11 +138,8 @@ def save_model(model: Model, directory: Path, index: ItemIndex | None = None) ->
     if model.item_price is not None:
         arrays["item_price"] = model.item_price
     if model.transitions is not None:
-        tr = model.transitions
         arrays.update(
-            transitions_indptr=tr.indptr,
-            transitions_successors=tr.successors,
-            transitions_share=tr.share,
+            zip((*_TRANSITION_ARRAYS, _RETURNS_ARRAY), model.transitions.arrays(), strict=True)
         )
     for name, array in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
@@ -372,6 +371,8 @@ def _transitions(path: Path, a: dict[str, np.ndarray], n: int) -> Transitions | 
     """The transition arrays as `Transitions`, checked (None: the version has none)."""
     present = [name for name in _TRANSITION_ARRAYS if name in a]
     if not present:
+        if _RETURNS_ARRAY in a:
+            raise _bad(path, f"it has {_RETURNS_ARRAY}.npy but no transition arrays")
         return None
     if len(present) < len(_TRANSITION_ARRAYS):
         missing = sorted(set(_TRANSITION_ARRAYS) - set(present))
@@ -381,6 +382,9 @@ def _transitions(path: Path, a: dict[str, np.ndarray], n: int) -> Transitions | 
         indptr.astype(np.int64, copy=False),
         successors.astype(np.int32, copy=False),
         share.astype(np.float32, copy=False),
+        a[_RETURNS_ARRAY].astype(np.float32, copy=False)
+        if _RETURNS_ARRAY in a
+        else np.zeros(0, np.float32),
     )
     if len(indptr) != n + 1:
         raise _bad(path, f"transitions_indptr.npy has {len(indptr)} entries, expected {n + 1}")

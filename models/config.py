@@ -114,6 +114,10 @@ class QueryDefaults:
     # How much a retrieved item gains for having followed the session's latest click in the
     # training sessions (its share of that item's successors; models/transitions.py); 0: none.
     transition_weight: float = 0.4
+    # How much a retrieved item already in the session gains, times how often the training
+    # sessions went back to the item clicked that many steps before the latest
+    # (models/transitions.py); the item in hand gains nothing from it; 0: none.
+    return_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,10 @@ The same code serves the stream worker and the offline evaluation. For each requ
    more, and the user's past intents (scaled by `past_weight`);
 3. search the index with every query of every request in one batched call;
 4. merge candidates by their best weighted cosine, plus `transition_weight` times their share
-   of what followed the latest click in the training sessions (models/transitions.py: it
-   re-scores the candidates the search found, and never adds one);
+   of what followed the latest click in the training sessions, and for items already in the
+   session `return_weight` times how often sessions went back to an item clicked that long
+   before (models/transitions.py: both re-score the candidates the search found, and never
+   add one);
 5. drop bought (and optionally seen) items and what the request's filters exclude, and, with
    diversity > 0, re-rank by maximal marginal relevance.
 
@@ -142,6 +144,7 @@ def query_problem(q: QueryDefaults, limits: Limits) -> str | None:
         "category_weight",
         "brand_weight",
         "transition_weight",
+        "return_weight",
     ):
         value = getattr(q, name)
         if not math.isfinite(value) or value < 0:
@@ -367,6 +370,7 @@ class Recommender:
         request, intent, score, label = request[best], intent[best], score[best], label[best]
         if self.transitions is not None:  # re-scored by what followed the latest click
             score = score + self._transition_bonus(plan, request, label)
+            score = score + self._return_bonus(plan, request, label)
         ranked = np.lexsort((-intent, -label, -score, request))
         request, intent, score, label = (
             request[ranked],
@@ -386,7 +390,9 @@ class Recommender:
         if req.params.exclude_seen:
             excluded += len(req.clicks)
         need = req.params.k * (OVERFETCH if req.params.diversity > 0 else 1) + excluded
-        if self.transitions is not None and req.params.transition_weight > 0:
+        if self.transitions is not None and (
+            req.params.transition_weight > 0 or req.params.return_weight > 0
+        ):
             return max(need, RESCORE_POOL)
         return need
 
@@ -452,6 +458,39 @@ class Recommender:
             (r.params.transition_weight for r in plan.requests), np.float64, len(plan.requests)
         )
         return weight[request] * self.transitions.shares(latest[request], label)
+
+    def _return_bonus(self, plan: Plan, request: I64, label: I64) -> Any:
+        """What each (request, candidate) gains for being in the session already:
+        `return_weight` times the share of sessions that went back to an item clicked that many
+        steps before the latest (`Transitions.return_bonus`), summed over the distances the
+        candidate was clicked at within the last `max_len` clicks."""
+        assert self.transitions is not None
+        known, n = self.index.labels, len(self.index.ids)
+        keys: list[int] = []  # request * n + label of each earlier click
+        bonus: list[float] = []
+        for r, req in enumerate(plan.requests):
+            weight = req.params.return_weight
+            if weight <= 0 or len(req.clicks) < 2:
+                continue
+            recent = req.clicks[-self.max_len :]
+            distances = np.arange(len(recent) - 1, 0, -1, dtype=np.int64)
+            shares = self.transitions.return_bonus(distances)
+            for (item_id, _), share in zip(recent[:-1], shares.tolist(), strict=True):
+                clicked = known.get(item_id)
+                if clicked is not None and share > 0:
+                    keys.append(r * n + clicked)
+                    bonus.append(weight * share)
+        out = np.zeros(len(label), np.float64)
+        if not keys:
+            return out
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = np.asarray(keys, np.int64)[order]
+        first = np.searchsorted(sorted_keys, sorted_keys)  # the same item clicked twice: summed
+        summed = np.zeros(len(sorted_keys), np.float64)
+        np.add.at(summed, first, np.asarray(bonus, np.float64)[order])
+        wanted = request * n + label
+        at = np.searchsorted(sorted_keys, wanted).clip(max=len(sorted_keys) - 1)
+        return np.where(sorted_keys[at] == wanted, summed[at], 0.0)
 
     def _closest(self, labels: list[int], intents: list[IntentOut]) -> list[int]:
         """For each item, the id of the intent whose centroid is most similar to it."""

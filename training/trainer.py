@@ -347,13 +347,18 @@ class Trainer:
             self.features,
             position,
             self.q.numpy().astype(np.float32),
-            # What followed what: the same (prefix's last click, target) pairs training uses.
-            Transitions.count(
-                self.cases.flat[self.cases.target_at - 1], self.cases.target, len(self.items)
-            ),
+            self._transitions(),
             self.config,
             stats,
         )
+
+    def _transitions(self) -> Transitions:
+        """What followed what, and how often sessions went back: from the same (prefix, next
+        click) cases training uses."""
+        c = self.cases
+        latest = c.target_at - 1
+        returns = Transitions.count_returns(latest, c.start, c.flat, c.target, self.config.max_len)
+        return Transitions.count(c.flat[latest], c.target, len(self.items), returns)
 
 
 def train(corpus: Corpus, config: TrainConfig) -> TrainedModel:

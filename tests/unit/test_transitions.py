@@ -1,5 +1,5 @@
 """Transitions: counted from the training pairs, kept as shares, and re-scoring what the index
-retrieved (never adding to it)."""
+retrieved (never adding to it); returns: how often sessions went back to an earlier click."""
 
 from __future__ import annotations
 
@@ -95,3 +95,54 @@ def test_a_retrieved_item_that_follows_the_latest_click_moves_up() -> None:
         vectors[2] @ vectors[0] / np.linalg.norm(vectors[2]) / np.linalg.norm(vectors[0])
     )
     assert abs(result.items[0]["score"] - (cosine + 0.5)) < 1e-3
+
+
+def test_returns_count_how_often_the_next_click_went_back_that_far() -> None:
+    # Sessions end to end: [5, 6, 5] and [7, 8, 9, 7]; cases are every click after the first.
+    flat = np.array([5, 6, 5, 7, 8, 9, 7], np.int64)
+    start = np.array([0, 0, 3, 3, 3], np.int64)
+    target_at = np.array([1, 2, 4, 5, 6], np.int64)
+    returns = Transitions.count_returns(target_at - 1, start, flat, flat[target_at], 4)
+    # Distance 1 (one before the latest): 3 cases reach it, one went back (5 6 -> 5).
+    # Distance 2: 1 case reaches it (7 8 9), and went back to 7. Distance 3: none reaches it.
+    np.testing.assert_allclose(returns, [1 / 3, 1.0, 0.0])
+    t = Transitions.count(np.zeros(0, np.int64), np.zeros(0, np.int64), 3, returns)
+    assert t.problem() is None
+    # The item in hand (0), and distances past the counted ones, gain nothing.
+    np.testing.assert_allclose(t.return_bonus(np.array([0, 1, 2, 3, 9])), [0, 1 / 3, 1, 0, 0])
+
+
+def test_an_item_the_session_went_through_before_moves_up_by_how_often_sessions_go_back() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=100).astype(np.float32)
+    vectors = np.stack([base, base + 0.1, base + 0.4, base + 0.2]).astype(np.float32)
+    ids = ["y", "a", "back", "x"]
+    index = ItemIndex.build(ids, vectors, exact=True)
+    # Back to the click two steps before the latest: 30 %; three steps: 20 %.
+    returns = np.array([0.0, 0.3, 0.2], np.float32)
+    transitions = Transitions.count(np.zeros(0, np.int64), np.zeros(0, np.int64), 4, returns)
+    rec = Recommender(
+        index, Dims(), np.ones(20, np.float32), EventWeights(), transitions=transitions
+    )
+    clicks = [("back", "view"), ("x", "view"), ("y", "view")]
+    params = QueryDefaults(k=4, return_weight=0.0, exclude_current=False)
+
+    def ranked(p: QueryDefaults) -> list[tuple[str, float]]:
+        (result,) = rec.recommend([Request(clicks, params=p)])
+        return [(i["item_id"], i["score"]) for i in result.items]
+
+    plain = dict(ranked(params))
+    boosted = ranked(dataclasses.replace(params, return_weight=1.0))
+    assert boosted[0][0] == "back"
+    shown = dict(boosted)
+    assert abs(shown["back"] - (plain["back"] + 0.3)) < 1e-4
+    # One step before the latest: a 0 share, no gain; the item in hand: none either.
+    assert shown["x"] == plain["x"] and shown["y"] == plain["y"]
+    # The same item clicked at two counted distances gains both shares.
+    twice = [("back", "view"), ("back", "view"), ("x", "view"), ("y", "view")]
+    with_returns = dataclasses.replace(params, return_weight=1.0)
+    scores = [
+        {i["item_id"]: i["score"] for i in rec.recommend([Request(twice, params=p)])[0].items}
+        for p in (params, with_returns)
+    ]
+    assert abs(scores[1]["back"] - scores[0]["back"] - (0.3 + 0.2)) < 1e-4

@@ -99,7 +99,14 @@ def test_artifact_round_trip_and_current_switch(shop_corpus: Corpus, tmp_path: P
     assert len(index) == len(trained.item_ids)
     assert model.transitions is not None and len(model.transitions.successors) > 0
     np.testing.assert_array_equal(model.transitions.share, trained.transitions.share)
-    # A version saved before transitions existed loads without them.
+    assert len(model.transitions.returns) == FAST.max_len - 1
+    np.testing.assert_array_equal(model.transitions.returns, trained.transitions.returns)
+    # A version saved before returns were counted loads with none (no bonus) ...
+    (path / "transitions_returns.npy").unlink()
+    _resign(path)
+    older = load_model(path).transitions
+    assert older is not None and len(older.returns) == 0
+    # ... and one saved before transitions existed, without them.
     for name in ("indptr", "successors", "share"):
         (path / f"transitions_{name}.npy").unlink()
     _resign(path)
@@ -185,6 +192,10 @@ def _edit_json(path: Path, name: str, change: Any) -> None:
         (
             lambda p: (p / "transitions_share.npy").unlink(),
             "it has some transition arrays but not transitions_share",
+        ),
+        (
+            lambda p: np.save(p / "transitions_returns.npy", np.full(19, 1.5, np.float32)),
+            "return shares that are not a list of numbers from 0 to 1",
         ),
     ],
 )
