@@ -22,13 +22,17 @@ from sessionrec.benchmarks.baselines import (
 )
 from sessionrec.models.config import EventWeights
 from sessionrec.models.index import IndexConfig, ItemIndex
-from sessionrec.training.data import load_srgnn, load_srgnn_test
+from sessionrec.models.ranking import Recommender
+from sessionrec.training.data import Corpus, load_srgnn, load_srgnn_test
 from sessionrec.training.evaluate import (
+    VALIDATION,
     Case,
     cases_from_srgnn,
     evaluate,
+    median_of_seeds,
     recommender_for,
     trained_recommender,
+    validation_split,
 )
 from sessionrec.training.trainer import FAST, TrainConfig, TrainedModel, train
 
@@ -45,6 +49,12 @@ PUBLISHED = [  # ../shared/data/README.md: SR-GNN (AAAI 2019) Table 2, GCE-GNN (
     ("SR-GNN", 50.73, 17.59),
     ("GCE-GNN", 54.22, 19.04),
 ]
+# Published rows of the other datasets (../shared/data/README.md), by directory name.
+PUBLISHED_BY_DATA = {
+    "diginetica": PUBLISHED,
+    "nowplaying": [("SR-GNN", 18.87, 7.47), ("GCE-GNN", 22.37, 8.40)],
+}
+COLD_SHARE = 0.1  # of the catalog's items, held out of training for the cold-start measurement
 
 
 def rss_mb() -> float:
@@ -191,6 +201,99 @@ def quality(
             }
         )
     return rows, trained, cases, training
+
+
+def across_seeds(data: Path, config: TrainConfig, seeds: int) -> list[dict[str, Any]]:
+    """Ours on one dataset, served from the HNSW index: on the validation split (the last
+    VALIDATION of the training sessions, held out of training) and on the test set, each
+    trained with `seeds` seeds; the median of each score and the seeds' spread."""
+    corpus = load_srgnn(data)
+    test = cases_from_srgnn(load_srgnn_test(data / "test.tsv", Counter()))
+    splits = {"validation": validation_split(corpus, VALIDATION), "test": (corpus, test)}
+    rows = []
+    for split, (sessions, cases) in splits.items():
+        runs = []
+        for seed in range(config.seed, config.seed + seeds):
+            log.info("%s, %s: training with seed %d", data.name, split, seed)
+            trained = train(sessions, replace(config, seed=seed))
+            scored = evaluate(trained_recommender(trained, config.weights), cases)
+            runs.append({**scored, "seed": seed, "train_seconds": trained.stats["train_seconds"]})
+        summary = median_of_seeds(runs)
+        rows.append(
+            {
+                "data": data.name,
+                "split": split,
+                **{k: summary[k] for k in SEED_COLUMNS},
+                "train_seconds": round(float(np.median([r["train_seconds"] for r in runs])), 1),
+            }
+        )
+        log.info("%s", rows[-1])
+    return rows
+
+
+SEED_COLUMNS = (
+    "cases",
+    "recall_at_5",
+    "mrr_at_5",
+    "recall_at_10",
+    "mrr_at_10",
+    "recall_at_20",
+    "mrr_at_20",
+    "recall_at_20_spread",
+    "mrr_at_20_spread",
+    "seeds",
+)
+
+
+def cold_start(data: Path, config: TrainConfig, warm: Recommender) -> dict[str, Any]:
+    """New items from metadata alone: COLD_SHARE of the catalog's items are held out of
+    training (their clicks leave the training sessions), then added to the served model as a
+    catalog update adds a new item (`ServingModel.apply_items`: composed from their metadata,
+    no learned identity). Scored on the test cases whose next item is one of them, beside
+    `warm`, the model trained with every item, on the same cases."""
+    from sessionrec.models.serving import load_serving
+    from sessionrec.training.export import export
+
+    corpus = load_srgnn(data)
+    catalog = {item.item_id: item for item in corpus.items}
+    if not catalog:
+        raise ValueError(f"{data} has no item metadata (item_category.tsv) to compose items from")
+    rng = np.random.default_rng(config.seed)
+    ids = sorted(catalog)
+    held = set(rng.choice(ids, round(len(ids) * COLD_SHARE), replace=False).tolist())
+    sessions = []
+    for s in corpus.sessions:
+        kept = [(i, t) for i, t in zip(s.items, s.types, strict=True) if i not in held]
+        if len(kept) >= 2:
+            sessions.append(
+                replace(s, items=tuple(i for i, _ in kept), types=tuple(t for _, t in kept))
+            )
+    items = [item for item in corpus.items if item.item_id not in held]
+    cases = [
+        c
+        for c in cases_from_srgnn(load_srgnn_test(data / "test.tsv", Counter()))
+        if c.target in held
+    ]
+    trained = train(Corpus(sessions, items), config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export(trained, Path(tmp), {"data": str(data), "held_out": len(held)})
+        served = load_serving(path, config.weights)
+        served.apply_items([catalog[i] for i in sorted(held)])
+        cold = evaluate(served.recommender, cases)
+    same = evaluate(warm, cases)
+    n_items = len(served.recommender.index)
+    return {
+        "data": data.name,
+        "held_out_items": len(held),
+        "of_items": len(catalog),
+        "cases": len(cases),
+        "cold_recall_at_20": cold["recall_at_20"],
+        "cold_mrr_at_20": cold["mrr_at_20"],
+        "warm_recall_at_20": same["recall_at_20"],
+        "warm_mrr_at_20": same["mrr_at_20"],
+        # A list of 20 drawn at random from the index holds the next item this often.
+        "random_recall_at_20": round(100 * 20 / n_items, 3),
+    }
 
 
 # Settings between the default and `--fast` (FAST), each timed next to gensim: fewer negatives,

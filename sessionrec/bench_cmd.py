@@ -18,6 +18,7 @@ from typing import Any
 from sessionrec.models.config import Settings
 
 DEFAULT_DATA = "../shared/data/diginetica"
+DEFAULT_ALSO = "../shared/data/nowplaying"
 PIPELINE_CASES = 3000
 # Batch sizes the worker's own cost is measured at: about what the worker takes at 2,000
 # events/s (a batch per 20 ms), and its largest (under a backlog).
@@ -47,7 +48,10 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     from sessionrec.benchmarks.stream import serve_prefixes
     from sessionrec.benchmarks.training import (
         PUBLISHED,
+        PUBLISHED_BY_DATA,
         _recommender_lists,
+        across_seeds,
+        cold_start,
         quality,
         training_curve,
     )
@@ -57,6 +61,10 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     from sessionrec.training.trainer import TrainConfig
 
     data, out = Path(args.data), Path(args.out)
+    for directory in args.also:
+        problem = _srgnn_problem(directory)
+        if problem:
+            raise ValueError(f"--also: {problem}")
     config = TrainConfig(weights=settings.weights, progress=False)
     rows, trained, cases, training = quality(data, config, sknn_cases=args.sknn_cases)
     # The same model served by the real pipeline: broker -> worker -> recommendations topic.
@@ -92,7 +100,17 @@ def part_quality(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         for m, r, m20 in PUBLISHED
     ]
     curve = training_curve(data, config) if args.curve else []
+    seeds: list[dict[str, Any]] = []
+    for directory in dict.fromkeys([str(data), *args.also]):
+        seeds.extend(across_seeds(Path(directory), config, args.seeds))
+    cold = cold_start(data, config, trained_recommender(trained, settings.weights))
     return {
+        "seeds": seeds,
+        "published_by_data": {
+            name: [{"method": m, "recall_at_20": r, "mrr_at_20": m20} for m, r, m20 in rows]
+            for name, rows in PUBLISHED_BY_DATA.items()
+        },
+        "cold_start": cold,
         "quality": rows,
         "published": published,
         "training": training,
@@ -390,6 +408,24 @@ def _some_rates(text: str) -> list[float]:
     return rates
 
 
+def _srgnn_problem(path: str) -> str | None:
+    """What keeps `path` from being an SR-GNN directory (None: nothing)."""
+    missing = [f for f in ("train_sessions.txt", "test.tsv") if not (Path(path) / f).is_file()]
+    if missing:
+        return f"{path!r} is not an SR-GNN directory: no {' or '.join(missing)}"
+    return None
+
+
+def _directories(text: str) -> list[str]:
+    """Comma-separated SR-GNN directories for a flag."""
+    paths = [t.strip() for t in text.split(",") if t.strip()]
+    for path in paths:
+        problem = _srgnn_problem(path)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    return paths
+
+
 def _positive(kind: Callable[[str], float], zero_allowed: bool = False) -> Callable[[str], float]:
     """A flag's parser: a number of `kind` above 0 (or 0 and above, with `zero_allowed`)."""
 
@@ -573,6 +609,21 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         default=True,
         help="training: also time and score other settings (fewer negatives, other batch "
         "sizes), each next to a gensim run, a few minutes more (default: on)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive(int),
+        default=3,
+        help="quality: train ours with this many seeds on the validation split and on the test "
+        "set of --data and of each --also dataset, and give the median and the spread "
+        "(default 3)",
+    )
+    p.add_argument(
+        "--also",
+        type=_directories,
+        default=[DEFAULT_ALSO],  # checked when the quality part starts, not by every part
+        help="quality: more SR-GNN directories scored with --seeds seeds beside --data, "
+        f"comma-separated; empty to skip (default {DEFAULT_ALSO})",
     )
     p.add_argument(
         "--sknn-cases",

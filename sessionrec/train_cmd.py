@@ -141,10 +141,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
-    from statistics import median
-
     from sessionrec.training.data import DataError, load_srgnn, load_srgnn_test
-    from sessionrec.training.evaluate import cases_from_srgnn, validation_split
+    from sessionrec.training.evaluate import cases_from_srgnn, median_of_seeds, validation_split
 
     if args.format != "srgnn":
         raise DataError("eval reads --format srgnn (train_sessions.txt and test.tsv)")
@@ -169,13 +167,7 @@ def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
             log.info(
                 "seed %d: Recall@20 %.2f, MRR@20 %.2f", seed, run["recall_at_20"], run["mrr_at_20"]
             )
-    out = runs[0]
-    if args.seeds > 1:  # the median of each score, and the seeds' spread
-        scores = [k for k, v in out.items() if k.startswith(("recall_at", "mrr_at"))]
-        out = {**out, **{k: round(median(r[k] for r in runs), 2) for k in scores}}
-        out["seeds"] = [r["seed"] for r in runs]
-        for k in ("recall_at_20", "mrr_at_20"):
-            out[f"{k}_spread"] = [min(r[k] for r in runs), max(r[k] for r in runs)]
+    out = median_of_seeds(runs) if args.seeds > 1 else runs[0]
     if not args.json:
         for key, value in out.items():
             print(f"{key:>24}: {value}")
@@ -251,6 +243,8 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    from sessionrec.training.evaluate import VALIDATION
+
     p = sub.add_parser(
         "train",
         help="train a model version and make it current",
@@ -325,9 +319,9 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument(
         "--validation",
         type=float,
-        default=0.1,
+        default=VALIDATION,
         help="the fraction of training sessions, the last ones, that --on validation holds "
-        "out (default 0.1)",
+        f"out (default {VALIDATION})",
     )
     p.add_argument(
         "--seeds",

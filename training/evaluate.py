@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from statistics import median
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # the trainer imports torch; evaluation does not need it
     from .trainer import TrainedModel
 
 KS = (5, 10, 20)
+VALIDATION = 0.1  # the share of training sessions, the last ones, a validation split holds out
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,18 @@ def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = KS) -> dict[str, f
         hit = (ranks >= 0) & (ranks < kk)
         out[f"recall_at_{kk}"] = round(100.0 * hit.sum() / n, 2)
         out[f"mrr_at_{kk}"] = round(100.0 * (1.0 / (ranks[hit] + 1)).sum() / n, 2)
+    return out
+
+
+def median_of_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs that differ only in their seed: the first run's fields, each
+    Recall/MRR the median of the runs, the seeds, and the spread (lowest, highest) of
+    Recall@20 and MRR@20."""
+    scores = [k for k in runs[0] if k.startswith(("recall_at", "mrr_at"))]
+    out = {**runs[0], **{k: round(median(r[k] for r in runs), 2) for k in scores}}
+    out["seeds"] = [r["seed"] for r in runs]
+    for k in ("recall_at_20", "mrr_at_20"):
+        out[f"{k}_spread"] = [min(r[k] for r in runs), max(r[k] for r in runs)]
     return out
 
 

@@ -138,3 +138,62 @@ def test_the_report_sets_the_api_runs_against_the_events_alone(tmp_path: Path) -
     # Medians: alone (100 + 120) / 2 = 110 ms; with user requests (150 + 130) / 2 = 140 ms.
     assert "against the runs with events alone (110 ms): user 140 ms (+27%)" in text
     assert "Gorse's documentation publishes a mean of 2.21 ms" in text
+
+
+def test_the_report_gives_each_dataset_over_seeds_and_the_cold_start_measurement(
+    tmp_path: Path,
+) -> None:
+    def row(data: str, split: str, r20: float) -> dict[str, object]:
+        scores = {"recall_at_5": 10.0, "mrr_at_5": 5.0, "recall_at_10": 15.0, "mrr_at_10": 6.0}
+        return {
+            "data": data,
+            "split": split,
+            "cases": 100.0,
+            **scores,
+            "recall_at_20": r20,
+            "mrr_at_20": 7.0,
+            "recall_at_20_spread": [r20 - 0.1, r20 + 0.2],
+            "mrr_at_20_spread": [6.9, 7.1],
+            "seeds": [0, 1, 2],
+            "train_seconds": 30.0,
+        }
+
+    results = {
+        "machine": "test",
+        "quality": [{"method": "sessionrec, HNSW index", "recall_at_20": 50.0}],
+        "published": [],
+        "pipeline": {
+            "cases": 10,
+            "seconds": 1.0,
+            "unanswered": 0,
+            "served": {"recall_at_20": 50.0, "mrr_at_20": 18.0},
+            "offline_same_cases": {"recall_at_20": 50.0, "mrr_at_20": 18.0},
+        },
+        "training": [{"setting": "default", "epochs": 3}],
+        "seeds": [row("diginetica", "validation", 51.0), row("nowplaying", "test", 21.5)],
+        "published_by_data": {
+            "nowplaying": [{"method": "GCE-GNN", "recall_at_20": 22.37, "mrr_at_20": 8.4}]
+        },
+        "cold_start": {
+            "data": "diginetica",
+            "held_out_items": 4310,
+            "of_items": 43097,
+            "cases": 5000,
+            "cold_recall_at_20": 20.5,
+            "cold_mrr_at_20": 6.1,
+            "warm_recall_at_20": 50.2,
+            "warm_mrr_at_20": 17.9,
+            "random_recall_at_20": 0.046,
+        },
+    }
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Quality on each dataset: validation and test, median of 3 seeds" in text
+    assert (
+        "| diginetica | sessionrec, HNSW index | validation | 100.0 | 10.0 | 5.0 | 15.0 | 6.0 "
+        "| 51.0 | 7.0 | [50.9, 51.2] | [6.9, 7.1] | 30.0 |" in text
+    )
+    assert "| nowplaying | GCE-GNN (published) | test |  |" in text and "| 22.37 | 8.4 |" in text
+    assert "## New items: composed from metadata (diginetica)" in text
+    assert "| items held out, then added from metadata | 20.5 | 6.1 |" in text
+    assert "4,310 of the 43,097 catalog items" in text and "5,000 test cases" in text
