@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sessionrec.benchmarks.stream import COST_ROUNDS
 from sessionrec.training.evaluate import VALIDATION
 
 QCOLS = [
@@ -359,13 +360,15 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             parts.append(_cold_start(results["cold_start"]))
         timing = results["training"]
         parts.append(
-            _section(f"Training, same sessions and epochs ({timing[0]['epochs']})", timing)
+            _section("Training: the same sessions, gensim at the same epochs", timing)
             + "\nSeconds: the median of the runs listed, gensim and ours alternating (this "
             "machine's speed drifts from one minute to the next); the quality table above "
             "gives the same medians. gensim's time includes its vocabulary scan; ours is the "
             "training passes, with the setup (vocabularies, features, cases) apart. default: "
             "the settings the quality figures are for; --fast: `sessionrec train --fast` "
-            "(128 + 128 negatives, batches of 8,192, lr 0.012). Scores on the HNSW index.\n"
+            "(128 + 128 negatives, batches of 8,192, lr 0.012, 3 epochs); earlier: the default "
+            "settings with the epochs they had before (training may take twice their time). "
+            "vs_default: the time over the default's. Scores on the HNSW index.\n"
         )
         if results.get("training_curve"):
             parts.append(
@@ -434,7 +437,10 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             "plan), the index search (one thread, as in the worker) and "
             "`Pipeline.finish` (merge, explain, encode), on the same model and the events "
             "the load generator sends, in batches of the size given, with no broker and no "
-            "faust around them.\n" + _budget(results)
+            "faust around them. query: the default parameters, or the same without re-scoring "
+            "(`transition_weight` and `return_weight` 0, so no transitions, no returns, and a "
+            "search only as deep as the list); each row is the median of "
+            f"{COST_ROUNDS} runs, the two settings alternating.\n" + _budget(results)
         )
     if "broker" in results:
         rows = results["broker"]

@@ -355,6 +355,7 @@ def _idle_cpu_pct(workers: list[WorkerProcess], seconds: float) -> float:
 class WorkerCost:
     """CPU per event of the worker's own code, in microseconds, at a batch size."""
 
+    query: str  # the query parameters: the defaults, or a peer's
     batch: int
     events: int
     queries_per_event: float
@@ -363,6 +364,10 @@ class WorkerCost:
     finish_us: float
     total_us: float
     events_per_core_second: float
+
+
+COST_ROUNDS = 3  # runs of each setting per batch size, alternating; the median is reported
+NO_RESCORING = "defaults, no re-scoring"
 
 
 def worker_cost(
@@ -380,16 +385,30 @@ def worker_cost(
     (admit, sessionize, plan), the index search (one thread, as the worker's) and finish
     (merge, explain, encode), on the worker's model, with user states kept as the
     worker's table keeps them. CPU time of this thread, after `warm` events that are not
-    counted. The model is loaded once; each batch size starts from no users."""
+    counted. The model is loaded once; each run starts from no users.
+
+    Beside the defaults, the same without re-scoring (`transition_weight` and `return_weight`
+    0: no transitions, no returns, and the search only as deep as the list): COST_ROUNDS runs
+    of each, alternating, and the run of median total reported for each."""
     from sessionrec.models.serving import load_current
 
     serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
     if serving is None:
         raise ValueError(f"no model in {model_dir}")
-    return [
-        _cost(settings, serving, Walkers(sessions, users, seed), batch, events, warm)
-        for batch in batches
-    ]
+    plain = replace(
+        settings, query=replace(settings.query, transition_weight=0.0, return_weight=0.0)
+    )
+    out: list[WorkerCost] = []
+    for batch in batches:
+        runs: dict[str, list[WorkerCost]] = {"defaults": [], NO_RESCORING: []}
+        for _ in range(COST_ROUNDS):
+            for name, run_settings in (("defaults", settings), (NO_RESCORING, plain)):
+                walkers = Walkers(sessions, users, seed)
+                cost = _cost(run_settings, serving, walkers, batch, events, warm)
+                runs[name].append(replace(cost, query=name))
+        for costs in runs.values():
+            out.append(sorted(costs, key=lambda c: c.total_us)[len(costs) // 2])
+    return out
 
 
 def _cost(
@@ -423,6 +442,7 @@ def _cost(
     prepare, search, finish = (1e6 * x / counted for x in spent)
     total = prepare + search + finish
     return WorkerCost(
+        "",
         batch,
         counted,
         queries / counted,

@@ -21,7 +21,7 @@ log = logging.getLogger("sessionrec")
 
 def _train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training hyperparameters")
-    g.add_argument("--epochs", type=int, help="passes over the sessions (default 3)")
+    g.add_argument("--epochs", type=int, help="passes over the sessions (default 5)")
     g.add_argument("--batch-size", type=int, help="cases per step (default 4096)")
     g.add_argument("--negatives", type=int, help="shared uniform negatives per step (default 512)")
     g.add_argument(
@@ -34,9 +34,9 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--fast",
         action="store_true",
-        help="train faster at a lower score: 128 + 128 negatives, batches of 8192, lr 0.012 "
-        "(on Diginetica about half the default's time, Recall@20 45.3 against 52.5); "
-        "flags given beside it win",
+        help="train faster at a lower score: 128 + 128 negatives, batches of 8192, lr 0.012, "
+        "3 epochs (the benchmark report times and scores it beside the default); flags given "
+        "beside it win",
     )
     g.add_argument("--seed", type=int, help="random seed (runs are deterministic)")
     g.add_argument("--threads", type=int, help="torch threads (default 2)")

@@ -124,10 +124,10 @@ def median_of_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Recall/MRR the median of the runs, the seeds, and the spread (lowest, highest) of
     Recall@20 and MRR@20."""
     scores = [k for k in runs[0] if k.startswith(("recall_at", "mrr_at"))]
-    out = {**runs[0], **{k: round(median(r[k] for r in runs), 2) for k in scores}}
+    out = {**runs[0], **{k: round(float(median(r[k] for r in runs)), 2) for k in scores}}
     out["seeds"] = [r["seed"] for r in runs]
     for k in ("recall_at_20", "mrr_at_20"):
-        out[f"{k}_spread"] = [min(r[k] for r in runs), max(r[k] for r in runs)]
+        out[f"{k}_spread"] = [float(min(r[k] for r in runs)), float(max(r[k] for r in runs))]
     return out
 
 

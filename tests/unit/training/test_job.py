@@ -264,8 +264,9 @@ def test_fast_sets_its_hyperparameters_and_flags_beside_it_win() -> None:
     default, fast = config(), config("--fast")
     assert (default.negatives, default.batch_size) == (512, 4096)
     assert {name: getattr(fast, name) for name in FAST} == FAST
-    assert fast.epochs == default.epochs and fast.temperature == default.temperature
+    assert (default.epochs, fast.epochs) == (5, 3) and fast.temperature == default.temperature
     assert config("--fast", "--lr", "0.02").lr == 0.02
+    assert config("--fast", "--epochs", "5").epochs == 5
 
 
 def test_a_worker_searches_the_model_with_the_configured_beam(shop_files, tmp_path: Path) -> None:
@@ -350,7 +351,13 @@ def test_the_worker_cost_is_measured_on_the_model_it_serves(shop_files, tmp_path
     ids = serving.index.ids[:40]
     sessions = [ids[i : i + 4] for i in range(0, len(ids), 4)]
     costs = worker_cost(Settings(), out, sessions, users=30, batches=(20, 40), events=200, warm=40)
-    assert [(c.batch, c.events) for c in costs] == [(20, 200), (40, 200)]
+    # Each batch size with the defaults, then without re-scoring (its peer, same run).
+    assert [(c.query, c.batch, c.events) for c in costs] == [
+        ("defaults", 20, 200),
+        ("defaults, no re-scoring", 20, 200),
+        ("defaults", 40, 200),
+        ("defaults, no re-scoring", 40, 200),
+    ]
     cost = costs[0]
     # Every event is a click on a known item, so each user of a batch (whose events there
     # share one computation) plans at least its whole-session query.
