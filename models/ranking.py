@@ -175,6 +175,8 @@ class Recommender:
         self.index = index
         self.metadata = metadata or ItemMetadata()  # what filters read
         self.transitions = transitions  # re-scores the retrieved candidates (None: no)
+        # Its return shares by distance, as Python floats: read for each click of a batch.
+        self._returns: list[float] = [] if transitions is None else transitions.returns.tolist()
         self.dims = dims
         self.position_weights = position_weights
         self.weights = weights
@@ -462,20 +464,18 @@ class Recommender:
     def _return_bonus(self, plan: Plan, request: I64, label: I64) -> Any:
         """What each (request, candidate) gains for being in the session already:
         `return_weight` times the share of sessions that went back to an item clicked that many
-        steps before the latest (`Transitions.return_bonus`), summed over the distances the
-        candidate was clicked at within the last `max_len` clicks."""
-        assert self.transitions is not None
-        known, n = self.index.labels, len(self.index.ids)
+        steps before the latest (`Transitions.returns`), summed over the distances the
+        candidate was clicked at within the last `max_len` clicks; the item in hand (distance
+        0) gains nothing."""
+        known, n, returns = self.index.labels, len(self.index.ids), self._returns
         keys: list[int] = []  # request * n + label of each earlier click
         bonus: list[float] = []
         for r, req in enumerate(plan.requests):
             weight = req.params.return_weight
-            if weight <= 0 or len(req.clicks) < 2:
+            if weight <= 0 or not returns:
                 continue
-            recent = req.clicks[-self.max_len :]
-            distances = np.arange(len(recent) - 1, 0, -1, dtype=np.int64)
-            shares = self.transitions.return_bonus(distances)
-            for (item_id, _), share in zip(recent[:-1], shares.tolist(), strict=True):
+            earlier = req.clicks[-self.max_len : -1]
+            for share, (item_id, _) in zip(returns, reversed(earlier), strict=False):
                 clicked = known.get(item_id)
                 if clicked is not None and share > 0:
                     keys.append(r * n + clicked)

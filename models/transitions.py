@@ -99,16 +99,6 @@ class Transitions:
                 out[d - 1] = np.mean(flat[at[reach]] == target[reach])
         return out
 
-    def return_bonus(self, distances: I64) -> F32:
-        """The `returns` share of each distance (distance 0, the item in hand, and distances
-        past the counted ones: 0)."""
-        returns = self.returns
-        d = distances - 1
-        valid = (d >= 0) & (d < len(returns))
-        out = np.zeros(len(distances), np.float32)
-        out[valid] = returns[d[valid]]
-        return out
-
     @classmethod
     def empty(cls, n_items: int) -> Transitions:
         return cls(np.zeros(n_items + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))

@@ -108,8 +108,6 @@ def test_returns_count_how_often_the_next_click_went_back_that_far() -> None:
     np.testing.assert_allclose(returns, [1 / 3, 1.0, 0.0])
     t = Transitions.count(np.zeros(0, np.int64), np.zeros(0, np.int64), 3, returns)
     assert t.problem() is None
-    # The item in hand (0), and distances past the counted ones, gain nothing.
-    np.testing.assert_allclose(t.return_bonus(np.array([0, 1, 2, 3, 9])), [0, 1 / 3, 1, 0, 0])
 
 
 def test_an_item_the_session_went_through_before_moves_up_by_how_often_sessions_go_back() -> None:
