@@ -30,7 +30,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         help="more shared negatives per step: the targets of this many of the batch's cases "
         "(default 512)",
     )
-    g.add_argument("--lr", type=float, help="Adam learning rate (default 0.008)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 0.016)")
     g.add_argument(
         "--fast",
         action="store_true",
