@@ -69,7 +69,8 @@ class TrainConfig:
     progress: bool = True
 
 
-# `--fast`: a quarter of the default's negatives, in batches twice as large, for 3 epochs. The benchmark report times it next to the default and gensim skip-gram.
+# `--fast`: a quarter of the default's negatives, in batches twice as large, for 3 epochs. The
+# benchmark report times it next to the default and gensim skip-gram.
 FAST: dict[str, Any] = {
     "epochs": 3,
     "negatives": 128,
