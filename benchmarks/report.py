@@ -6,16 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from sessionrec.benchmarks.stream import COST_ROUNDS
-from sessionrec.training.evaluate import VALIDATION
+from sessionrec.training.evaluate import SCORES, VALIDATION
 
 QCOLS = [
     "method",
-    "recall_at_5",
-    "mrr_at_5",
-    "recall_at_10",
-    "mrr_at_10",
-    "recall_at_20",
-    "mrr_at_20",
+    *SCORES,
     "coverage_at_20",
     "popularity_bias_at_20",
     "train_seconds",
@@ -102,7 +97,7 @@ def _seeds(results: dict[str, Any]) -> str:
         "method",
         "split",
         "cases",
-        *[c for c in QCOLS if c.startswith(("recall", "mrr"))],
+        *SCORES,
     ]
     cols += ["recall_at_20_spread", "mrr_at_20_spread", "train_seconds"]
     return (

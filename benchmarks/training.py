@@ -25,6 +25,7 @@ from sessionrec.models.index import IndexConfig, ItemIndex
 from sessionrec.models.ranking import Recommender
 from sessionrec.training.data import Corpus, load_srgnn, load_srgnn_test
 from sessionrec.training.evaluate import (
+    SCORES,
     VALIDATION,
     Case,
     cases_from_srgnn,
@@ -240,12 +241,7 @@ def across_seeds(data: Path, config: TrainConfig, seeds: int) -> list[dict[str, 
 
 SEED_COLUMNS = (
     "cases",
-    "recall_at_5",
-    "mrr_at_5",
-    "recall_at_10",
-    "mrr_at_10",
-    "recall_at_20",
-    "mrr_at_20",
+    *SCORES,
     "recall_at_20_spread",
     "mrr_at_20_spread",
     "seeds",

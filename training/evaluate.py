@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the trainer imports torch; evaluation does not need it
     from .trainer import TrainedModel
 
 KS = (5, 10, 20)
+# The scores `metrics_from_ranks` gives, in the order tables show them.
+SCORES = tuple(f"{name}_at_{k}" for k in KS for name in ("recall", "mrr"))
 VALIDATION = 0.1  # the share of training sessions, the last ones, a validation split holds out
 
 
