@@ -19,12 +19,16 @@ from torch.nn import functional as F
 
 from ..models.features import Dims, ItemFeatures
 
+# Cosine over this before the softmax: chosen on the validation splits (the last 10 % of the
+# training sessions) of both datasets, by the sum of their Recall@20 and MRR@20.
+TEMPERATURE = 0.085
+
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     dims: Dims = field(default_factory=Dims)
     max_len: int = 20
-    temperature: float = 0.07
+    temperature: float = TEMPERATURE
     init_std: float = 0.1
 
 

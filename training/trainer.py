@@ -36,6 +36,7 @@ from ..models.transitions import Transitions
 from .data import Corpus
 from .loss import shared_negatives_lse
 from .model import (
+    TEMPERATURE,
     ItemTower,
     ModelConfig,
     Prefixes,
@@ -60,7 +61,7 @@ class TrainConfig:
     batch_negatives: int = 512
     bf16: bool = True
     lr: float = 0.016
-    temperature: float = 0.07
+    temperature: float = TEMPERATURE
     max_len: int = 20
     seed: int = 0
     threads: int = 2
