@@ -40,8 +40,12 @@ INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session
 OVERFETCH = 2
 MIN_INTENT_SHARE = 0.25
 FETCH_GROUP = 10  # a query searches as deep as its need rounded up to a multiple of this
-# With transitions, a query fetches at least this many candidates for them to re-score.
-RESCORE_POOL = 40
+# With transitions, a query fetches at least this many candidates for them to re-score: the
+# depth a pushed list of k 20 searches anyway (k, the item in hand left out, rounded up to
+# FETCH_GROUP), so that re-scoring adds no search to the worker's defaults. Deeper pools
+# rank a little better offline and cost the worker a deeper search on every event
+# (docs/operating.md).
+RESCORE_POOL = 30
 
 
 @dataclass(slots=True)
