@@ -40,12 +40,15 @@ INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session
 OVERFETCH = 2
 MIN_INTENT_SHARE = 0.25
 FETCH_GROUP = 10  # a query searches as deep as its need rounded up to a multiple of this
-# With transitions, a query fetches at least this many candidates for them to re-score: the
-# depth a pushed list of k 20 searches anyway (k, the item in hand left out, rounded up to
-# FETCH_GROUP), so that re-scoring adds no search to the worker's defaults. Deeper pools
-# rank a little better offline and cost the worker a deeper search on every event
-# (docs/operating.md).
-RESCORE_POOL = 30
+
+
+def _fetch_depth(need: int) -> int:
+    return -(-need // FETCH_GROUP) * FETCH_GROUP
+
+
+# With transitions, a query fetches at least this many candidates for them to re-score: as deep
+# as a default list leaving out the item in hand searches anyway (docs/operating.md).
+RESCORE_POOL = _fetch_depth(QueryDefaults().k + 1)
 
 
 @dataclass(slots=True)
@@ -279,7 +282,7 @@ class Recommender:
             queries, intents, unknown = self._queries(r, req)
             all_queries.extend(queries)
             per_request.append((intents, unknown))
-        fetch = [-(-self._fetch(req) // FETCH_GROUP) * FETCH_GROUP for req in requests]
+        fetch = [_fetch_depth(self._fetch(req)) for req in requests]
         if max_fetch is not None:
             fetch = [min(f, max_fetch) for f in fetch]
         k_search = max(fetch, default=0)
