@@ -3,7 +3,8 @@ takes a steady event load, next to the same event load alone.
 
 Runs, each on a broker and worker of its own: events alone, events with /healthz requests (the
 HTTP server's floor), with user requests, with similar-item requests, with session requests,
-events alone again. The requests
+with similar-item and session requests to a `sessionrec serve` process beside the worker
+(`@serve`), events alone again. The requests
 come from a real HTTP client (aiohttp) in a process of its own, on a fixed schedule (open
 loop: a slow answer does not delay the next request); each request's latency is from the
 moment it was due to its whole answer read, so time a request waited for the client counts.
@@ -28,8 +29,9 @@ from sessionrec.stream.broker import EmbeddedBroker
 from sessionrec.stream.launch import WorkerProcess, on_local_broker
 
 # What each run asks alongside the events: /healthz first, the HTTP server's floor (no
-# ranking), then the three query endpoints.
-ENDPOINTS = ("health", "user", "item", "session")
+# ranking), then the three query endpoints of the worker, then the two stateless ones of a
+# `sessionrec serve` process beside it (@serve), as docs/operating.md advises to deploy them.
+ENDPOINTS = ("health", "user", "item", "session", "item@serve", "session@serve")
 SESSION_EVENTS = 4  # events of one ad-hoc session request
 REQUEST_TIMEOUT_S = 5.0
 # Gorse's published benchmark (its documentation): item-based neighbours, /10 items, mean.
@@ -54,6 +56,7 @@ class ApiResult:
 
 def _paths(endpoint: str, users: int, items: list[str], n: int, seed: int) -> list[Any]:
     """`n` requests of one kind: a GET path, or (path, body) for a session."""
+    endpoint = endpoint.partition("@")[0]
     rng = np.random.default_rng(seed)
     if endpoint == "health":
         return ["/healthz"] * n
@@ -210,16 +213,21 @@ def _run(
 
     ctx = mp.get_context("spawn")
     asked = None
+    server = None
     with EmbeddedBroker(port=0) as broker:
         local = on_local_broker(settings, broker.bootstrap, model_dir)
         worker = WorkerProcess(local, log_dir / f"api-worker-{alongside}.log").start()
         try:
             worker.wait_ready()
+            url = worker.api_url()
+            if alongside.endswith("@serve"):
+                server = _serve(local, log_dir / f"api-serve-{alongside}.log")
+                url = server.api_url()
             run_rate(local, sessions, 200, 3.0, load.users)  # warm up
             queue = ctx.Queue()
             client = None
             if alongside != "none":
-                url, rate, token = worker.api_url(), load.request_rate, local.api.token
+                rate, token = load.request_rate, local.api.token
                 args = (url, alongside, rate, load.seconds, load.users, items, token, queue)
                 client = ctx.Process(target=ask, args=args)
             cpu, started = worker.cpu_seconds(), time.monotonic()
@@ -238,11 +246,32 @@ def _run(
                 client.join()
         finally:
             worker.stop()
+            if server is not None:
+                server.stop()
     return asked, {**asdict(result), "alongside": alongside, "worker_cpu_pct": worker_pct}
 
 
+def _serve(settings: Settings, log: Path) -> WorkerProcess:
+    """A `sessionrec serve` process on the worker's broker and models, once it is ready."""
+    import sys
+    import urllib.request
+
+    server = WorkerProcess(settings, log, [sys.executable, "-m", "sessionrec.cli", "serve"])
+    url = server.start().api_url()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5):
+                return server
+        except OSError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"sessionrec serve not ready: {server.tail_log()}") from None
+            time.sleep(0.2)
+
+
 HEADER = (
-    f"{'endpoint':>9} {'req/s':>7} {'sent':>7} {'ok':>7} {'failed':>6} {'session':>7} "
+    f"{'endpoint':>13} {'req/s':>7} {'sent':>7} {'ok':>7} {'failed':>6} {'session':>7} "
     f"{'answered/s':>10} "
     f"{'mean ms':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} {'client':>7}"
 )
@@ -250,7 +279,7 @@ HEADER = (
 
 def _row(r: ApiResult) -> str:
     return (
-        f"{r.endpoint:>9} {r.rate:>7,.0f} {r.sent:>7} {r.ok:>7} {r.failed:>6} "
+        f"{r.endpoint:>13} {r.rate:>7,.0f} {r.sent:>7} {r.ok:>7} {r.failed:>6} "
         f"{r.from_session:>7} "
         f"{r.answered_per_s:>10,.0f} {r.mean_ms:>8.2f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
         f"{r.max_ms:>8.1f} {r.client_cpu_pct:>6.0f}%"

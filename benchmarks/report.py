@@ -261,7 +261,7 @@ def _api(results: dict[str, Any]) -> str:
     costs = ", ".join(
         f"{kind} {1e4 * (median(values) - base_cpu) / rate:.0f} us"
         for kind, values in cpu.items()
-        if kind != "none"
+        if kind != "none" and not kind.endswith("@serve")
     )
     return (
         _section("Query API: requests over HTTP while the worker takes events", rows)
@@ -273,7 +273,11 @@ def _api(results: dict[str, Any]) -> str:
         "(from_session: how many were answered from a session, the stream's latest answer "
         "kept for the user; the rest are users the load has not reached yet, answered with "
         "trending items). item asks for "
-        "10 items like a random item of the catalog; session posts 4 random items. For "
+        "10 items like a random item of the catalog; session posts 4 random items. "
+        "item@serve and session@serve: the same requests to a `sessionrec serve` process "
+        "beside the worker (same broker, models and catalog, no consumer group), as "
+        "docs/operating.md advises to deploy them; the worker then takes events only, and "
+        "the serve process's own CPU is not counted in the worker's. For "
         "comparison, Gorse's documentation publishes a mean of "
         f"{GORSE_ITEM_MEAN_MS} ms for its item-based neighbours (/10), on its own machine and "
         "load. Each run on a fresh broker and worker; the events' latency and the worker's "
@@ -327,10 +331,18 @@ def _sessions_line(results: dict[str, Any], workers: int) -> str:
 
 def write_report(results: dict[str, Any], out: Path) -> str:
     plots = _plots(results, out)
+    rerun = results.get("rerun", {})
+    later = "; ".join(f"{part} (started {when})" for part, when in rerun.items())
     parts = [
         f"# sessionrec benchmark report\n\nMachine: {results.get('machine')}. "
         f"Started {results.get('started')}, took {results.get('seconds')} s. Every "
-        "figure below was measured in this run, except rows marked *published*.\n"
+        "figure below was measured in this run, except rows marked *published*"
+        + (
+            f" and the parts run again later on the same machine (`--merge`): {later}"
+            if later
+            else ""
+        )
+        + ".\n"
     ]
     summary = ""
     if "quality" in results:
@@ -424,6 +436,8 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         parts.append(_handover(results["handover"]))
     if results.get("api"):
         parts.append(_api(results))
+    if results.get("burst"):
+        parts.append(_burst(results["burst"]))
     if results.get("worker_cost"):
         rows = _rounded(results["worker_cost"])
         parts.append(
@@ -452,6 +466,45 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     parts.extend(f"\n![{p}]({p})\n" for p in shown)
     (out / "report.md").write_text("\n".join(parts))
     return summary
+
+
+def _burst(b: dict[str, Any]) -> str:
+    """The catalog burst and the model swap: each window beside the same window of the quiet
+    run."""
+    busy, quiet = b["busy"], b["quiet"]
+    rows = []
+    for w, q in zip(busy["windows"], quiet["windows"], strict=True):
+        rows.append(
+            {
+                "window": w["name"],
+                "from_s": w["start_s"],
+                "to_s": w["end_s"],
+                "events": w["events"],
+                "p50_ms": round(w["p50_ms"], 1),
+                "p99_ms": round(w["p99_ms"], 1),
+                "quiet_p99_ms": round(q["p99_ms"], 1),
+                "loop_lag_max_ms": round(w["loop_lag_max_ms"], 1),
+                "quiet_loop_lag_max_ms": round(q["loop_lag_max_ms"], 1),
+                "healthz_max_ms": round(w["health_max_ms"], 1),
+            }
+        )
+    return (
+        _section("Catalog burst and model swap while events flow", rows)
+        + f"\n{b['rate']:,.0f} events/s for {b['seconds']:.0f} s to one worker; "
+        f"{b['burst_items']:,} new items produced to `items` at once 10 s in (in "
+        f"{busy['burst_produce_s']:.1f} s), all in the served index "
+        f"{busy['burst_applied_s']:.1f} s later; 3 s after that a new model version made "
+        "current, which took the whole catalog into its index and was swapped in "
+        f"{busy['swap_s']:.1f} s later. Then the "
+        "same run on a fresh broker and worker with neither (`quiet_*`: the same windows of "
+        "it; the embedded broker slows as its log fills, so the later windows are slower in "
+        "both). Windows by when the events were produced. loop_lag_max_ms: the worker's "
+        "`sessionrec_event_loop_lag_max_seconds` at its highest in the window (how late the "
+        "event loop woke a task sleeping 50 ms); healthz_max_ms: the slowest of the `/healthz` "
+        f"requests asked every 0.1 s. Unanswered events: {busy['unanswered']} of "
+        f"{busy['sent']} (quiet run: {quiet['unanswered']} of {quiet['sent']}); `/healthz` "
+        f"unanswered: {busy['health_failed']}.\n"
+    )
 
 
 def _reliability(r: dict[str, Any]) -> str:

@@ -184,10 +184,12 @@ def run_rate(
     seconds: float,
     users: int,
     with_load: Callable[[], None] | None = None,
+    received: list[tuple[float, int]] | None = None,
 ) -> tuple[RateResult, list[float]]:
     """`rate` events/s for `seconds` from the generator; `with_load` is called as it starts
-    (another load to run alongside, e.g. the API benchmark's requests)."""
-    received: list[tuple[float, int]] = []
+    (another load to run alongside, e.g. the API benchmark's requests). `received`, if given,
+    gets each answer's (latency ms, time received in Unix ms)."""
+    received = [] if received is None else received
     stop = threading.Event()
     assigned = threading.Event()
     started = time.time() * 1000

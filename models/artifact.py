@@ -396,7 +396,10 @@ def _transitions(path: Path, a: dict[str, np.ndarray], n: int) -> Transitions | 
 
 _INDEX_CHECK = """
 import sys, hnswlib, numpy as np
+from pathlib import Path
+from sessionrec.models.graph import check_graph
 path, dim, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+check_graph(Path(path), dim, n)
 index = hnswlib.Index(space="ip", dim=dim)
 index.load_index(path, max_elements=max(n, 16))
 assert index.get_current_count() == n, f"holds {index.get_current_count()} items, expected {n}"
@@ -410,8 +413,9 @@ for k in (1, min(n, 20), min(n, 200)):
 
 
 def check_index_file(file: Path, dim: int, n: int) -> None:
-    """Load the hnswlib graph and search it in a child process: a corrupt graph can crash the
-    process that loads or searches it, which must not be the worker."""
+    """Check every link of the hnswlib graph (`models.graph`), then load and search it, in a
+    child process: a corrupt graph can crash the process that loads or searches it, which
+    must not be the worker."""
     try:
         done = subprocess.run(
             [sys.executable, "-c", _INDEX_CHECK, str(file), str(dim), str(n)],

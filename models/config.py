@@ -20,7 +20,7 @@ ENV_PREFIX = "SESSIONREC_"
 KAFKA_ENV_PREFIX = f"{ENV_PREFIX}KAFKA_"
 # Settings whose values are never shown (logs, errors, --help, repr): as a field path, and
 # the librdkafka client properties.
-SECRET_SETTINGS = frozenset({"api.token"})
+SECRET_SETTINGS = frozenset({"api.token", "api.cluster_secret"})
 # Client properties whose values are never shown (logs, errors, --help, repr).
 SECRET_PROPERTIES = frozenset(
     {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
@@ -96,7 +96,8 @@ class EventWeights:
 
 @dataclass(frozen=True, slots=True)
 class QueryDefaults:
-    """Query-time parameters; an event may override them with its optional `params` field."""
+    """Query-time parameters; an event may override them with its optional `params` field.
+    Each weight is a number from 0 to 100 (`models.ranking.MAX_WEIGHT`), diversity 0 to 1."""
 
     k: int = 20  # items in a list (at most `limits.max_k`)
     diversity: float = 0.0  # 0 to 1: trade similarity for variety (maximal marginal relevance)
@@ -142,6 +143,10 @@ class Api:
     # When set, every request but /healthz, /readyz and /openapi.json needs
     # "Authorization: Bearer <token>"; the same token on every worker.
     token: str = ""
+    # The workers' shared key for a request one forwards to a partition's owner: the request
+    # and the owner's answer are signed with it, and the client's token is never forwarded.
+    # Empty: derived from `token`; with neither set, forwarded requests are not signed.
+    cluster_secret: str = ""
     max_items: int = 200  # events of one ad-hoc session request
     # Users whose latest answer (default parameters) is kept to answer a request without
     # ranking again, while their state and the catalog stay as they were; 0: none.

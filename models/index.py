@@ -7,6 +7,7 @@ approximate index costs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,18 @@ import numpy as np
 
 from .config import DEFAULT_INDEX_EF
 from .features import F32, I64, normalise
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """An upsert that `ItemIndex.stage` recorded and `ItemIndex.link` puts in the graph:
+    labels (n,) int64 and their normalised vectors (n, dim) float32; labels of deleted items
+    that come back (`revived`) and of items deleted now (`deleted`)."""
+
+    labels: I64
+    vectors: F32
+    revived: list[int]
+    deleted: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +51,15 @@ class ItemIndex:
         self.vectors = np.zeros((0, dim), dtype=np.float32)
         self.deleted: set[int] = set()
         self._hnsw: hnswlib.Index | None = None
+        self._storage: F32 | None = None  # what `vectors` is a view of (see `_grow`)
+        # Held while the graph changes (`link`): a search from a thread other than the one
+        # that links takes it too (hnswlib does not promise safety for adds beside searches).
+        self.linking = threading.Lock()
+        self._unlinked: set[int] = set()  # staged labels the graph does not hold yet
 
     def __len__(self) -> int:
-        return len(self.ids) - len(self.deleted)
+        """Items a search can find: live and linked."""
+        return len(self.ids) - len(self.deleted) - len(self._unlinked)
 
     def _ensure_hnsw(self, capacity: int) -> hnswlib.Index:
         if self._hnsw is None:
@@ -58,30 +77,60 @@ class ItemIndex:
 
     def upsert(self, item_ids: list[str], vectors: F32) -> None:
         """Add or replace items. vectors: (len(item_ids), dim) float32, normalised here."""
-        if not item_ids:
-            return
+        self.link(self.stage(item_ids, vectors))
+
+    def stage(self, item_ids: list[str], vectors: F32, deleted: list[str] | None = None) -> Staged:
+        """The bookkeeping half of an upsert (and of deleting `deleted`), cheap: labels, stored
+        vectors and the deleted set change now; the graph holds the change once `link` has run.
+        Until then a search does not find the staged items. A worker stages on its event loop
+        and links in the thread that runs its searches, so that the graph never changes while
+        it is searched and the loop never waits for hnswlib."""
         vectors = normalise(np.asarray(vectors, dtype=np.float32).reshape(len(item_ids), self.dim))
         labels = np.empty(len(item_ids), dtype=np.int64)
-        grow: list[np.ndarray] = []
         for row, item_id in enumerate(item_ids):
             label = self.labels.get(item_id)
             if label is None:
                 label = len(self.ids)
                 self.ids.append(item_id)
                 self.labels[item_id] = label
-                grow.append(vectors[row])
             labels[row] = label
-        if grow:
-            self.vectors = np.concatenate([self.vectors, np.stack(grow)]).astype(np.float32)
+        self._grow(len(self.ids))
         self.vectors[labels] = vectors
-        for label in labels.tolist():
-            if label in self.deleted:
-                self.deleted.discard(label)
-                if self._hnsw is not None:
-                    self._hnsw.unmark_deleted(label)
-        if not self.exact:
-            index = self._ensure_hnsw(len(self.ids))
-            index.add_items(vectors, labels, num_threads=self.config.threads)
+        revived = [label for label in labels.tolist() if label in self.deleted]
+        self.deleted.difference_update(revived)
+        known = [self.labels.get(item_id) for item_id in deleted or ()]
+        gone = [label for label in known if label is not None and label not in self.deleted]
+        self.deleted.update(gone)
+        self._unlinked.update(labels.tolist())
+        return Staged(labels, vectors, revived, gone)
+
+    def link(self, staged: Staged) -> None:
+        """The graph's half of an upsert: hnswlib adds the staged vectors (and marks the
+        staged deletions). Runs in the thread that searches."""
+        if not self.exact and (len(staged.labels) or staged.deleted):
+            with self.linking:
+                index = self._ensure_hnsw(len(self.ids))
+                for label in staged.revived:
+                    index.unmark_deleted(label)
+                for label in staged.deleted:
+                    index.mark_deleted(label)
+                if len(staged.labels):
+                    index.add_items(staged.vectors, staged.labels, num_threads=self.config.threads)
+        self._unlinked.difference_update(staged.labels.tolist())
+
+    def _grow(self, n: int) -> None:
+        """`vectors` holds `n` rows, as a view of storage that doubles when full, so that
+        growing by a few items does not copy the whole catalog each time."""
+        storage = self._storage
+        if storage is None or not np.may_share_memory(storage, self.vectors):
+            storage = self.vectors  # set from outside (a loaded model): taken as it is
+        if n > len(storage):
+            grown = np.zeros((max(n, 2 * len(storage), 16), self.dim), dtype=np.float32)
+            grown[: len(self.vectors)] = self.vectors
+            storage = grown
+        self._storage = storage
+        if len(self.vectors) != n or self.vectors.base is not storage:
+            self.vectors = storage[:n]
 
     def delete(self, item_id: str) -> bool:
         label = self.labels.get(item_id)

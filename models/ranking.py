@@ -39,6 +39,9 @@ from .transitions import Transitions
 INTENT_QUERY_WEIGHT = 0.85  # an intent alone ranks just below the whole session's query
 OVERFETCH = 2
 MIN_INTENT_SHARE = 0.25
+# A filtered request is searched only if one of this many items spread over the index passes
+# its filters; else it is answered from trending items that pass them (reason "filtered").
+FILTER_SAMPLE = 1000
 FETCH_GROUP = 10  # a query searches as deep as its need rounded up to a multiple of this
 
 
@@ -85,6 +88,7 @@ class Result:
     items: list[RecommendedItem]
     intents: list[IntentOut]
     unknown: int
+    narrow: bool = False  # the filters matched too few items to search for (FILTER_SAMPLE)
 
 
 @dataclass(slots=True)
@@ -105,6 +109,7 @@ class Plan:
     matrix: F32 | None
     k_search: int
     fetch: I64  # how deep each query searches: its request's `_fetch`, rounded up
+    narrow: set[int] = field(default_factory=set)  # requests whose filters pass too few items
 
 
 def _unit(vector: F32) -> F32 | None:
@@ -142,22 +147,28 @@ def params_from(
     return out
 
 
+# The weights a request may set, each from 0 to MAX_WEIGHT: they scale scores that are at most
+# 1, so that any larger one would only push the sums toward overflow (1e308 made a score NaN).
+WEIGHTS = (
+    "past_weight",
+    "name_weight",
+    "category_weight",
+    "brand_weight",
+    "price_weight",
+    "transition_weight",
+    "return_weight",
+)
+MAX_WEIGHT = 100.0
+
+
 def query_problem(q: QueryDefaults, limits: Limits) -> str | None:
     """What is wrong with query parameters (None: nothing), in words naming the parameter."""
-    for name in (
-        "diversity",
-        "past_weight",
-        "name_weight",
-        "category_weight",
-        "brand_weight",
-        "transition_weight",
-        "return_weight",
-    ):
+    for name in WEIGHTS:
         value = getattr(q, name)
-        if not math.isfinite(value) or value < 0:
-            return f"{name} is {value!r}, expected a finite number >= 0"
-    if not math.isfinite(q.price_weight) or q.price_weight < 0:
-        return f"price_weight is {q.price_weight!r}, expected a finite number >= 0"
+        if not (math.isfinite(value) and 0 <= value <= MAX_WEIGHT):
+            return f"{name} is {value!r}, expected a number from 0 to {MAX_WEIGHT:g}"
+    if not math.isfinite(q.diversity) or q.diversity < 0:
+        return f"diversity is {q.diversity!r}, expected a number from 0 to 1"
     if not 1 <= q.k <= limits.max_k:
         return f"k is {q.k}, expected 1 to {limits.max_k}"
     if not 0 <= q.diversity <= 1:
@@ -278,8 +289,12 @@ class Recommender:
         (None: no cap)."""
         all_queries: list[_Query] = []
         per_request: list[tuple[list[IntentOut], int]] = []
+        narrow = set()
         for r, req in enumerate(requests):
             queries, intents, unknown = self._queries(r, req)
+            if queries and req.filters.narrows() and not self._any_pass(req.filters):
+                narrow.add(r)  # not searched: a filtered search would walk the whole graph
+                queries = []
             all_queries.extend(queries)
             per_request.append((intents, unknown))
         fetch = [_fetch_depth(self._fetch(req)) for req in requests]
@@ -292,7 +307,17 @@ class Recommender:
                 [self._space_weighted(q.vector, requests[q.request].params) for q in all_queries]
             ).astype(np.float32)
         per_query = np.fromiter((fetch[q.request] for q in all_queries), np.int64, len(all_queries))
-        return Plan(requests, all_queries, per_request, matrix, k_search, per_query)
+        return Plan(requests, all_queries, per_request, matrix, k_search, per_query, narrow)
+
+    def _any_pass(self, filters: Filters) -> bool:
+        """Whether any of FILTER_SAMPLE labels spread evenly over the index passes `filters`.
+        None passing means that under one item in FILTER_SAMPLE does: hnswlib's filtered
+        search then visits most of the graph, calling the filter for each item, to find a few
+        (tens of milliseconds on a large catalog)."""
+        n = len(self.index.ids)
+        passes = self._passes(filters)
+        step = max(1, n // FILTER_SAMPLE)
+        return any(passes(label) for label in range(0, n, step))
 
     def search(self, plan: Plan) -> tuple[I64, F32]:
         """The plan's index search: numpy and hnswlib only, so it may run in another thread
@@ -338,12 +363,15 @@ class Recommender:
     def finish(self, plan: Plan, labels: I64, scores: F32) -> list[Result]:
         """Merge each request's search results into its ranked, explained answer."""
         merged = self._merge(plan, labels, scores)
-        return [
+        results = [
             self._finish(req, *ranked, intents, unknown)
             for req, ranked, (intents, unknown) in zip(
                 plan.requests, merged, plan.per_request, strict=True
             )
         ]
+        for r in plan.narrow:
+            results[r].narrow = True
+        return results
 
     def _merge(self, plan: Plan, labels: I64, scores: F32) -> list[tuple[Any, Any, I64, I64]]:
         """Per request, its candidates best first: (weighted scores, the same rounded to 5

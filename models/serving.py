@@ -16,13 +16,44 @@ import numpy as np
 
 from .artifact import Model, current_version, load_index, load_model, version_path
 from .config import EventWeights
-from .features import compose, encode_items
+from .features import F32, compose, encode_items, normalise
 from .filters import ItemMetadata
-from .index import ItemIndex
+from .index import ItemIndex, Staged
 from .ranking import IntentOut, Recommender
 from .records import Intent, Item
 
 log = logging.getLogger(__name__)
+
+
+# Two unit vectors this close in every coordinate are the same item vector (float32 rounding
+# apart): a model taking the catalog leaves such an item where its graph has it.
+SAME_VECTOR = 1e-5
+
+
+@dataclass
+class CatalogChange:
+    """Catalog upserts prepared for one model (`ServingModel.prepare`): each item's latest
+    record, in order (`items`), the live ones and their composed vectors (n, dim) float32,
+    and which of those the index must take (`moved`, (n,) bool). `received` counts the
+    records it came from; `whole`: the whole catalog, for a model before it is served."""
+
+    serving: ServingModel | None
+    items: list[Item]
+    live: list[Item]
+    vectors: F32
+    moved: np.ndarray
+    received: int
+    whole: bool = False
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    @classmethod
+    def unserved(cls, items: list[Item]) -> CatalogChange:
+        """Upserts with no model to apply them to (nothing is composed)."""
+        latest = list({item.item_id: item for item in items}.values())
+        none = np.zeros((0, 0), dtype=np.float32)
+        return cls(None, latest, [], none, np.zeros(0, dtype=bool), len(items))
 
 
 @dataclass
@@ -38,37 +69,70 @@ class ServingModel:
     def version(self) -> str:
         return self.model.version
 
-    def apply_items(self, items: list[Item]) -> int:
-        """Upsert catalog items: compose vectors from metadata (+ learned identity when the model
-        knows the item), put them live in the index; deleted items leave it. Returns changes."""
-        if not items:
-            return 0
-        t = self.model.tables
-        live = [i for i in items if not i.deleted]
-        for item in items:
-            if item.deleted:
-                self.index.delete(item.item_id)
-        if live:
-            features = encode_items(
-                live, (t.token_vocab, t.category_vocab, t.brand_vocab), t.price_mean, t.price_std
-            )
-            identity = np.zeros((len(live), t.dims.name), dtype=np.float32)
-            for row, item in enumerate(live):
-                known = self.model_row(item.item_id)
-                if known is not None:
-                    identity[row] = self.model.identity[known]
-            vectors = compose(t, features, identity)
-            self.index.upsert([i.item_id for i in live], vectors)
-            m = self.metadata
-            for item in live:
-                label = self.index.labels[item.item_id]
-                m.categories[label] = item.category
-                m.brands[label] = item.brand
-                if item.price is None:
-                    m.prices.pop(label, None)
-                else:
-                    m.prices[label] = item.price
+    def apply_items(self, items: list[Item], only_changed: bool = False) -> int:
+        """Upsert catalog items at once: compose vectors from metadata (+ learned identity
+        when the model knows the item), put them live in the index; deleted items leave it.
+        With `only_changed` (a model taking the whole catalog before it is served: most items
+        are its own), an item whose composed vector is the one the index holds keeps its place
+        in the graph.
+        Returns the number of items."""
+        change = self.prepare(items, only_changed)
+        self.index.link(self.stage(change, 0, len(change)))
         return len(items)
+
+    def prepare(self, items: list[Item], only_changed: bool = False) -> CatalogChange:
+        """Catalog upserts made ready for this model, off the event loop: the latest record
+        of each item, and the vectors of the live ones composed (the costly part). Reads
+        the index only with `only_changed`."""
+        latest = list({item.item_id: item for item in items}.values())
+        live = [i for i in latest if not i.deleted]
+        t = self.model.tables
+        features = encode_items(
+            live, (t.token_vocab, t.category_vocab, t.brand_vocab), t.price_mean, t.price_std
+        )
+        identity = np.zeros((len(live), t.dims.name), dtype=np.float32)
+        for row, item in enumerate(live):
+            known = self.model_row(item.item_id)
+            if known is not None:
+                identity[row] = self.model.identity[known]
+        vectors = (
+            compose(t, features, identity) if live else np.zeros((0, self.index.dim), np.float32)
+        )
+        moved = np.ones(len(live), dtype=bool)
+        if only_changed and live:
+            moved = self._moved(live, normalise(vectors))
+        return CatalogChange(self, latest, live, vectors, moved, len(items), only_changed)
+
+    def _moved(self, live: list[Item], vectors: F32) -> np.ndarray:
+        labels = self.index.labels
+        rows = np.array([labels.get(i.item_id, -1) for i in live], dtype=np.int64)
+        held = rows >= 0
+        held &= np.array([row not in self.index.deleted for row in rows.tolist()], dtype=bool)
+        same = np.zeros(len(live), dtype=bool)
+        same[held] = np.all(
+            np.abs(self.index.vectors[rows[held]] - vectors[held]) <= SAME_VECTOR, axis=1
+        )
+        return ~same
+
+    def stage(self, change: CatalogChange, start: int, stop: int) -> Staged:
+        """Items `start:stop` of the change (in the order of `change.live`, deletions with the
+        first slice) recorded in the index and the metadata, cheaply; the graph takes them
+        when `index.link` runs on the result."""
+        live, moved = change.live[start:stop], change.moved[start:stop]
+        ids = [item.item_id for item, m in zip(live, moved, strict=True) if m]
+        vectors = change.vectors[start:stop][moved]
+        deleted = [i.item_id for i in change.items if i.deleted] if start == 0 else []
+        staged = self.index.stage(ids, vectors, deleted)
+        m = self.metadata
+        for item in live:
+            label = self.index.labels[item.item_id]
+            m.categories[label] = item.category
+            m.brands[label] = item.brand
+            if item.price is None:
+                m.prices.pop(label, None)
+            else:
+                m.prices[label] = item.price
+        return staged
 
     def model_row(self, item_id: str) -> int | None:
         row = self.index.labels.get(item_id)

@@ -318,6 +318,43 @@ def part_api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     }
 
 
+def part_burst(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from sessionrec.benchmarks.burst import HEADER, catalog_burst_and_swap, row
+    from sessionrec.benchmarks.stream import srgnn_sessions
+
+    data, model_dir, out = Path(args.data), Path(args.model_dir_bench), Path(args.out)
+    _ensure_model(data, model_dir, settings)
+    print(
+        f"burst: {args.burst_rate:,.0f} events/s for {args.burst_seconds:.0f}s to one worker; "
+        f"{args.burst_items:,} new catalog items at once 10 s in, a model swap once they are "
+        "applied; /healthz asked every 0.1 s; then the same run with neither (quiet)"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    result = catalog_burst_and_swap(
+        settings,
+        model_dir,
+        srgnn_sessions(data),
+        args.burst_rate,
+        args.burst_seconds,
+        args.burst_items,
+        args.users,
+        out,
+    )
+    print(HEADER)
+    for run in ("busy", "quiet"):
+        for window in result[run]["windows"]:
+            print(row(run, window))
+    busy, quiet = result["busy"], result["quiet"]
+    print(
+        f"burst produced in {busy['burst_produce_s']:.1f}s, applied in "
+        f"{busy['burst_applied_s']:.1f}s; swap in {busy['swap_s']:.1f}s; unanswered: "
+        f"{busy['unanswered']} of {busy['sent']} (quiet run {quiet['unanswered']} of "
+        f"{quiet['sent']}); slowest /healthz {busy['health_max_ms']:.0f} ms "
+        f"({busy['health_failed']} unanswered)"
+    )
+    return {"burst": result}
+
+
 def part_broker(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from sessionrec.benchmarks.stream import broker_cost_as_log_fills
 
@@ -382,6 +419,7 @@ PARTS: dict[str, Callable[[argparse.Namespace, Settings], dict[str, Any]]] = {
     "stream": part_stream,
     "scale": part_scale,
     "api": part_api,
+    "burst": part_burst,
     "broker": part_broker,
     "reliability": part_reliability,
 }
@@ -447,7 +485,7 @@ def _positive(kind: Callable[[str], float], zero_allowed: bool = False) -> Calla
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     from sessionrec.benchmarks.report import write_report
 
-    everything = ["quality", "index", "stream", "scale", "api", "broker", "reliability"]
+    everything = ["quality", "index", "stream", "scale", "api", "burst", "broker", "reliability"]
     parts = everything if args.part == "all" else [args.part]
     if args.part == "training":
         parts = ["quality"]  # training is measured with the quality run: same sessions/epochs
@@ -458,13 +496,19 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         "cores": os.cpu_count(),
         "started": time.strftime("%F %T"),
     }
+    earlier = out / "results.json"
+    if args.merge and earlier.exists():  # the other parts' figures stay as they were measured
+        results = {**json.loads(earlier.read_text()), "machine": results["machine"]}
     started = time.perf_counter()
     for part in parts:
         print(f"== {part}", flush=True)
+        if args.merge:
+            results.setdefault("rerun", {})[part] = time.strftime("%F %T")
         results.update(PARTS[part](args, settings))
         if part == "quality":  # the other parts serve the model just trained and scored
             args.model_dir_bench = str(out / "models")
-    results["seconds"] = round(time.perf_counter() - started, 1)
+    if not args.merge:
+        results["seconds"] = round(time.perf_counter() - started, 1)
     slim = {k: v for k, v in results.items() if not k.endswith("latencies_ms")}
     (out / "results.json").write_text(json.dumps(slim, indent=2, default=str))
     summary = write_report(results, out)
@@ -499,6 +543,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "killed worker's users wait, with and without standby replicas; "
         "api: the query API's requests/s and latency for each endpoint over HTTP while the "
         "worker takes events, and the events' latency with and without them; "
+        "burst: a catalog burst and a model swap while the worker takes events: the events' "
+        "latency before and during each, the event loop's lag and /healthz; "
         "broker: the embedded broker's cost as its log fills with small batches; "
         "reliability: hostile records through a live worker, memory per user, a flood of "
         "one-event users with a state time to live, and kill -9 runs. "
@@ -513,6 +559,7 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
             "stream",
             "scale",
             "api",
+            "burst",
             "broker",
             "reliability",
             "all",
@@ -582,6 +629,30 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         type=_positive(int),
         default=1,
         help="api: how many times to run the whole sequence (medians are reported; default 1)",
+    )
+    p.add_argument(
+        "--burst-items",
+        type=_positive(int),
+        default=40_000,
+        help="burst: new catalog items produced at once (default 40000)",
+    )
+    p.add_argument(
+        "--burst-rate",
+        type=_positive(float),
+        default=1000.0,
+        help="burst: events/s throughout (default 1000)",
+    )
+    p.add_argument(
+        "--burst-seconds",
+        type=_positive(float),
+        default=60.0,
+        help="burst: seconds of events in each run (default 60)",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other parts' figures in DIR/results.json and re-run only this part; "
+        "the report names the parts re-run, and when",
     )
     p.add_argument("--seconds", type=_positive(float), default=15.0, help="seconds per rate")
     p.add_argument(

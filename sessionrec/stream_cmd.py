@@ -25,16 +25,47 @@ def reach_kafka(settings: Settings) -> None:
     wait_for_kafka(settings.client_config(), CONNECT_TIMEOUT_S)
 
 
-def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from sessionrec.models.store import locate, mirror
-    from sessionrec.stream.app import run_worker
-    from sessionrec.stream.topics import partition_problem
-
+def _ports(args: argparse.Namespace, settings: Settings) -> Settings:
     if args.metrics_port is not None:
         settings = dataclasses.replace(settings, metrics_port=args.metrics_port)
     if args.api_port is not None:
         api = dataclasses.replace(settings.api, port=args.api_port)
         settings = dataclasses.replace(settings, api=api)
+    return settings
+
+
+def _models(settings: Settings) -> tuple[Path, Any]:
+    """The local model directory (with a remote store: its cache, filled now) and the store."""
+    from sessionrec.models.store import locate, mirror
+
+    model_dir, store = locate(settings.model_dir, settings.model_cache)
+    if store is not None:
+        try:
+            mirror(store, model_dir, settings.keep_versions)
+        except Exception as exc:  # serve what the cache has; the watcher tries again
+            log.error("model store %s: %s; serving what %s has", store.url, exc, model_dir)
+    return model_dir, store
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from sessionrec.stream import metrics
+    from sessionrec.stream.serve import serve
+
+    settings = _ports(args, settings)
+    reach_kafka(settings)
+    model_dir, store = _models(settings)
+    metrics.serve(settings.metrics_port, settings.metrics_address)
+    asyncio.run(serve(settings, model_dir, store))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from sessionrec.stream.app import run_worker
+    from sessionrec.stream.topics import partition_problem
+
+    settings = _ports(args, settings)
     level = "debug" if args.verbose else "info"
     config = None
     if settings.log_format == "json":
@@ -49,12 +80,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     problem = partition_problem(settings)
     if problem:
         raise ValueError(problem)
-    model_dir, store = locate(settings.model_dir, settings.model_cache)
-    if store is not None:
-        try:
-            mirror(store, model_dir, settings.keep_versions)
-        except Exception as exc:  # serve what the cache has; the watcher tries again
-            log.error("model store %s: %s; serving what %s has", store.url, exc, model_dir)
+    model_dir, store = _models(settings)
     run_worker(settings, model_dir, loglevel=level, logging_config=config, model_store=store)
     return 0
 
@@ -215,6 +241,12 @@ def _session_args(query: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     return {"params": params, "filters": filters}
 
 
+def _port_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `_ports` reads."""
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9100, 0 = off)")
+    p.add_argument("--api-port", type=int, help="query API port (default 8080, 0 = any free port)")
+
+
 def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "worker",
@@ -223,10 +255,22 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
         "publish a recommendation per event. Follows items and model-updates "
         "and swaps models without stopping. Metrics on --metrics-port.",
     )
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9100, 0 = off)")
-    p.add_argument("--api-port", type=int, help="query API port (default 8080, 0 = any free port)")
+    _port_flags(p)
     common(p)
     p.set_defaults(handler=cmd_worker)
+
+    p = sub.add_parser(
+        "serve",
+        help="answer similar-item and session requests apart from the workers",
+        description="Serve the query API's stateless requests (GET /v1/items/ID/similar, POST "
+        "/v1/sessions/recommendations, /healthz, /readyz) from the current model, following "
+        "items and model-updates as a worker does, without joining the workers' consumer "
+        "group: the workers' event loops then spend nothing on them. A user's request gets a "
+        "404 here (the workers answer it). Run several behind one address for more requests/s.",
+    )
+    _port_flags(p)
+    common(p)
+    p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser(
         "recommend",

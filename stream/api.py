@@ -19,8 +19,10 @@ whose JSON `error` names the parameter; every error is JSON.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,6 +46,9 @@ MAX_BODY_BYTES = 512 * 1024
 FORWARD_TIMEOUT_S = 2.0
 RETRY_AFTER_S = 1
 FORWARDED = "X-Sessionrec-Forwarded-By"  # set on a request forwarded to a partition's owner
+# A forwarded request's nonce, time and signature, and the owner's signature of its answer.
+NONCE, SIGNED_AT, SIGNATURE = "X-Sessionrec-Nonce", "X-Sessionrec-Time", "X-Sessionrec-Signature"
+SIGNED_WITHIN_S = 30.0  # a forwarded request signed longer ago than this is refused
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})  # no token needed
 JSON = "application/json"
 
@@ -68,11 +73,76 @@ def api_url(settings: Settings, port: int) -> str:
 
 def web_options(settings: Settings) -> dict[str, Any]:
     """aiohttp application options: the body limit and the middleware that checks the token
-    and turns every error into JSON."""
-    return {"client_max_size": MAX_BODY_BYTES, "middlewares": [_guard(settings.api.token)]}
+    and turns every error into JSON (those of aiohttp's HTTP parser too: `json_parse_errors`)."""
+    json_parse_errors()
+    guard = _guard(settings.api.token, cluster_key(settings))
+    return {"client_max_size": MAX_BODY_BYTES, "middlewares": [guard]}
 
 
-def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def json_parse_errors() -> None:
+    """Answer a request aiohttp's HTTP parser refuses (a malformed request line or header,
+    before any middleware runs) with the API's JSON error and one log line, where aiohttp
+    answers plain text and logs a traceback. Replaces `RequestHandler.handle_error` for the
+    client errors (status < 500) of every aiohttp server in the process (the worker's, which
+    faust builds, and `sessionrec serve`'s); server errors keep aiohttp's own handling."""
+    from aiohttp import web_protocol
+
+    handler = web_protocol.RequestHandler
+    if getattr(handler.handle_error, "sessionrec", False):
+        return
+    original = handler.handle_error
+
+    def handle_error(
+        self: Any,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return original(self, request, status, exc, message)
+        why = message or (type(exc).__name__ if exc is not None else "malformed")
+        why = (why.splitlines() or ["malformed"])[0][:200]
+        log.warning("query API: refused a malformed HTTP request from %s: %s", request.remote, why)
+        response = error(status, f"malformed HTTP request: {why}")
+        response.force_close()
+        return response
+
+    handle_error.sessionrec = True  # type: ignore[attr-defined]
+    handler.handle_error = handle_error  # type: ignore[method-assign]
+
+
+def cluster_key(settings: Settings) -> bytes:
+    """The key the workers sign forwarded requests and their answers with: `api.cluster_secret`,
+    else one derived from `api.token` (never the token itself, which a request never carries to
+    another worker); empty when neither is set."""
+    if settings.api.cluster_secret:
+        return settings.api.cluster_secret.encode()
+    if settings.api.token:
+        return hmac.digest(settings.api.token.encode(), b"sessionrec forwarding", "sha256")
+    return b""
+
+
+def _sign(key: bytes, *parts: str) -> str:
+    return hmac.new(key, "\n".join(parts).encode(), "sha256").hexdigest()
+
+
+def forwarded_by_member(key: bytes, request: web.Request) -> bool:
+    """Whether `request` was forwarded by a worker that holds the cluster key, recently."""
+    h = request.headers
+    try:
+        fresh = abs(time.time() - float(h.get(SIGNED_AT, "nan"))) <= SIGNED_WITHIN_S
+    except ValueError:
+        return False
+    want = _sign(key, h.get(NONCE, ""), h.get(SIGNED_AT, ""), request.method, request.path_qs)
+    return bool(key) and fresh and hmac.compare_digest(h.get(SIGNATURE, ""), want)
+
+
+def _answer_signature(key: bytes, nonce: str, status: int, body: bytes) -> str:
+    return _sign(key, nonce, str(status), hashlib.sha256(body).hexdigest())
+
+
+def _guard(token: str, key: bytes) -> Callable[..., Awaitable[web.StreamResponse]]:
     expected = f"Bearer {token}".encode()
 
     @web.middleware
@@ -85,7 +155,9 @@ def _guard(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
         return response
 
     async def _checked_call(request: web.Request, handler: Any) -> web.StreamResponse:
-        if token and request.path not in OPEN_PATHS:
+        if FORWARDED in request.headers and key and not forwarded_by_member(key, request):
+            return error(401, "forwarded request not signed with the cluster key (or too old)")
+        if token and request.path not in OPEN_PATHS and FORWARDED not in request.headers:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return error(401, "missing or wrong bearer token", WWW_Authenticate="Bearer")
@@ -247,7 +319,9 @@ class Api:
         self.url = url
         self.owners = owners
         self.recovered = recovered
+        self.key = cluster_key(settings)
         self._client: aiohttp.ClientSession | None = None
+        self._refused: set[str] = set()  # members whose answers failed their signature
 
     def routes(self) -> list[tuple[str, str, Callable[..., Awaitable[web.StreamResponse]]]]:
         """(path, method, handler): a handler takes the request and the path's fields."""
@@ -276,25 +350,57 @@ class Api:
         if body is None:
             answer = self.pipeline.for_user(user_id, params, filters)
             body = encode_answer(user_id, answer.event_ts, answer.emitted_ts, answer_shared(answer))
-        return _answer(body, self.url)
+        response = _answer(body, self.url)
+        if request.headers.get(FORWARDED) and self.key:
+            nonce = request.headers.get(NONCE, "")
+            response.headers[SIGNATURE] = _answer_signature(self.key, nonce, 200, body)
+        return response
 
     async def _forward(self, request: web.Request, owner: str, partition: int) -> web.Response:
+        """Ask the partition's owner, signed with the cluster key (the client's token stays
+        here), and pass its answer on only if the owner signed it with the same key: a member
+        that announces its own URL without the key gets no token and answers nobody."""
         if self._client is None:
             timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
             self._client = aiohttp.ClientSession(timeout=timeout)
         headers = {FORWARDED: self.url}
-        if "Authorization" in request.headers:
-            headers["Authorization"] = request.headers["Authorization"]
+        nonce, signed_at = secrets.token_hex(16), f"{time.time():.3f}"
+        if self.key:
+            signature = _sign(self.key, nonce, signed_at, "GET", request.path_qs)
+            headers.update({NONCE: nonce, SIGNED_AT: signed_at, SIGNATURE: signature})
         try:
             async with self._client.get(owner + request.path_qs, headers=headers) as response:
                 body = await response.read()
-                forwarded = web.Response(body=body, status=response.status, content_type=JSON)
-                forwarded.headers[ANSWERED_BY] = response.headers.get(ANSWERED_BY, owner)
-                return forwarded
+                signed = response.headers.get(SIGNATURE, "")
+                status = response.status
+                answered_by = response.headers.get(ANSWERED_BY, owner)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RequestError(
                 503, f"the owner of partition {partition} did not answer ({type(exc).__name__})"
             ) from None
+        if self.key and status == 200:
+            want = _answer_signature(self.key, nonce, status, body)
+            if not hmac.compare_digest(signed, want):
+                self._distrust(owner, partition)
+                raise RequestError(
+                    502,
+                    f"the worker announced as the owner of partition {partition} did not "
+                    "sign its answer with the cluster key",
+                )
+        forwarded = web.Response(body=body, status=status, content_type=JSON)
+        forwarded.headers[ANSWERED_BY] = answered_by
+        return forwarded
+
+    def _distrust(self, owner: str, partition: int) -> None:
+        if owner not in self._refused:
+            self._refused.add(owner)
+            log.warning(
+                "query API: %s, announced as the owner of partition %d, answered without the "
+                "cluster key's signature; its answers are refused (is api.cluster_secret the "
+                "same on every worker?)",
+                owner[:200],
+                partition,
+            )
 
     async def similar(self, request: web.Request, item_id: str) -> web.StreamResponse:
         params, filters = query_args(self.settings, request.query)

@@ -40,6 +40,7 @@ DELIVERY_ATTEMPTS = 5
 IDLE_CHECK_S = 10.0
 UPDATES_CHECK_S = 1.0
 STATS_LOG_S = 10.0
+GAUGES_S = 5.0
 CLOSE_TIMEOUT_S = 30.0
 
 
@@ -81,7 +82,7 @@ def build_app(
     sessions, changelog = faust_adapter.session_store(table)
     pipeline = pipeline_type(settings, serving, sessions, changelog)
     held = faust_adapter.keep_standbys(table, pipeline.table.changed)
-    watcher = Watcher(settings, model_dir, serving.version if serving else None, model_store)
+    watcher = Watcher(settings, model_dir, serving, model_store)
     outbox = Outbox(
         producer_config(settings, **{"linger.ms": LINGER_MS}),
         DELIVERY_ATTEMPTS,
@@ -101,7 +102,7 @@ def build_app(
 
     async def own(_app: faust.App, assigned: set[TP], **_: Any) -> None:
         """Only the partitions of `events` assigned now are this worker's to close."""
-        pipeline.table.own({tp.partition for tp in assigned if tp.topic == events_topic})
+        pipeline.assigned({tp.partition for tp in assigned if tp.topic == events_topic})
 
     app.on_partitions_assigned.connect(cast(Any, own))  # faust's type names no arguments
     api = Api(
@@ -129,11 +130,19 @@ def build_app(
     async def follow_updates() -> None:
         pipeline.between_batches()
 
+    @app.timer(interval=GAUGES_S)
+    async def refresh_gauges() -> None:
+        pipeline.refresh_gauges()  # idle partitions' lag, users restored from the changelog
+
     @app.timer(interval=STATS_LOG_S)
     async def log_stats() -> None:
         if pipeline.stats.events:
             log.info("%s", pipeline.stats.line())
         pipeline.stats.reset()
+
+    @app.task
+    async def probe_loop() -> None:
+        await metrics.probe_loop()
 
     @app.task
     async def start() -> None:

@@ -39,8 +39,8 @@ fails loudly instead of silently skipping a patch.
    (model, libraries) are frozen out of its walks and it runs after GC_YOUNG_THRESHOLD
    allocations instead of 700, since the session table renews objects on every event.
    Reference counting still frees everything not in a cycle at once. Broker-independent.
-8. `RepeatFilter` (installed by `on_start` on the root logger's handlers): aiokafka and faust
-   log every failed reconnect while the broker is down, many lines a second; an identical
+8. `RepeatFilter` (installed by `on_start` on the root logger's handlers): aiokafka, faust and
+   librdkafka log every failed reconnect while the broker is down, many lines a second; an identical
    line (same logger and message template) is logged once, then at most once per
    REPEAT_WINDOW_S with the number of repeats. Broker-independent.
 9. `highwater` reads a partition's high watermark from faust's consumer for the lag gauge
@@ -78,6 +78,7 @@ import asyncio
 import atexit
 import gc
 import logging
+import re
 import shutil
 import ssl
 import tempfile
@@ -420,10 +421,13 @@ def tune_gc() -> None:
 
 class RepeatFilter(logging.Filter):
     """Lets the first of identical WARNING+ lines of the `loggers` through, then one per
-    `window_s` saying how often it was repeated."""
+    `window_s` saying how often it was repeated. Lines are the same when their template is
+    (librdkafka's, whose template is always "%s [%s] %s": when their text is, numbers aside)."""
 
     def __init__(
-        self, loggers: tuple[str, ...] = ("aiokafka", "faust", "mode"), window_s: float = 60.0
+        self,
+        loggers: tuple[str, ...] = ("aiokafka", "faust", "mode", "librdkafka"),
+        window_s: float = 60.0,
     ):
         super().__init__()
         self.loggers = loggers
@@ -434,6 +438,8 @@ class RepeatFilter(logging.Filter):
         if record.levelno < logging.WARNING or not record.name.startswith(self.loggers):
             return True
         key = (record.name, str(record.msg))
+        if record.name == "librdkafka":
+            key = (record.name, _NUMBERS.sub("#", record.getMessage()))
         now = time.monotonic()
         since, repeats = self.seen.get(key, (-self.window_s - 1, 0))
         if now - since <= self.window_s:
@@ -448,6 +454,7 @@ class RepeatFilter(logging.Filter):
 
 
 REPEAT_WINDOW_S = 60.0
+_NUMBERS = re.compile(r"\d+")
 
 
 def quiet_repeats() -> None:

@@ -12,6 +12,11 @@ from aiokafka.partitioner import murmur2
 from ..models.config import Settings
 
 log = logging.getLogger(__name__)
+# librdkafka's own lines (a broker down, a TLS failure) go through Python's logging under this
+# name, delivered when the client is polled, so that the worker folds their repeats as it does
+# faust's (stream.faust_adapter.RepeatFilter) instead of librdkafka writing to stderr.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+
 # An output message: topic, key, value, and its partition (None: the key's partition).
 OutMessage = tuple[str, bytes | None, bytes | None, int | None]  # value None: a tombstone
 
@@ -21,7 +26,13 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     events (whatever its language) agrees on that user's partition. Idempotent: a retried
     send is not written twice, and a partition's messages stay in order (a broker without
     idempotent producers needs `enable.idempotence = false` in [kafka])."""
-    defaults = {"linger.ms": 2, "log_level": 3, "enable.idempotence": True, **extra}
+    defaults = {
+        "linger.ms": 2,
+        "log_level": 3,
+        "enable.idempotence": True,
+        "logger": LIBRDKAFKA_LOG,
+        **extra,
+    }
     return settings.client_config(defaults, partitioner="murmur2_random")
 
 
@@ -39,6 +50,7 @@ def consumer_config(settings: Settings, group: str, **extra: Any) -> dict[str, A
         "session.timeout.ms": 6000,
         "max.poll.interval.ms": 10000,
         "log_level": 3,
+        "logger": LIBRDKAFKA_LOG,
     }
     return settings.client_config(defaults, **{"group.id": group, **extra})
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -83,6 +86,17 @@ MODEL_FETCH_FAILED = Counter(
     "sessionrec_model_fetch_failed_total", "Failed reads of the remote model store (retried)"
 )
 ITEMS = Counter("sessionrec_item_upserts_total", "Catalog upserts applied to the live index")
+LOOP_LAG = Histogram(
+    "sessionrec_event_loop_lag_seconds",
+    "How late the event loop woke a task sleeping LOOP_PROBE_S: time it spent on other work",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+LOOP_LAG_MAX = Gauge(
+    "sessionrec_event_loop_lag_max_seconds",
+    "The longest event-loop lag in the last LOOP_WINDOW_S seconds",
+)
+LOOP_PROBE_S = 0.05
+LOOP_WINDOW_S = 5.0
 ITEMS_FAILED = Counter(
     "sessionrec_item_upserts_failed_total", "Catalog upserts the live index could not take"
 )
@@ -101,6 +115,22 @@ def observe_model(serving: Any) -> None:
     INDEX_SIZE.set(len(serving.index) if serving is not None else 0)
 
 
+async def probe_loop() -> None:
+    """Measure, forever, how late the event loop wakes a sleeping task: a stall of the loop
+    (work that should not run on it) shows here before anywhere else."""
+    recent: deque[tuple[float, float]] = deque()  # (when, lag), the last LOOP_WINDOW_S
+    while True:
+        due = time.monotonic() + LOOP_PROBE_S
+        await asyncio.sleep(LOOP_PROBE_S)
+        now = time.monotonic()
+        late = max(0.0, now - due)
+        LOOP_LAG.observe(late)
+        recent.append((now, late))
+        while recent[0][0] < now - LOOP_WINDOW_S:
+            recent.popleft()
+        LOOP_LAG_MAX.set(max(lag for _, lag in recent))
+
+
 def observe_batch(batch: list[Any]) -> None:
     """A finished batch of `Incoming`: its size and each event's produce-to-answer latency."""
     now = time.time()
@@ -110,15 +140,20 @@ def observe_batch(batch: list[Any]) -> None:
             LATENCY.observe(max(0.0, now - msg.produced_ms / 1000.0))
 
 
-def observe_lag(batch: list[Any], highwater: Callable[[int], int | None]) -> None:
-    """The lag of the batch's partitions: high watermark minus the last offset processed."""
-    last: dict[int, int] = {}
-    for msg in batch:
-        last[msg.partition] = max(last.get(msg.partition, -1), msg.offset)
-    for partition, offset in last.items():
+def observe_lag(positions: dict[int, int], highwater: Callable[[int], int | None]) -> None:
+    """Each partition's lag: its high watermark minus the offset after the last event
+    answered (`positions`)."""
+    for partition, position in positions.items():
         high = highwater(partition)
         if high is not None:
-            LAG.labels(str(partition)).set(max(0, int(high) - offset - 1))
+            LAG.labels(str(partition)).set(max(0, int(high) - position))
+
+
+def forget_lag(partitions: set[int]) -> None:
+    """No lag shown for partitions given away (another worker shows theirs)."""
+    for partition in partitions:
+        with contextlib.suppress(KeyError):  # never shown here
+            LAG.remove(str(partition))
 
 
 class BatchStats:

@@ -55,9 +55,10 @@ _COMMON = {
     "items": _ITEMS,
     "model_version": {"type": "string", "description": "'none' before a model is loaded"},
     "reason": {
-        "enum": ["session", "trending"],
+        "enum": ["session", "trending", "filtered"],
         "description": "session: from the items asked about; trending: nothing to go on "
-        "(an unknown user, an empty session, no model yet)",
+        "(an unknown user, an empty session, no model yet); filtered: trending items that pass "
+        "the filters, which match too few items (under 1 in 1,000) for the index to be searched",
     },
     "emitted_ts": {"type": "integer", "description": "when it was answered, ms since epoch"},
     "schema_version": {"const": 1},

@@ -13,7 +13,10 @@ The faust adapter (`stream.faust_adapter`) hands it batches and acknowledges the
 tests and benchmarks call the steps, or `process`, directly.
 
 The HTTP API (`stream.api`) asks `for_user`, `similar` and `for_session`: one request each,
-planned, searched and explained by the same code as a batch's, and changing nothing.
+planned, searched and explained by the same code as a batch's, and changing nothing. Requests are
+answered on the event loop, their searches held off while a catalog slice is linked; those
+that need no user's state can be served apart, by `sessionrec serve` (`stream.serve`).
+Catalog upserts and new models come in through `stream.catalog`.
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ from ..models.filters import NO_FILTERS, Filters
 from ..models.intent import cluster
 from ..models.ranking import PastIntent, Plan, Request, Result, params_from
 from ..models.records import Event, Intent, Item, Recommendation, RecommendedItem
-from ..models.serving import ServingModel
+from ..models.serving import CatalogChange, ServingModel
 from ..models.session import Session, SessionConfig, advance, close_idle
 from ..models.state import MAX_BOUGHT, PastIntentState, UserState, UserTable
 from ..models.trending import Trending
 from . import metrics
+from .catalog import CatalogFeed
 from .delivery import Deduplicator, InOrderAcks, unless_done
 from .kafka import OutMessage
 
@@ -68,7 +72,6 @@ DLQ_ORIGINAL_BYTES = 4096
 DLQ_REASON_CHARS = 1000
 DLQ_KEY_BYTES = 1024
 SEARCHES_AHEAD = 2  # batches whose search runs while the next ones are admitted
-UPSERTS_NAMED = 3  # catalog upserts named in the line that logs them
 
 
 @dataclass(slots=True)
@@ -141,11 +144,9 @@ class Sink(Protocol):
 
 
 class Updates(Protocol):
-    """New models and catalog upserts (`stream.watch.Watcher`)."""
+    """New models and catalog upserts prepared for them (`stream.watch.Watcher`)."""
 
-    def take(self) -> tuple[ServingModel | None, list[Item]]: ...
-
-    def waiting(self) -> bool: ...
+    def take(self) -> tuple[ServingModel | None, list[CatalogChange]]: ...
 
 
 # What a DLQ reason is about, in a few words fit for a metric's label (`dlq_kind`).
@@ -225,14 +226,15 @@ class Pipeline:
         self.updates: Updates | None = None
         self.highwater: Callable[[int], int | None] | None = None
         self.searches: set[asyncio.Future[Any]] = set()  # running in the searcher thread
+        self.feed = CatalogFeed(self.swap)  # catalog upserts and models on their way in
         self.stats = metrics.BatchStats()
         # Each user's latest answer with the default parameters, for the query API: (the
         # encoded state it answers, the catalog it was ranked over, event_ts, emitted_ts, the
         # answer's shared part), least recently answered first.
         self.answers: OrderedDict[str, tuple[bytes, int, int, int, bytes]] = OrderedDict()
-        self.catalog = 0  # changes with each model swap and catalog upsert
         self._counted = self.counters.copy()
         self._lag_due = 0.0
+        self.positions: dict[int, int] = {}  # partition -> the offset after the last answered
         if serving is not None:
             self._seed_trending(serving)
 
@@ -261,11 +263,9 @@ class Pipeline:
         acks = InOrderAcks(acknowledge)
         searching: asyncio.Queue[Pending] = asyncio.Queue(SEARCHES_AHEAD)
         finisher = asyncio.ensure_future(self._finish_in_order(searching, acks))
-        searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
+        searcher = self.feed.searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
         try:
             async for incoming, handles in batches:
-                if self.updates is not None and self.updates.waiting():
-                    await unless_done(finisher, self._searches_done())
                 self.between_batches()
                 pending = self.prepare(incoming, handles)
                 if pending.plan is not None:
@@ -276,6 +276,7 @@ class Pipeline:
         finally:
             finisher.cancel()
             acks.close()
+            self.feed.searcher = None
             searcher.shutdown(wait=False)
 
     def prepare(self, incoming: list[Incoming], handles: list[Any] | None = None) -> Pending:
@@ -452,7 +453,8 @@ class Pipeline:
 
     def _start_search(self, searcher: ThreadPoolExecutor, pending: Pending) -> asyncio.Future[Any]:
         """Start the batch's index search in the searcher thread (hnswlib releases the GIL);
-        nothing changes the index until it ends (see `between_batches`)."""
+        catalog upserts reach the graph in the same thread (`stream.catalog`), so none changes
+        it while it is searched."""
         found = asyncio.get_running_loop().run_in_executor(searcher, pending.search)
         self.searches.add(found)
         found.add_done_callback(self.searches.discard)
@@ -512,7 +514,7 @@ class Pipeline:
             items: list[RecommendedItem] = [
                 {"item_id": i, "score": round(s, 5), "intent": -1} for i, s in top
             ]
-            return items, [], "trending"
+            return items, [], "filtered" if result is not None and result.narrow else "trending"
         assert serving is not None  # a result comes from a model
         return result.items, [serving.intent(it) for it in result.intents], "session"
 
@@ -547,32 +549,28 @@ class Pipeline:
     # -- Between batches and on timers -----------------------------------------------------
 
     def between_batches(self) -> None:
-        """Swap in a loaded model and apply catalog upserts, unless a batch's search is reading
-        the index (then they wait for a later call)."""
-        if self.searches or self.updates is None:
+        """Take what the watcher has ready (a loaded model, catalog upserts it prepared) and go
+        on putting it into the index (`stream.catalog`); cheap, whatever the watcher sent."""
+        if self.updates is None:
             return
-        model, items = self.updates.take()
-        if model is not None:
-            self.swap(model)
+        model, changes = self.updates.take()
+        for change in changes:
+            if not change.whole:
+                self._note_live(change.items)
+        self.feed.take(model, changes, self.serving)
+
+    def _note_live(self, items: list[Item]) -> None:
         for item in items:
             if item.deleted:
                 self.upserted.discard(item.item_id)
                 self.trending.forget(item.item_id)
             else:
                 self.upserted.add(item.item_id)
-        if items and self.serving is not None:
-            try:
-                metrics.ITEMS.inc(self.serving.apply_items(items))
-            except Exception as exc:  # a verified model should not get here; keep serving
-                metrics.ITEMS_FAILED.inc(len(items))
-                log.error("catalog upserts not applied (%s: %s)", type(exc).__name__, exc)
-            else:
-                named = ", ".join(item.item_id for item in items[:UPSERTS_NAMED])
-                more = ", ..." if len(items) > UPSERTS_NAMED else ""
-                log.info("catalog: %d upserts applied (%s%s)", len(items), named, more)
-        if model is not None or items:
-            self.catalog += 1  # answers kept for the query API were ranked over another
-            metrics.observe_model(self.serving)
+
+    @property
+    def catalog(self) -> int:
+        """Changes with each model swap and catalog slice (answers kept from before are stale)."""
+        return self.feed.steps
 
     def live(self, item_id: str) -> bool:
         """Whether an item is in the catalog now: known to the served model's index and not
@@ -584,16 +582,14 @@ class Pipeline:
         return label is not None and label not in index.deleted
 
     def swap(self, serving: ServingModel) -> None:
-        """Serve a new model from the next batch on."""
+        """Serve a new model from the next batch on (a batch planned before finishes with the
+        model it was planned with)."""
         old = self.serving.version if self.serving is not None else "none"
         self.serving = serving
+        metrics.observe_model(serving)
         self.counters["model_swaps"] += 1
         metrics.MODEL_SWAPS.inc()
         log.info("swapped model %s -> %s between batches", old, serving.version)
-
-    async def _searches_done(self) -> None:
-        if self.searches:
-            await asyncio.wait(set(self.searches))
 
     def close_idle(self) -> Output:
         """Close the sessions whose partition's event-time watermark is past their end + gap
@@ -671,11 +667,29 @@ class Pipeline:
         return self._answer(Request(clicks, params=params, filters=filters, current=in_hand), "")
 
     def _answer(self, request: Request, user_id: str) -> Recommendation:
-        serving, result = self.serving, None
-        if serving is not None:
-            rec = serving.recommender
-            plan = rec.plan([request], max_fetch=self.settings.limits.max_search_depth)
-            result = rec.finish(plan, *rec.search(plan))[0]
+        serving = self.serving
+        result = self._rank(serving, request) if serving is not None else None
+        return self._recommendation(serving, request, result, user_id)
+
+    def _rank(self, serving: ServingModel, request: Request) -> Result:
+        """Plan, search and finish one request, here on the event loop. Its search holds off
+        a catalog slice being linked in the searcher thread (`ItemIndex.linking`): hnswlib
+        does not promise that adding beside a search is safe. Ranking in a thread of its own
+        instead starved the loop (Python's lock goes to the busy thread): requests that must
+        not slow the events go to `sessionrec serve`."""
+        rec = serving.recommender
+        plan = rec.plan([request], max_fetch=self.settings.limits.max_search_depth)
+        with serving.index.linking:
+            found = rec.search(plan)
+        return rec.finish(plan, *found)[0]
+
+    def _recommendation(
+        self,
+        serving: ServingModel | None,
+        request: Request,
+        result: Result | None,
+        user_id: str,
+    ) -> Recommendation:
         items, intents, reason = self._explain(serving, request, result)
         return Recommendation(
             user_id=user_id,
@@ -702,9 +716,29 @@ class Pipeline:
         """Counters, latencies and consumer lag of a finished batch."""
         self.count()
         metrics.observe_batch(incoming)
-        if self.highwater is not None and time.monotonic() >= self._lag_due:
-            self._lag_due = time.monotonic() + LAG_EVERY_S  # asks the consumer per partition
-            metrics.observe_lag(incoming, self.highwater)
+        for msg in incoming:
+            if msg.offset >= self.positions.get(msg.partition, 0):
+                self.positions[msg.partition] = msg.offset + 1
+        if time.monotonic() >= self._lag_due:
+            self.refresh_gauges()
+
+    def assigned(self, partitions: set[int]) -> None:
+        """The partitions of `events` this worker holds now: only their users are closed or
+        expired, and only their lag is shown."""
+        self.table.own(partitions)
+        revoked = set(self.positions) - partitions
+        for partition in revoked:
+            del self.positions[partition]
+        metrics.forget_lag(revoked)
+
+    def refresh_gauges(self) -> None:
+        """The lag of every partition held (idle ones too: each high watermark is asked
+        again) and the users in memory; after batches at most every LAG_EVERY_S, and on a
+        timer."""
+        self._lag_due = time.monotonic() + LAG_EVERY_S
+        metrics.USERS.set(len(self.table))
+        if self.highwater is not None:
+            metrics.observe_lag(self.positions, self.highwater)
 
     def count(self) -> None:
         """Add what the counters gained since the last call to the metrics (after a batch,

@@ -20,7 +20,7 @@ from ..models.artifact import ArtifactError, check_version, current_version, ver
 from ..models.codec import MAX_ID_CHARS, DecodeError, decode_item
 from ..models.config import Settings
 from ..models.records import Item
-from ..models.serving import ServingModel, load_serving
+from ..models.serving import CatalogChange, ServingModel, load_serving
 from ..models.store import RemoteStore, take
 from . import metrics
 from .kafka import consumer_config, ready_messages
@@ -41,7 +41,7 @@ class Watcher(threading.Thread):
         self,
         settings: Settings,
         model_dir: Path,
-        loaded_version: str | None,
+        serving: ServingModel | None,
         store: RemoteStore | None = None,
     ):
         super().__init__(name="sessionrec-watcher", daemon=True)
@@ -51,9 +51,12 @@ class Watcher(threading.Thread):
         self._store_checked = 0.0
         self.catalog: dict[str, Item] = {}
         self._lock = threading.Lock()
-        self._pending_items: list[Item] = []
+        self._pending_changes: list[CatalogChange] = []
         self._pending_model: ServingModel | None = None
-        self._version = loaded_version
+        # The model upserts are prepared for: the one served, or the one loaded to be.
+        self._target = serving
+        self._version = serving.version if serving is not None else None
+        self._received: list[Item] = []  # upserts read and not prepared yet
         self._stop = threading.Event()
         self.refused: set[str] = set()
         self._offsets: dict[tuple[str, int], int] = {}  # where a restart goes on reading
@@ -67,17 +70,18 @@ class Watcher(threading.Thread):
     def stop(self) -> None:
         self._stop.set()
 
-    def take(self) -> tuple[ServingModel | None, list[Item]]:
-        """What arrived since the last call: a loaded model (or None) and item upserts."""
+    def take(self) -> tuple[ServingModel | None, list[CatalogChange]]:
+        """What is ready since the last call: a loaded model (or None), and catalog changes
+        prepared for the newest model (with a loaded model, the first is its whole catalog)."""
         with self._lock:
-            model, items = self._pending_model, self._pending_items
-            self._pending_model, self._pending_items = None, []
-        return model, items
+            model, changes = self._pending_model, self._pending_changes
+            self._pending_model, self._pending_changes = None, []
+        return model, changes
 
     def waiting(self) -> bool:
-        """Whether a loaded model or item upserts wait to be taken."""
+        """Whether a loaded model or prepared upserts wait to be taken."""
         with self._lock:
-            return self._pending_model is not None or bool(self._pending_items)
+            return self._pending_model is not None or bool(self._pending_changes)
 
     def run(self) -> None:
         """Follow, and start again after any failure, until stopped."""
@@ -130,7 +134,9 @@ class Watcher(threading.Thread):
                     if msg.topic() == t.items:
                         self._on_item(msg.key(), value)
                     elif value is not None:
+                        self._prepare()  # upserts read before the announcement go first
                         self._on_update(value)
+                self._prepare()
                 if time.monotonic() - last_check > CURRENT_CHECK_S:
                     last_check = time.monotonic()
                     self._check_current()
@@ -223,9 +229,20 @@ class Watcher(threading.Thread):
             else:
                 log.warning("refused item upsert: %s", exc)
             return
+        self.catalog[item.item_id] = item
+        self._received.append(item)
+
+    def _prepare(self) -> None:
+        """Compose the vectors of the upserts read since the last call, for the model they
+        will be applied to, and leave them to be taken."""
+        if not self._received:
+            return
+        items, self._received = self._received, []
+        target = self._target
+        # With no model yet, the pipeline only notes which items are live.
+        change = target.prepare(items) if target is not None else CatalogChange.unserved(items)
         with self._lock:
-            self.catalog[item.item_id] = item
-            self._pending_items.append(item)
+            self._pending_changes.append(change)
 
     def _on_update(self, raw: bytes) -> None:
         try:
@@ -257,17 +274,21 @@ class Watcher(threading.Thread):
         except Exception as exc:  # anything else a bad artifact can raise: refused too
             self._refuse_once(version, f"{type(exc).__name__}: {str(exc)[:200]}")
             return
-        with self._lock:
-            catalog = list(self.catalog.values())
-        serving.apply_items(catalog)
+        self._prepare()  # the catalog below holds them: none waits for the model it replaces
+        catalog = list(self.catalog.values())
+        change = serving.prepare(catalog, only_changed=True)
         with self._lock:
             self._pending_model = serving
+            self._pending_changes = [change]  # those before were for the model replaced
+        self._target = serving
         self._version = version
         log.info(
-            "model %s loaded in %.2fs (%d items, %d catalog upserts applied)",
+            "model %s loaded in %.2fs (%d items); %d of the catalog's %d items go into its "
+            "index before it is served",
             version,
             time.perf_counter() - started,
             len(serving.index),
+            int(change.moved.sum()),
             len(catalog),
         )
 

@@ -9,6 +9,7 @@ a job that ends after one run (a Kubernetes CronJob) pushes them to a Pushgatewa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -31,10 +32,12 @@ LAST_RUN = Gauge(
     "When the last training run ended (Unix time)",
     registry=REGISTRY,
 )
+# Registered with the first run that makes a version: before it there is no such time, and a
+# 0 would read as "failing since 1970" to an alert on its age.
 LAST_SUCCESS = Gauge(
     "sessionrec_training_last_success_timestamp_seconds",
-    "When the last training run that made a version ended (Unix time)",
-    registry=REGISTRY,
+    "When the last training run that made a version ended (Unix time; absent before the first)",
+    registry=None,
 )
 DURATION = Gauge(
     "sessionrec_training_duration_seconds",
@@ -69,6 +72,8 @@ def observe(run: dict[str, Any] | None) -> None:
         return
     RUNS.labels("promoted" if run["promoted"] else "kept").inc()
     LAST_SUCCESS.set(now)
+    with contextlib.suppress(ValueError):  # registered by an earlier run
+        REGISTRY.register(LAST_SUCCESS)
     DURATION.set(run["seconds"])
     VERSION.info({"version": run["version"], "promoted": str(run["promoted"]).lower()})
     holdout = run.get("holdout") or {}

@@ -217,3 +217,50 @@ def test_partition_of_agrees_with_the_producers_partitioner(
     assert len(set(by_user.values())) == settings.partitions
     for user, partition in by_user.items():
         assert partition == partition_of(user.encode(), settings.partitions), user
+
+
+def test_serve_answers_similar_items_and_sessions_as_the_workers_do(
+    broker: EmbeddedBroker,
+    unique: str,
+    retailrocket_model: Path,
+    worker_factory,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """`sessionrec serve` joins no consumer group and holds no sessions: its similar-item and
+    session answers are the workers', a catalog upsert reaches it, a user's request is
+    refused with the reason."""
+    import sys
+    import time
+
+    from sessionrec.models.records import Item
+    from sessionrec.stream.launch import WorkerProcess
+    from tests.integration.kafka_io import produce_items
+
+    settings = _setup(broker, unique, retailrocket_model)
+    worker = worker_factory(settings).api_url()
+    command = [sys.executable, "-m", "sessionrec.cli", "serve"]
+    server = WorkerProcess(settings, tmp_path / "serve.log", command).start()
+    try:
+        served = server.api_url()
+        deadline = time.monotonic() + 60
+        while http(f"{served}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, server.tail_log()
+            time.sleep(0.2)
+        items = load_model(version_path(retailrocket_model, current_version(retailrocket_model)))
+        for item in items.item_ids[:20]:
+            got = [http(f"{url}/v1/items/{item}/similar?k=10") for url in (worker, served)]
+            assert got[0][0] == got[1][0] == 200, got
+            assert got[0][1]["items"] == got[1][1]["items"]
+        session = {"events": [{"item_id": i, "type": "view"} for i in items.item_ids[:3]]}
+        asked = [http(f"{url}/v1/sessions/recommendations", session) for url in (worker, served)]
+        assert asked[0][1]["items"] == asked[1][1]["items"] and asked[1][1]["reason"] == "session"
+        status, body, _ = http(f"{served}/v1/users/u1/recommendations")
+        assert status == 404 and "stream workers" in body["error"]
+        # A new catalog item is answered for once the watcher has it (404 before).
+        assert http(f"{served}/v1/items/brand-new/similar")[0] == 404
+        produce_items(settings, [Item("brand-new", name="new", category="c")])
+        while http(f"{served}/v1/items/brand-new/similar")[0] != 200:
+            assert time.monotonic() < deadline + 60, server.tail_log()
+            time.sleep(0.2)
+    finally:
+        server.stop()

@@ -94,6 +94,18 @@ def test_cli_broker_says_when_the_port_is_taken(broker: EmbeddedBroker) -> None:
     assert result.stderr.count("\n") == 1
 
 
+def test_the_broker_restarts_on_the_same_port_at_once(unique: str) -> None:
+    """A broker stopped while clients were connected leaves its port's connections in
+    TIME_WAIT; the next one takes the port all the same."""
+    with EmbeddedBroker(port=0) as first:
+        port = first.port
+        producer = Producer({"bootstrap.servers": first.bootstrap})
+        producer.produce(unique, b"x")
+        assert producer.flush(10) == 0
+    with EmbeddedBroker(port=port) as second:
+        assert AdminClient({"bootstrap.servers": second.bootstrap}).list_topics(timeout=10).brokers
+
+
 def test_context_manager_starts_and_stops() -> None:
     with EmbeddedBroker(port=0) as extra:
         port = extra.port

@@ -42,7 +42,7 @@ def test_query_strings_become_parameters_and_filters() -> None:
     [
         ([("k", "101")], "params: k is 101, expected 1 to 100"),
         ([("k", "2.5")], "k is '2.5', expected int"),
-        ([("past_weight", "nan")], "params: past_weight is nan, expected a finite number >= 0"),
+        ([("past_weight", "nan")], "params: past_weight is nan, expected a number from 0 to 100"),
         ([("min_price", "-1")], "filters: min_price is -1.0, expected a number >= 0"),
         ([("user_id", "u1")], "unknown parameter 'user_id'"),
     ],
@@ -110,7 +110,7 @@ def _ask_user(owners: dict[int, str], owned: set[int] | None, forwarded: bool) -
     async def handler(r: Any) -> Any:
         return await api.user(r, "u2")
 
-    return asyncio.run(_guard("")(request, handler))
+    return asyncio.run(_guard("", b"")(request, handler))
 
 
 def test_a_user_request_is_answered_by_the_partitions_owner_or_told_to_retry() -> None:
@@ -126,3 +126,113 @@ def test_a_user_request_is_answered_by_the_partitions_owner_or_told_to_retry() -
     response = _ask_user({2: "http://me:8080"}, {2}, forwarded=False)  # this worker's own user
     assert response.status == 200 and json.loads(response.body)["reason"] == "trending"
     assert response.headers["X-Sessionrec-Answered-By"] == "http://me:8080"
+
+
+def test_forwarding_carries_no_token_and_refuses_a_rogue_members_answer() -> None:
+    """A member that announces its own URL gets a forwarded request without the client's
+    token, and its answer (unsigned) never reaches the client; the honest owner's does."""
+    import asyncio
+    import dataclasses
+
+    import aiohttp
+    from aiohttp import web
+
+    from sessionrec.stream.api import FORWARDED, Api, web_options
+    from sessionrec.stream.broker import free_port
+    from sessionrec.stream.pipeline import Pipeline
+
+    token = "client-token-never-forwarded"
+    settings = dataclasses.replace(Settings(), api=dataclasses.replace(Settings().api, token=token))
+    seen: list[dict[str, str]] = []
+
+    async def rogue(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"user_id": "u2", "items": [{"item_id": "spam"}]})
+
+    async def serve(app: web.Application, port: int) -> web.AppRunner:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    def worker(url: str, owner: str) -> tuple[Api, web.Application]:
+        pipeline = Pipeline(settings, None, {})
+        pipeline.table.own({0, 1, 2, 3})
+        api = Api(settings, pipeline, url, lambda: {2: owner}, lambda: True)
+        app = web.Application(**web_options(settings))
+        for path, method, handler in api.routes():
+
+            async def route(request: web.Request, _h: Any = handler) -> web.StreamResponse:
+                return await _h(request, **request.match_info)
+
+            app.router.add_route(method.upper(), path, route)
+        return api, app
+
+    async def scenario() -> list[tuple[int, str]]:
+        ports = [free_port("127.0.0.1") for _ in range(4)]
+        a_url, b_url, r_url, c_url = (f"http://127.0.0.1:{p}" for p in ports)
+        rogue_app = web.Application()
+        rogue_app.router.add_get("/{tail:.*}", rogue)
+        a, a_app = worker(a_url, r_url)  # believes the rogue owns partition 2
+        b, b_app = worker(b_url, b_url)  # the honest owner
+        c, c_app = worker(c_url, b_url)  # forwards to the honest owner
+        runners = [
+            await serve(app, p)
+            for app, p in zip((a_app, b_app, rogue_app, c_app), ports, strict=True)
+        ]
+        path = "/v1/users/u2/recommendations"
+        out = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                auth = {"Authorization": f"Bearer {token}"}
+                for url, headers in (
+                    (a_url, auth),
+                    (c_url, auth),
+                    (b_url, {FORWARDED: "http://forger"}),  # no signature: not a member
+                ):
+                    async with http.get(url + path, headers=headers) as response:
+                        out.append((response.status, await response.text()))
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+            for api in (a, b, c):
+                await api.close()
+        return out
+
+    (rogue_status, rogue_body), (ok_status, ok_body), (forged, _) = asyncio.run(scenario())
+    assert rogue_status == 502 and "spam" not in rogue_body
+    assert "did not sign its answer with the cluster key" in rogue_body
+    assert len(seen) == 1 and "Authorization" not in seen[0]
+    assert not any(token in value for value in seen[0].values())
+    assert ok_status == 200 and '"reason":"trending"' in ok_body
+    assert forged == 401
+
+
+def test_a_request_the_http_parser_refuses_is_answered_in_json() -> None:
+    import asyncio
+    import json
+
+    from aiohttp import web
+
+    from sessionrec.stream.api import web_options
+    from sessionrec.stream.broker import free_port
+
+    async def scenario() -> bytes:
+        port = free_port("127.0.0.1")
+        runner = web.AppRunner(web.Application(**web_options(Settings())))
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return answer
+        finally:
+            await runner.cleanup()
+
+    head, _, body = asyncio.run(scenario()).partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400" and b"Content-Type: application/json" in head
+    error = json.loads(body)
+    assert error["status"] == 400 and error["error"].startswith("malformed HTTP request: ")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY
 
 from sessionrec.stream import metrics as worker_metrics  # registers the worker's metrics
 from sessionrec.training import metrics as training_metrics
@@ -24,7 +25,7 @@ SUFFIXES = {
 }
 
 
-def _exported(*registries: CollectorRegistry) -> set[str]:
+def _exported(*registries: Any) -> set[str]:
     """Every series name the registries' metrics export (labelled ones too, before any value)."""
     names = set()
     for registry in registries:
@@ -51,7 +52,8 @@ def test_every_query_parses() -> None:
 
 
 def test_every_query_names_an_exported_metric() -> None:
-    exported = _exported(REGISTRY, training_metrics.REGISTRY)
+    # The last success is registered with the first successful run; it is exported after it.
+    exported = _exported(REGISTRY, training_metrics.REGISTRY, training_metrics.LAST_SUCCESS)
     assert "sessionrec_dlq_total" in exported and worker_metrics.DLQ  # what the test reads
     named = {name for expr in _queries() for name in NAME.findall(expr)}
     assert named, "no query names a sessionrec metric"
@@ -100,10 +102,18 @@ def test_compose_provisions_grafana_and_the_rules() -> None:
     source = yaml.safe_load(
         (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )
-    uids = {t["datasource"]["uid"] for p in _dashboard()["panels"] for t in p.get("targets", [])}
-    assert uids == {source["datasources"][0]["uid"]}
+    assert source["datasources"][0]["type"] == "prometheus"
+    # Every panel and query asks the data source the dashboard's variable names (whatever
+    # the uid of the Prometheus it is imported next to); the variable lists Prometheus ones.
+    panels = _dashboard()["panels"]
+    uids = {p["datasource"]["uid"] for p in panels if "datasource" in p}
+    uids |= {t["datasource"]["uid"] for p in panels for t in p.get("targets", [])}
+    assert uids == {"${datasource}"}
+    variables = {v["name"]: v for v in _dashboard()["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
     assert "./deploy/alerts.yml:/etc/prometheus/alerts.yml:ro" in compose["prometheus"]["volumes"]
     prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
     jobs = {j["job_name"] for j in prometheus["scrape_configs"]}
-    assert jobs == {"sessionrec-worker", "sessionrec-trainer"}
+    assert jobs == {"sessionrec-worker", "sessionrec-query", "sessionrec-trainer"}

@@ -137,3 +137,15 @@ def test_a_first_model_from_history_then_nightly_training() -> None:
     assert "--wait" in compose["trainer"] and "--every" in compose["trainer"]
     job = _docs()["Job/sessionrec-first-model"]["spec"]["template"]["spec"]["containers"][0]
     assert "--if-no-model" in job["args"] and "/history/events.jsonl" in job["args"]
+
+
+def test_the_query_deployment_serves_stateless_requests_behind_its_own_service() -> None:
+    docs = _docs()
+    dep = docs["Deployment/sessionrec-query"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["sessionrec", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["securityContext"]["runAsNonRoot"] is True
+    service = docs["Service/sessionrec-query"]
+    assert service["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] != docs["Service/sessionrec-api"]["spec"]["selector"]

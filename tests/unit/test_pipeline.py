@@ -10,7 +10,8 @@ import pytest
 from sessionrec.models.codec import encode
 from sessionrec.models.config import Settings
 from sessionrec.models.records import Event, Item
-from sessionrec.models.state import encode_state
+from sessionrec.models.serving import CatalogChange
+from sessionrec.models.state import UserState, encode_state
 from sessionrec.stream.pipeline import Incoming, Output, Pipeline
 
 
@@ -223,9 +224,9 @@ class _Catalog:
     def __init__(self, items: list[Item]) -> None:
         self.items = items
 
-    def take(self) -> tuple[None, list[Item]]:
+    def take(self) -> tuple[None, list[CatalogChange]]:
         items, self.items = self.items, []
-        return None, items
+        return None, [CatalogChange.unserved(items)]
 
     def waiting(self) -> bool:
         return bool(self.items)
@@ -349,3 +350,32 @@ def test_dlq_reasons_are_counted_by_a_few_fixed_kinds() -> None:
         "bad_params": 1,
         "wrong_key": 1,
     }
+
+
+def test_gauges_follow_idle_and_revoked_partitions_and_restored_users() -> None:
+    from prometheus_client import REGISTRY
+
+    from sessionrec.stream import metrics
+
+    def lag(partition: int) -> float | None:
+        return REGISTRY.get_sample_value("sessionrec_consumer_lag", {"partition": str(partition)})
+
+    store = {"restored": encode_state(UserState(), 0)}  # read from the changelog
+    proc = _pipeline(store)
+    highs = {0: 0, 1: 0}
+    proc.connect(_Sink(), highwater=highs.get)
+    proc.refresh_gauges()
+    assert REGISTRY.get_sample_value("sessionrec_users_in_memory") == 1  # before any event
+    t0 = 1_700_000_000_000
+    zero = _on_partition([Event("a", "i1", "view", t0)], 0)
+    one = _on_partition([Event("b", "i1", "view", t0)], 1)
+    highs.update({0: zero[0].offset + 400, 1: one[0].offset + 165})  # a backlog behind each
+    proc._observe(zero)
+    proc._observe(one)
+    proc.refresh_gauges()
+    assert (lag(0), lag(1)) == (399, 164)
+    highs[0] = zero[0].offset + 1  # the backlog answered meanwhile, partition 0 idle since
+    proc.assigned({0})  # partition 1 given away
+    proc.refresh_gauges()
+    assert (lag(0), lag(1)) == (0, None)
+    metrics.forget_lag({0})

@@ -127,9 +127,11 @@ def test_params_override_and_bad_params() -> None:
         ({"k": 1000, "diversity": 1}, "k is 1000, expected 1 to 100"),
         ({"max_intents": 50}, "max_intents is 50, expected 1 to 5"),
         ({"max_intents": -2}, "max_intents is -2"),
-        ({"past_weight": -1}, "past_weight is -1.0, expected a finite number >= 0"),
+        ({"past_weight": -1}, "past_weight is -1.0, expected a number from 0 to 100"),
         ({"name_weight": float("nan")}, "name_weight is nan"),
         ({"price_weight": float("inf")}, "price_weight is inf"),
+        ({"transition_weight": 1e308}, "transition_weight is 1e[+]308, expected a number from 0"),
+        ({"return_weight": 100.5}, "return_weight is 100.5"),
         ({"k": 2.5}, "k is 2.5, expected int"),
     ],
 )
@@ -230,6 +232,35 @@ def test_filters_keep_only_matching_items_searching_among_them(exact: bool) -> N
     req = Request(session, params=QueryDefaults(k=10), filters=Filters(exclude=excluded))
     got = [i["item_id"] for i in rec.recommend([req])[0].items]
     assert got == [i["item_id"] for i in plain.items[3:]] + got[7:] and len(got) == 10
+
+
+def test_filters_too_narrow_for_the_sample_are_not_searched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A filter none of the sampled items passes would make hnswlib walk the whole graph:
+    the request is not searched, and its result says why (the worker answers it from
+    trending items that pass the filters, reason "filtered")."""
+    from sessionrec.models import ranking
+
+    rec = _with_metadata(_world())
+    session = [("c0-1", "view")]
+    rare = filters_from({"min_price": 19, "max_price": 19})  # items c*-19: labels 19, 44, ...
+    searched: list[int] = []
+    search = rec.index.search
+
+    def recording(queries: np.ndarray, k: int, allowed: object = None) -> object:
+        searched.append(len(queries))
+        return search(queries, k, allowed)  # type: ignore[arg-type]
+
+    rec.index.search = recording  # type: ignore[method-assign]
+    found = rec.recommend([Request(session, filters=rare)])[0]  # every item sampled here
+    assert sorted(i["item_id"] for i in found.items) == ["c0-19", "c1-19", "c2-19", "c3-19"]
+    assert not found.narrow and searched
+    monkeypatch.setattr(ranking, "FILTER_SAMPLE", 10)  # labels 0, 10, ..., 90: none passes
+    searched.clear()
+    narrow, plain = rec.recommend([Request(session, filters=rare), Request(session)])
+    assert narrow.narrow and narrow.items == [] and not plain.narrow and plain.items
+    assert searched == [1]  # the plain request's query only
 
 
 @pytest.mark.parametrize(

@@ -197,3 +197,49 @@ def test_the_report_gives_each_dataset_over_seeds_and_the_cold_start_measurement
     assert "## New items: composed from metadata (diginetica)" in text
     assert "| items held out, then added from metadata | 20.5 | 6.1 |" in text
     assert "4,310 of the 43,097 catalog items" in text and "5,000 test cases" in text
+
+
+def test_the_report_sets_the_burst_and_swap_beside_the_quiet_run(tmp_path: Path) -> None:
+    def window(name: str, p99: float, lag: float) -> dict[str, object]:
+        return {
+            "name": name,
+            "start_s": 1.0,
+            "end_s": 2.0,
+            "events": 10,
+            "p50_ms": 1.0,
+            "p99_ms": p99,
+            "max_ms": 9.0,
+            "loop_lag_max_ms": lag,
+            "health_max_ms": 7.0,
+        }
+
+    run = {"sent": 100, "received": 100, "unanswered": 0, "health_max_ms": 7.0}
+    busy = {
+        **run,
+        "health_failed": 0,
+        "burst_produce_s": 0.6,
+        "burst_applied_s": 21.9,
+        "swap_s": 27.6,
+        "windows": [window("before", 66.0, 18.9), window("burst", 185.4, 25.9)],
+    }
+    quiet = {
+        **run,
+        "health_failed": 0,
+        "windows": [window("before", 62.3, 7.5), window("burst", 123.1, 13.4)],
+    }
+    results = {
+        "machine": "test",
+        "burst": {
+            "burst_items": 40000,
+            "rate": 1000.0,
+            "seconds": 60.0,
+            "busy": busy,
+            "quiet": quiet,
+        },
+        "rerun": {"burst": "2026-12-07 22:30:00"},
+    }
+    write_report(results, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "re-run" not in text and "run again later on the same machine (`--merge`): burst" in text
+    assert "| burst | 1.0 | 2.0 | 10 | 1.0 | 185.4 | 123.1 | 25.9 | 13.4 | 7.0 |" in text
+    assert "40,000 new items" in text and "swapped in 27.6 s later" in text

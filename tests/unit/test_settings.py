@@ -40,7 +40,10 @@ def test_settings_are_frozen() -> None:
         ({"SESSIONREC_SESSION_GAP_MINUTES": "nan"}, "'session_gap_minutes' is nan, expected"),
         ({"SESSIONREC_METRICS_PORT": "70000"}, "'metrics_port' is 70000, expected 0 to 65535"),
         ({"SESSIONREC_WEIGHTS_VIEW": "nan"}, "'weights.view' is nan"),
-        ({"SESSIONREC_QUERY_NAME_WEIGHT": "inf"}, "'query.name_weight' is inf, expected a finite"),
+        (
+            {"SESSIONREC_QUERY_NAME_WEIGHT": "inf"},
+            "'query.name_weight' is inf, expected a number from 0 to 100",
+        ),
         ({"SESSIONREC_QUERY_MAX_INTENTS": "-1"}, "'query.max_intents' is -1, expected 1 to 5"),
         ({"SESSIONREC_QUERY_PAST_WEIGHT": "-0.5"}, "'query.past_weight' is -0.5"),
         ({"SESSIONREC_QUERY_K": "500"}, "'query.k' is 500, expected 1 to 100"),

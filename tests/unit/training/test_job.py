@@ -462,3 +462,22 @@ def test_eval_on_a_validation_split_never_reads_the_test_cases_and_takes_seeds(
     assert low <= out["recall_at_20"] <= high
     assert main(["eval", "--data", str(tmp_path), "--validation", "1.5"]) == 2
     assert "--validation is 1.5, expected between 0 and 1" in capsys.readouterr().err
+
+
+def test_no_last_success_time_is_exported_before_a_run_makes_a_version() -> None:
+    """A 0 would read as "no success since 1970" to the alert on its age."""
+    import importlib
+
+    from prometheus_client import generate_latest
+
+    from sessionrec.training import metrics
+
+    fresh = importlib.reload(metrics)  # a registry that has seen no run, as at start
+    fresh.observe(None)
+    text = generate_latest(fresh.REGISTRY).decode()
+    assert "sessionrec_training_last_success_timestamp_seconds" not in text
+    assert 'sessionrec_training_runs_total{outcome="failed"} 1.0' in text
+    for _ in range(2):
+        fresh.observe({"promoted": True, "seconds": 3.0, "version": "v1", "holdout": {}})
+    text = generate_latest(fresh.REGISTRY).decode()
+    assert "\nsessionrec_training_last_success_timestamp_seconds " in text

@@ -233,6 +233,48 @@ def test_a_corrupt_index_graph_is_refused_without_crashing_the_process(
     assert refused > 0  # and this process is still here
 
 
+def test_one_bad_link_anywhere_in_the_graph_is_refused(shop_corpus: Corpus, tmp_path: Path) -> None:
+    """Every link is checked, not a sample: one neighbour id past the end (level 0) or one
+    link to an element missing from its level (upper levels) refuses the version."""
+    from sessionrec.models.graph import _HEADER, GraphError, check_graph
+
+    trained = train(shop_corpus, FAST)
+    path, _ = export(trained, tmp_path, {}, version="v1")
+    model, file = load_model(path), path / "index.hnsw"
+    n, dim = len(model.item_ids), model.vectors.shape[1]
+    original = file.read_bytes()
+    check_graph(file, dim, n)  # a sound graph passes
+    h = np.frombuffer(original[: _HEADER.itemsize], dtype=_HEADER)[0]
+    per_element, max_m = int(h["size_per_element"]), int(h["max_m"])
+    last = _HEADER.itemsize + (n - 1) * per_element  # the last element's level-0 block
+    data = bytearray(original)
+    data[last : last + 2] = (1).to_bytes(2, "little")
+    data[last + 4 : last + 8] = (n + 7).to_bytes(4, "little")
+    file.write_bytes(bytes(data))
+    with pytest.raises(GraphError, match=f"element {n - 1} links to an element that does not"):
+        check_graph(file, dim, n)
+    with pytest.raises(ArtifactError, match=r"index\.hnsw is unusable .*does not exist"):
+        load_index(path, model)
+    # An upper-level link to an element that has no upper level.
+    at = _HEADER.itemsize + n * per_element
+    sizes, upper = [], {}
+    for element in range(n):
+        size = int.from_bytes(original[at : at + 4], "little")
+        sizes.append(size)
+        if size:
+            upper[element] = at + 4
+        at += 4 + size
+    ground = sizes.index(0)
+    element, block = next(iter(upper.items()))
+    data = bytearray(original)
+    data[block : block + 2] = (1).to_bytes(2, "little")
+    data[block + 4 : block + 8] = ground.to_bytes(4, "little")
+    assert max_m >= 1
+    file.write_bytes(bytes(data))
+    with pytest.raises(GraphError, match=f"element {element} links to an element missing"):
+        check_graph(file, dim, n)
+
+
 def test_trainer_refuses_empty_corpus() -> None:
     with pytest.raises(ValueError, match="no training sessions"):
         train(Corpus([], []), FAST)
