@@ -139,6 +139,7 @@ class CatalogFeed:
             return
         if done:
             self._applied.append(change)
+            metrics.observe_model(change.serving)  # the index's size
         if self._applied and not self.queue:
             self._log_applied()
 
