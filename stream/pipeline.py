@@ -726,6 +726,7 @@ class Pipeline:
         """The partitions of `events` this worker holds now: only their users are closed or
         expired, and only their lag is shown."""
         self.table.own(partitions)
+        log.info("%s partitions held now: %s", self.topics.events, sorted(partitions))
         revoked = set(self.positions) - partitions
         for partition in revoked:
             del self.positions[partition]
