@@ -40,11 +40,12 @@ class CatalogFeed:
     `swap` is called with that model once it holds the whole catalog; `steps` counts every
     change to what is served (answers kept from before a step are stale)."""
 
-    def __init__(self, swap: Callable[[ServingModel], None]):
+    def __init__(self, swap: Callable[[ServingModel], None], searcher: Executor | None = None):
         self.swap = swap
         self.queue: deque[tuple[CatalogChange, int]] = deque()  # a change, and how far it is
         self.incoming: ServingModel | None = None
-        self.searcher: Executor | None = None  # the searches' thread; None: link at once
+        # The searches' thread; without one, or outside an event loop, slices link at once.
+        self.searcher = searcher
         self.linking: asyncio.Future[float] | None = None  # the slice being linked
         self.steps = 0
         self._resume_at = 0.0
@@ -73,8 +74,9 @@ class CatalogFeed:
 
     def advance(self) -> None:
         """Link the next slice, unless one is being linked or linking must rest a while."""
+        apart = self.searcher is not None and _in_event_loop()
         while self.queue and self.linking is None:
-            if self.searcher is not None and time.monotonic() < self._resume_at:
+            if apart and time.monotonic() < self._resume_at:
                 self._rest()
                 return
             change, start = self.queue.popleft()
@@ -85,7 +87,7 @@ class CatalogFeed:
             assert serving is not None  # only changes for a model are queued
             staged = serving.stage(change, start, stop)
             link = functools.partial(_timed, functools.partial(serving.index.link, staged))
-            if self.searcher is None:
+            if not apart or self.searcher is None:
                 self._linked(change, start, stop, _failure(link))
                 continue
             linking = asyncio.get_running_loop().run_in_executor(self.searcher, link)
@@ -150,6 +152,14 @@ class CatalogFeed:
         more = ", ..." if len(items) > NAMED else ""
         received = sum(change.received for change in applied)
         log.info("catalog: %d upserts applied (%s%s)", received, named, more)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _timed(link: Callable[[], None]) -> float:

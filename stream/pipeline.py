@@ -226,7 +226,10 @@ class Pipeline:
         self.updates: Updates | None = None
         self.highwater: Callable[[int], int | None] | None = None
         self.searches: set[asyncio.Future[Any]] = set()  # running in the searcher thread
-        self.feed = CatalogFeed(self.swap)  # catalog upserts and models on their way in
+        # The thread that runs index searches and links catalog upserts into the graph (its
+        # thread starts with the first of them), and the catalog on its way into the index.
+        self.searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
+        self.feed = CatalogFeed(self.swap, self.searcher)
         self.stats = metrics.BatchStats()
         # Each user's latest answer with the default parameters, for the query API: (the
         # encoded state it answers, the catalog it was ranked over, event_ts, emitted_ts, the
@@ -263,21 +266,18 @@ class Pipeline:
         acks = InOrderAcks(acknowledge)
         searching: asyncio.Queue[Pending] = asyncio.Queue(SEARCHES_AHEAD)
         finisher = asyncio.ensure_future(self._finish_in_order(searching, acks))
-        searcher = self.feed.searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
         try:
             async for incoming, handles in batches:
                 self.between_batches()
                 pending = self.prepare(incoming, handles)
                 if pending.plan is not None:
-                    pending.found = self._start_search(searcher, pending)
+                    pending.found = self._start_search(self.searcher, pending)
                 await unless_done(finisher, searching.put(pending))
             await unless_done(finisher, searching.join())  # the batches ended: drain
             await acks.drain()
         finally:
             finisher.cancel()
             acks.close()
-            self.feed.searcher = None
-            searcher.shutdown(wait=False)
 
     def prepare(self, incoming: list[Incoming], handles: list[Any] | None = None) -> Pending:
         """admit -> sessionize -> plan, and publish what is known before the search: the new

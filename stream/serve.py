@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,6 @@ def build(
 async def serve(settings: Settings, model_dir: Path, store: RemoteStore | None = None) -> None:
     """Answer requests until SIGINT/SIGTERM."""
     app, pipeline, watcher, api = build(settings, model_dir, store)
-    searcher = pipeline.feed.searcher = ThreadPoolExecutor(1, thread_name_prefix="search")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = settings.api.port or int(api.url.rsplit(":", 1)[1])
@@ -102,7 +100,7 @@ async def serve(settings: Settings, model_dir: Path, store: RemoteStore | None =
         watcher.stop()
         await runner.cleanup()
         await api.close()
-        searcher.shutdown(wait=False)
+        pipeline.searcher.shutdown(wait=False)
 
 
 class _NoOutputs:
