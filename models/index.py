@@ -52,8 +52,8 @@ class ItemIndex:
         self.deleted: set[int] = set()
         self._hnsw: hnswlib.Index | None = None
         self._storage: F32 | None = None  # what `vectors` is a view of (see `_grow`)
-        # Held while the graph changes (`link`): a search from a thread other than the one
-        # that links takes it too (hnswlib does not promise safety for adds beside searches).
+        # Held while the graph changes (`link`) and while it is searched: hnswlib does not
+        # promise that an add beside a search is safe.
         self.linking = threading.Lock()
         self._unlinked: set[int] = set()  # staged labels the graph does not hold yet
 
@@ -154,6 +154,12 @@ class ItemIndex:
         queries: (m, dim) float32 (not necessarily normalised). Returns labels (m, k') int64 and
         scores (m, k') float32, best first, k' = min(k, live items); -1 labels pad short rows.
         """
+        with self.linking:  # a graph change from another thread waits, and vice versa
+            return self._search(queries, k, allowed)
+
+    def _search(
+        self, queries: F32, k: int, allowed: Callable[[int], bool] | None
+    ) -> tuple[I64, F32]:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = min(k, len(self))
         if k == 0 or len(queries) == 0:

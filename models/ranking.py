@@ -147,8 +147,8 @@ def params_from(
     return out
 
 
-# The weights a request may set, each from 0 to MAX_WEIGHT: they scale scores that are at most
-# 1, so that any larger one would only push the sums toward overflow (1e308 made a score NaN).
+# The weights a request may set, each from 0 to MAX_WEIGHT: they scale scores of at most 1, and
+# a huge one would only push the sums toward overflow.
 WEIGHTS = (
     "past_weight",
     "name_weight",

@@ -17,9 +17,7 @@ import faust
 from faust.types import TP
 from faust.web import View
 
-from ..models.artifact import ArtifactError
 from ..models.config import Settings
-from ..models.serving import ServingModel, load_current
 from ..models.store import RemoteStore
 from . import faust_adapter, metrics
 from .api import Api, api_url, web_options
@@ -27,7 +25,7 @@ from .broker import free_port
 from .kafka import Outbox, producer_config
 from .pipeline import Pipeline
 from .topics import SESSION_TABLE
-from .watch import Watcher
+from .watch import Watcher, load_model
 
 log = logging.getLogger(__name__)
 BATCH_MAX = 500
@@ -42,18 +40,6 @@ UPDATES_CHECK_S = 1.0
 STATS_LOG_S = 10.0
 GAUGES_S = 5.0
 CLOSE_TIMEOUT_S = 30.0
-
-
-def load_model(settings: Settings, model_dir: Path) -> ServingModel | None:
-    """The current model version, or None (trending items are served until one loads)."""
-    try:
-        serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
-    except ArtifactError as exc:
-        log.error("current model unusable, serving trending items until one loads: %s", exc)
-        return None
-    if serving is None:
-        log.warning("no model in %s yet: answering with trending items", model_dir)
-    return serving
 
 
 class Worker(NamedTuple):

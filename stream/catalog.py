@@ -3,12 +3,12 @@ event loop.
 
 The watcher (`stream.watch`) does the costly part in its own thread: it loads and checks a
 version and composes the vectors of upserts (`ServingModel.prepare`). What is left is putting
-them into an index's graph, which costs hnswlib a fraction of a millisecond per item.
-`CatalogFeed` does it a slice at a time: each slice is staged on the event loop (labels,
-vectors and metadata: microseconds per item) and linked in the thread that runs the batches'
-searches, so that the graph never changes while it is searched and the loop never waits for
-it. Linking takes at most LINK_DUTY of that thread's time, so a burst of tens of thousands of
-items is spread over some seconds instead of holding a core while events wait.
+them into an index's graph, hnswlib's costly part. `CatalogFeed` does it a slice at a time:
+each slice is staged on the event loop (labels, vectors and metadata: cheap) and linked in the
+thread that runs the batches' searches, so that the graph never changes while it is searched
+and the loop never waits for it. Linking takes at most LINK_DUTY of that thread's time, so a
+burst of tens of thousands of items is spread over some seconds instead of holding a core while
+events wait.
 
 A new model version takes the whole catalog the same way, before it is served; it is swapped
 in between two batches once the last slice is linked. Upserts queued for the model it

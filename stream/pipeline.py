@@ -672,16 +672,12 @@ class Pipeline:
         return self._recommendation(serving, request, result, user_id)
 
     def _rank(self, serving: ServingModel, request: Request) -> Result:
-        """Plan, search and finish one request, here on the event loop. Its search holds off
-        a catalog slice being linked in the searcher thread (`ItemIndex.linking`): hnswlib
-        does not promise that adding beside a search is safe. Ranking in a thread of its own
-        instead starved the loop (Python's lock goes to the busy thread): requests that must
-        not slow the events go to `sessionrec serve`."""
+        """Plan, search and finish one request, on the event loop (a thread of its own would
+        take Python's lock from the loop; `sessionrec serve` keeps such requests off the
+        workers instead)."""
         rec = serving.recommender
         plan = rec.plan([request], max_fetch=self.settings.limits.max_search_depth)
-        with serving.index.linking:
-            found = rec.search(plan)
-        return rec.finish(plan, *found)[0]
+        return rec.finish(plan, *rec.search(plan))[0]
 
     def _recommendation(
         self,

@@ -31,10 +31,9 @@ from ..models.config import Settings
 from ..models.store import RemoteStore
 from . import metrics
 from .api import Api, RequestError, api_url, web_options
-from .app import load_model
 from .broker import free_port
 from .pipeline import Pipeline
-from .watch import Watcher
+from .watch import Watcher, load_model
 
 log = logging.getLogger(__name__)
 UPDATES_CHECK_S = 0.5  # how often a loaded model and catalog upserts are taken
@@ -48,15 +47,15 @@ async def _workers_only(request: web.Request, **_: Any) -> web.StreamResponse:
 
 
 def build(
-    settings: Settings, model_dir: Path, store: RemoteStore | None = None
+    settings: Settings, model_dir: Path, port: int, store: RemoteStore | None = None
 ) -> tuple[web.Application, Pipeline, Watcher, Api]:
-    """The application, over a pipeline that holds no sessions and a watcher that feeds it."""
+    """The application, listening on `port`, over a pipeline that holds no sessions and a
+    watcher that feeds it."""
     serving = load_model(settings, model_dir)
     pipeline = Pipeline(settings, serving, {})
     watcher = Watcher(settings, model_dir, serving, store)
     pipeline.connect(outbox=_NoOutputs(), updates=watcher)
     metrics.observe_model(serving)
-    port = settings.api.port or free_port(settings.api.address)
     api = Api(settings, pipeline, api_url(settings, port), lambda: {}, lambda: True)
     app = web.Application(**web_options(settings))
     for path, method, handler in api.routes():
@@ -72,10 +71,10 @@ def build(
 
 async def serve(settings: Settings, model_dir: Path, store: RemoteStore | None = None) -> None:
     """Answer requests until SIGINT/SIGTERM."""
-    app, pipeline, watcher, api = build(settings, model_dir, store)
+    port = settings.api.port or free_port(settings.api.address)
+    app, pipeline, watcher, api = build(settings, model_dir, port, store)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    port = settings.api.port or int(api.url.rsplit(":", 1)[1])
     await web.TCPSite(runner, settings.api.address, port).start()
     watcher.start()
     stop = asyncio.Event()

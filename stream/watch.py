@@ -20,7 +20,7 @@ from ..models.artifact import ArtifactError, check_version, current_version, ver
 from ..models.codec import MAX_ID_CHARS, DecodeError, decode_item
 from ..models.config import Settings
 from ..models.records import Item
-from ..models.serving import CatalogChange, ServingModel, load_serving
+from ..models.serving import CatalogChange, ServingModel, load_current, load_serving
 from ..models.store import RemoteStore, take
 from . import metrics
 from .kafka import consumer_config, ready_messages
@@ -77,11 +77,6 @@ class Watcher(threading.Thread):
             model, changes = self._pending_model, self._pending_changes
             self._pending_model, self._pending_changes = None, []
         return model, changes
-
-    def waiting(self) -> bool:
-        """Whether a loaded model or prepared upserts wait to be taken."""
-        with self._lock:
-            return self._pending_model is not None or bool(self._pending_changes)
 
     def run(self) -> None:
         """Follow, and start again after any failure, until stopped."""
@@ -291,6 +286,18 @@ class Watcher(threading.Thread):
             int(change.moved.sum()),
             len(catalog),
         )
+
+
+def load_model(settings: Settings, model_dir: Path) -> ServingModel | None:
+    """The current model version, or None (trending items are served until one loads)."""
+    try:
+        serving = load_current(model_dir, settings.weights, ef=settings.index_ef)
+    except ArtifactError as exc:
+        log.error("current model unusable, serving trending items until one loads: %s", exc)
+        return None
+    if serving is None:
+        log.warning("no model in %s yet: answering with trending items", model_dir)
+    return serving
 
 
 def _tombstone(key: bytes | None) -> Item:

@@ -149,7 +149,7 @@ def test_catalog_updates_are_taken_while_a_search_reads_the_index(tmp_path: Path
         pending = _GatedPending([], pipeline.prepare([]).out, {}, [], None, None)
         found = pipeline._start_search(searcher, pending)
         pipeline.between_batches()  # a search runs: the upsert is taken all the same
-        seen = [watcher.waiting(), pipeline.live("new-item"), found.done()]
+        seen = [watcher.take() != (None, []), pipeline.live("new-item"), found.done()]
         pending.gate.set()
         await found
         searcher.shutdown()
