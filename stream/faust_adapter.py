@@ -70,6 +70,24 @@ fails loudly instead of silently skipping a patch.
    workers disagree during a rebalance; `stream.api` forwards once, with both. `recovered`
    reads whether the table manager's recovery has completed once (`app.tables.recovery`, not
    in faust's types), for the API's readiness. Broker-independent.
+14. `commits_follow_answers` makes a committed offset of the events topic never pass an event
+   that was not answered. faust's `_new_offset` lets the head of a partition stay unanswered
+   (`min(acked) - committed > 1`, and no check at all while nothing is committed), its
+   `_add_gap` counts the message after a hole as answered before it is handled, its
+   `perform_seek` leaves the read offset one past what was read (so a hole at the committed
+   offset is never seen), and offsets counted twice (a gap and an ack) split the answered run,
+   so that commits crawled one run per commit interval after a rebalance. Here a partition's
+   commit is the end of the consecutive run of answered offsets (and holes the fetcher saw)
+   starting at its committed offset, or at the first offset read since it was assigned.
+   Records fetched before their partition was moved (a seek or a new assignment: aiokafka
+   resets the position, but faust's fetch thread may already hold records read at the old
+   one, which it would hand out after the seek as a "gap" and then drop the re-read copies)
+   are dropped: the partition is read again from where it was moved to. Broker-independent.
+15. `restarts_survive_rebalances` turns any failure inside faust's table-restore steps
+   (`Recovery._wait`) into a restart of the restore when a new rebalance has begun meanwhile
+   (faust's `_restart_recovery` otherwise crashes the worker: a seek to a partition no longer
+   assigned, or to the `None` offset of a partition assigned since the offsets were built), and
+   never seeks to `None` (such a partition is read from its start). Broker-independent.
 """
 
 from __future__ import annotations
@@ -131,6 +149,8 @@ def make_app(
     short_fetch_wait()
     true_changelog_ends(settings)
     no_commits_while_rebalancing()
+    commits_follow_answers()
+    restarts_survive_rebalances()
     brokers = [f"kafka://{b.strip()}" for b in settings.bootstrap.split(",") if b.strip()]
     app = faust.App(
         settings.worker_group,
@@ -641,3 +661,200 @@ def partition_owners(app: faust.App, topic: str) -> dict[int, str]:
     return {
         partition: str(url) for url, topics in hosts.items() for partition in topics.get(topic, ())
     }
+
+
+# -- 14. Commits follow the answers -----------------------------------------------------------
+
+
+def commits_follow_answers() -> None:
+    from aiokafka.consumer.fetcher import Fetcher
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from faust.transport.consumer import Consumer
+
+    if "commits_follow_answers" in _applied:
+        return
+
+    # aiokafka side: count each move of a partition's read position, and stamp each batch of
+    # fetched records with the counts when it was taken from the fetcher.
+    seek, assign = SubscriptionState.seek, SubscriptionState.assign_from_subscribed
+    reset, fetched = Fetcher.request_offset_reset, Fetcher.fetched_records
+
+    def seek_counted(self: Any, tp: Any, offset: int) -> None:
+        _moved(self, [tp])
+        seek(self, tp, offset)
+
+    def assign_counted(self: Any, assignment: Any) -> None:
+        _moved(self, assignment)
+        assign(self, assignment)
+
+    def reset_counted(self: Any, tps: Any, strategy: Any) -> Any:
+        _moved(self._subscriptions, tps)
+        return reset(self, tps, strategy)
+
+    async def fetched_stamped(self: Any, *args: Any, **kwargs: Any) -> _Fetched:
+        return _Fetched(await fetched(self, *args, **kwargs), _moves(self._subscriptions))
+
+    SubscriptionState.seek = seek_counted
+    SubscriptionState.assign_from_subscribed = assign_counted
+    Fetcher.request_offset_reset = reset_counted
+    Fetcher.fetched_records = fetched_stamped
+
+    # faust side: hand out no record fetched before its partition moved, read on from one
+    # before the committed offset, and commit only runs of answers.
+    wait_next, getmany, perform_seek = (
+        Consumer._wait_next_records,
+        Consumer.getmany,
+        Consumer.perform_seek,
+    )
+
+    async def wait_next_records(self: Any, timeout: float) -> Any:
+        records, active = await wait_next(self, timeout)
+        self._sessionrec_fetched = records
+        return records, active
+
+    async def getmany_current(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        stale: dict[TP, int] = {}
+        async for tp, message in getmany(self, timeout):
+            fetched = getattr(self, "_sessionrec_fetched", None)
+            if isinstance(fetched, _Fetched) and fetched.moved_since(tp):
+                stale[tp] = stale.get(tp, 0) + 1
+                continue
+            if self._committed_offset.get(tp) is None:
+                _heads(self).setdefault(tp, message.offset)
+            yield tp, message
+        for tp, count in stale.items():
+            log.info(
+                "%d records of %s[%d] fetched before it was moved are dropped: read again",
+                count,
+                tp.topic,
+                tp.partition,
+            )
+
+    async def perform_seek_before(self: Any) -> None:
+        await perform_seek(self)
+        _heads(self).clear()
+        for tp, offset in list(self._read_offset.items()):
+            if offset:  # the last offset read is the one before the committed one
+                self._read_offset[tp] = offset - 1
+
+    Consumer._wait_next_records = wait_next_records  # type: ignore[method-assign]
+    Consumer.getmany = getmany_current  # type: ignore[method-assign]
+    Consumer.perform_seek = perform_seek_before  # type: ignore[method-assign]
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    _applied.add("commits_follow_answers")
+
+
+def _moves(subscriptions: Any) -> dict[tuple[str, int], int]:
+    moves: dict[tuple[str, int], int] = subscriptions.__dict__.setdefault("_sessionrec_moves", {})
+    return moves
+
+
+def _moved(subscriptions: Any, tps: Any) -> None:
+    moves = _moves(subscriptions)
+    for tp in tps:
+        key = (tp.topic, tp.partition)
+        moves[key] = moves.get(key, 0) + 1
+
+
+class _Fetched(dict):  # type: ignore[type-arg]
+    """Fetched records (TP -> records) with the move counts of their partitions then."""
+
+    def __init__(self, records: Any, moves: dict[tuple[str, int], int]):
+        super().__init__(records)
+        self.moves = moves  # live: counts on as partitions move
+        self.taken = {
+            (tp.topic, tp.partition): moves.get((tp.topic, tp.partition), 0) for tp in records
+        }
+
+    def moved_since(self, tp: Any) -> bool:
+        key = (tp.topic, tp.partition)
+        return self.moves.get(key, 0) != self.taken.get(key, 0)
+
+
+def _heads(consumer: Any) -> dict[TP, int]:
+    """The first offset read since the last seek of each partition of `consumer` that has no
+    committed offset: its commits start there."""
+    heads: dict[TP, int] = consumer.__dict__.setdefault("_sessionrec_heads", {})
+    return heads
+
+
+def _new_offset(self: Any, tp: TP) -> int | None:
+    """The offset to commit for `tp`: the end of the consecutive run of answered offsets (or
+    holes the fetcher saw) that starts at the committed offset; None when the offset there is
+    not answered yet."""
+    acked: list[int] = self._acked[tp]
+    if not acked:
+        return None
+    top = max(acked)
+    gaps = self._gap[tp]
+    if gaps:  # offsets that hold no record, seen as holes between two records read
+        for hole in gaps.overlap(0, top + 1):
+            acked.extend(range(hole.begin, min(hole.end, top + 1)))
+        gaps.chop(0, top + 1)
+    committed = self._committed_offset[tp]
+    head = committed if committed is not None else _heads(self).get(tp)
+    answered = sorted({offset for offset in acked if head is None or offset >= head})
+    if not answered or (head is not None and answered[0] != head):
+        acked[:] = answered
+        self._acked_index[tp] = set(answered)
+        return None
+    end = 1
+    while end < len(answered) and answered[end] == answered[end - 1] + 1:
+        end += 1
+    acked[:] = answered[end:]
+    self._acked_index[tp] = set(acked)
+    return answered[end - 1] + 1
+
+
+async def _add_gap(self: Any, tp: TP, offset_from: int, offset_to: int) -> None:
+    """Record the offsets from `offset_from` up to (not including) `offset_to`, the record just
+    read, as a hole: the broker holds no record there (a transaction marker, a compacted or
+    aborted record)."""
+    committed = self._committed_offset[tp]
+    if committed is not None:
+        offset_from = max(offset_from, committed)
+    if offset_from < offset_to:
+        gaps = self._gap[tp]
+        gaps.addi(offset_from, offset_to)
+        gaps.merge_overlaps()
+
+
+# -- 15. Restores survive rebalances ----------------------------------------------------------
+
+
+def restarts_survive_rebalances() -> None:
+    from faust.tables.recovery import RebalanceAgain, Recovery, ServiceStopped
+
+    if "restarts_survive_rebalances" in _applied:
+        return
+    wait, seek_offsets = Recovery._wait, Recovery._seek_offsets
+
+    async def wait_or_restart(self: Any, coro: Any, timeout: Any = None) -> None:
+        generation = self.app.consumer_generation_id
+        try:
+            await wait(self, coro, timeout=timeout)
+        except (RebalanceAgain, ServiceStopped):
+            raise
+        except Exception as exc:
+            if self.signal_recovery_start.is_set() or (
+                self.app.consumer_generation_id != generation
+            ):
+                log.info("a rebalance arrived during the table restore (%r): restarting it", exc)
+                raise RebalanceAgain() from exc
+            raise
+
+    async def seek_known_offsets(
+        self: Any, consumer: Any, tps: Any, offsets: Any, title: str
+    ) -> None:
+        if self.signal_recovery_start.is_set():
+            raise RebalanceAgain()  # offsets of partitions assigned since may be unknown
+        for tp in tps:
+            if offsets.get(tp) is None:
+                log.warning("no %s offset known for %s[%d]: reading it from its start", title, *tp)
+                offsets[tp] = -1
+        await seek_offsets(self, consumer, tps, offsets, title)
+
+    Recovery._wait = wait_or_restart  # type: ignore[method-assign]
+    Recovery._seek_offsets = seek_known_offsets  # type: ignore[method-assign]
+    _applied.add("restarts_survive_rebalances")

@@ -1,7 +1,8 @@
 """Several workers in one consumer group, under a steady load of real sessions: a worker
 joins, a catalog item is upserted, a new model is made current, one worker stops cleanly and
-one is killed -9. Nothing accepted is lost, no session is split or reset by a move, no bought
-item comes back, and the upsert and the model reach every worker that ran then. How long each
+one is killed -9. Nothing accepted is lost, no committed offset ever passed an event not yet
+answered, no session is split or reset by a move, no bought item comes back, and the upsert and
+the model reach every worker that ran then. How long each
 partition waited for its answers is printed (run with -s to see it)."""
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def test_workers_share_the_load_and_survive_each_other(
         # (user, event ts) -> (wall ms produced, partition, offset)
         produced: dict[tuple[str, int], tuple[float, int, int]] = {}
         load = threading.Thread(target=_steady_load, args=(settings, events, produced))
+        commits: list[tuple[float, int, int]] = []  # (wall ms seen, partition, committed offset)
+        watching = threading.Event()
+        watcher = threading.Thread(target=_watch_commits, args=(settings, commits, watching))
+        watcher.start()
         started = time.monotonic()
         load.start()
         changes = {}
@@ -104,6 +109,7 @@ def test_workers_share_the_load_and_survive_each_other(
         raw = consume(settings.bootstrap, settings.topics.recommendations, all_answered, idle_s=90)
         recs = [decode_recommendation(r) for r in raw]
     finally:
+        watching.set()
         for w in workers:
             w.stop()
 
@@ -113,6 +119,8 @@ def test_workers_share_the_load_and_survive_each_other(
         answered[key] = min(answered.get(key, float("inf")), float(r.emitted_ts))
     missing = wanted - set(answered)
     assert not missing, _unanswered(missing, len(wanted), produced, settings, workers)
+    assert len(commits) > 100
+    assert not (passed := _commits_past_unanswered(commits, produced, answered)), passed
     assert _check_bought_never_return(events, recs) > 0
 
     # No session split or reset by a move: every closed session is the one the data has.
@@ -168,6 +176,49 @@ def _steady_load(
         )
         p.poll(0)
     assert p.flush(30) == 0
+
+
+def _watch_commits(
+    settings: Any, commits: list[tuple[float, int, int]], stop: threading.Event
+) -> None:
+    """Read the group's committed offsets of the events topic every 0.2 s until `stop`."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {"bootstrap.servers": settings.bootstrap, "group.id": settings.worker_group}
+    )
+    tps = [TopicPartition(settings.topics.events, p) for p in range(PARTITIONS)]
+    try:
+        while not stop.wait(0.2):
+            try:
+                found = consumer.committed(tps, timeout=5)
+            except KafkaException:  # the coordinator may be moving: try again
+                continue
+            seen = time.time() * 1000  # after the commits were made, so after their answers
+            commits.extend((seen, tp.partition, tp.offset) for tp in found if tp.offset >= 0)
+    finally:
+        consumer.close()
+
+
+def _commits_past_unanswered(
+    commits: list[tuple[float, int, int]],
+    produced: dict[tuple[str, int], tuple[float, int, int]],
+    answered: dict[tuple[str, int], float],
+) -> str:
+    """Each committed offset seen that had passed an event whose first answer came only after
+    that commit was seen (empty if none)."""
+    offsets: dict[int, list[tuple[int, float]]] = defaultdict(list)  # partition -> (offset, answer)
+    for key, (_, partition, offset) in produced.items():
+        offsets[partition].append((offset, answered.get(key, float("inf"))))
+    passed = []
+    for seen, partition, committed in commits:
+        late = [o for o, answer in offsets[partition] if o < committed and answer > seen]
+        if late:
+            passed.append(
+                f"partition {partition} committed {committed} at {seen:.0f} before offsets "
+                f"{late[:5]} were answered"
+            )
+    return "\n".join(passed[:20])
 
 
 def _view_on_every_partition(settings: Any, item_id: str, ts: int) -> dict[str, int]:
