@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import hnswlib
 import numpy as np
 
 from .features import F32, I64, Dims, FeatureTables, Vocab
@@ -395,7 +397,7 @@ def _transitions(path: Path, a: dict[str, np.ndarray], n: int) -> Transitions | 
 
 
 _INDEX_CHECK = """
-import sys, hnswlib, numpy as np
+import pickle, sys, hnswlib, numpy as np
 from pathlib import Path
 from sessionrec.models.graph import check_graph
 path, dim, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -409,18 +411,21 @@ index.set_ef(64)
 for k in (1, min(n, 20), min(n, 200)):
     labels, _ = index.knn_query(queries, k=k, num_threads=1)
     assert ((labels >= 0) & (labels < n)).all(), "labels outside the items"
+sys.stdout.buffer.write(pickle.dumps(index, protocol=5))
 """
 
 
-def check_index_file(file: Path, dim: int, n: int) -> None:
+def check_index_file(file: Path, dim: int, n: int) -> hnswlib.Index:
     """Check every link of the hnswlib graph (`models.graph`), then load and search it, in a
     child process: a corrupt graph can crash the process that loads or searches it, which
-    must not be the worker."""
+    must not be the worker. Returns the graph the child checked, handed over pickled through
+    its output: unpickling holds the GIL for a quarter of what reading the file does (hnswlib
+    reads it record by record, holding the GIL throughout: 30-60 ms for 43,000 items here),
+    which a worker's event loop waits for when a new version is loaded."""
     try:
         done = subprocess.run(
             [sys.executable, "-c", _INDEX_CHECK, str(file), str(dim), str(n)],
             capture_output=True,
-            text=True,
             timeout=INDEX_CHECK_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired:
@@ -428,9 +433,16 @@ def check_index_file(file: Path, dim: int, n: int) -> None:
             f"{file}: checking the index took over {INDEX_CHECK_TIMEOUT_S:.0f} s"
         ) from None
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
         why = lines[-1] if lines else f"the check process died (code {done.returncode})"
         raise ArtifactError(f"model {file.parent.name}: index.hnsw is unusable ({why[:200]})")
+    try:
+        graph: hnswlib.Index = pickle.loads(done.stdout)  # written by the child above
+    except Exception as exc:  # something else wrote to its output
+        raise ArtifactError(
+            f"model {file.parent.name}: the index check handed back no graph ({exc!r:.200})"
+        ) from None
+    return graph
 
 
 def load_index(path: Path, model: Model, threads: int = 2, ef: int | None = None) -> ItemIndex:
@@ -450,9 +462,9 @@ def load_index(path: Path, model: Model, threads: int = 2, ef: int | None = None
     file = path / "index.hnsw"
     if not file.exists():
         raise ArtifactError(f"model {path.name} is incomplete: index.hnsw is missing")
-    check_index_file(file, model.vectors.shape[1], len(model.item_ids))
+    graph = check_index_file(file, model.vectors.shape[1], len(model.item_ids))
     try:
-        index.load_hnsw(file)
+        index.take_graph(graph, file.name)
     except (RuntimeError, ValueError) as exc:
         raise ArtifactError(f"model {path.name}: index.hnsw is unusable ({exc})") from None
     return index

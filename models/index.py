@@ -226,10 +226,15 @@ class ItemIndex:
         """Attach a saved hnswlib graph whose labels are this index's rows."""
         index = hnswlib.Index(space="ip", dim=self.dim)
         index.load_index(str(path), max_elements=max(len(self.ids), 16))
+        self.take_graph(index, path.name)
+
+    def take_graph(self, index: hnswlib.Index, name: str) -> None:
+        """Attach a loaded hnswlib graph (read from the file `name`) whose labels are this
+        index's rows."""
         index.set_ef(self.config.ef)
         if index.get_current_count() != len(self.ids):
             raise ValueError(
-                f"index file {path.name} holds {index.get_current_count()} items, "
+                f"index file {name} holds {index.get_current_count()} items, "
                 f"expected {len(self.ids)}"
             )
         self._hnsw = index

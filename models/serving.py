@@ -49,6 +49,20 @@ class CatalogChange:
         return len(self.live)
 
     @classmethod
+    def joined(cls, parts: list[CatalogChange]) -> CatalogChange:
+        """One change of `parts` (prepared for the same model from disjoint items), in order."""
+        first = parts[0]
+        return cls(
+            first.serving,
+            [item for part in parts for item in part.items],
+            [item for part in parts for item in part.live],
+            np.concatenate([part.vectors for part in parts]),
+            np.concatenate([part.moved for part in parts]),
+            sum(part.received for part in parts),
+            first.whole,
+        )
+
+    @classmethod
     def unserved(cls, items: list[Item]) -> CatalogChange:
         """Upserts with no model to apply them to (nothing is composed)."""
         latest = list({item.item_id: item for item in items}.values())

@@ -31,6 +31,11 @@ CURRENT_CHECK_S = 2.0
 STORE_CHECK_S = 10.0  # how often a remote store's CURRENT is read (and on every announcement)
 RESTART_S = 5.0
 TOPIC_CHECK_S = 5.0  # how often a missing topic is looked for
+# Catalog items composed at a time, and the share of its time the watcher's thread spends
+# composing (it sleeps the rest): composing is Python that takes turns with the event loop for
+# the GIL, so a long run of it would leave each batch on the loop only half of it.
+PREPARE_SLICE = 2048
+PREPARE_DUTY = 0.25
 
 
 class Watcher(threading.Thread):
@@ -235,9 +240,25 @@ class Watcher(threading.Thread):
         items, self._received = self._received, []
         target = self._target
         # With no model yet, the pipeline only notes which items are live.
-        change = target.prepare(items) if target is not None else CatalogChange.unserved(items)
+        change = self._paced(target, items) if target is not None else CatalogChange.unserved(items)
         with self._lock:
             self._pending_changes.append(change)
+
+    def _paced(
+        self, serving: ServingModel, items: list[Item], only_changed: bool = False
+    ) -> CatalogChange:
+        """`serving.prepare(items, only_changed)`, PREPARE_SLICE items at a time, resting
+        between slices so that composing takes at most PREPARE_DUTY of this thread's time."""
+        latest = list({item.item_id: item for item in items}.values())
+        parts = []
+        for start in range(0, max(len(latest), 1), PREPARE_SLICE):
+            began = time.perf_counter()
+            parts.append(serving.prepare(latest[start : start + PREPARE_SLICE], only_changed))
+            if start + PREPARE_SLICE < len(latest):
+                self._stop.wait((time.perf_counter() - began) * (1 / PREPARE_DUTY - 1))
+        change = CatalogChange.joined(parts)
+        change.received = len(items)
+        return change
 
     def _on_update(self, raw: bytes) -> None:
         try:
@@ -271,7 +292,7 @@ class Watcher(threading.Thread):
             return
         self._prepare()  # the catalog below holds them: none waits for the model it replaces
         catalog = list(self.catalog.values())
-        change = serving.prepare(catalog, only_changed=True)
+        change = self._paced(serving, catalog, only_changed=True)
         with self._lock:
             self._pending_model = serving
             self._pending_changes = [change]  # those before were for the model replaced

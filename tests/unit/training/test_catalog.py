@@ -183,3 +183,24 @@ def test_a_model_taking_an_empty_catalog_or_deletions_only_is_served(
         pipeline.between_batches()
         assert pipeline.serving is new
     assert not pipeline.live(gone) and pipeline.live(version[1][1].item_id)
+
+
+def test_the_watcher_composes_a_large_catalog_in_slices_with_rests(
+    version: tuple[Path, list[Item]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessionrec.stream import watch
+
+    served = _served(version)
+    catalog = version[1]
+    items = [*catalog, *_new_items(catalog, 300), catalog[0]]  # one item sent twice
+    monkeypatch.setattr(watch, "PREPARE_SLICE", 64)
+    watcher = watch.Watcher(Settings(metrics_port=0), version[0], served)
+    rests: list[float] = []
+    monkeypatch.setattr(watcher._stop, "wait", lambda s: rests.append(s) or False)
+    paced = watcher._paced(served, items, only_changed=True)
+    whole = served.prepare(items, only_changed=True)
+    assert [i.item_id for i in paced.live] == [i.item_id for i in whole.live]
+    np.testing.assert_array_equal(paced.vectors, whole.vectors)
+    np.testing.assert_array_equal(paced.moved, whole.moved)
+    assert paced.received == whole.received == len(items) and paced.whole
+    assert len(rests) == -(-len(whole.items) // 64) - 1 and all(s > 0 for s in rests)
