@@ -185,8 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a last line of defence: one readable line, details at debug
         from sessionrec.stream.broker import BrokerError
+        from sessionrec.stream.topics import TopicsGone
 
-        if isinstance(exc, BrokerError | FileNotFoundError | PermissionError):
+        if isinstance(exc, BrokerError | TopicsGone | FileNotFoundError | PermissionError):
             print(f"sessionrec: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -9,7 +9,10 @@ worker restores exactly the users it serves.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -24,7 +27,7 @@ from .api import Api, api_url, web_options
 from .broker import free_port
 from .kafka import Outbox, producer_config
 from .pipeline import Pipeline
-from .topics import SESSION_TABLE
+from .topics import SESSION_TABLE, TopicsGone, TopicWatch
 from .watch import Watcher, load_model
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ UPDATES_CHECK_S = 1.0
 STATS_LOG_S = 10.0
 GAUGES_S = 5.0
 CLOSE_TIMEOUT_S = 30.0
+TOPIC_CHECK_S = 10.0  # how often the worker checks that its topics are still on the broker
 
 
 class Worker(NamedTuple):
@@ -48,6 +52,7 @@ class Worker(NamedTuple):
     watcher: Watcher
     outbox: Outbox
     api: Api
+    fatal: list[str]  # why the worker stopped itself, if it did
 
 
 def build_app(
@@ -126,6 +131,17 @@ def build_app(
             log.info("%s", pipeline.stats.line())
         pipeline.stats.reset()
 
+    topics = TopicWatch(settings, [events_topic])
+    fatal: list[str] = []
+
+    @app.timer(interval=TOPIC_CHECK_S)
+    async def check_topics() -> None:
+        problem = await asyncio.to_thread(topics.check)
+        if problem and not fatal:
+            fatal.append(problem)
+            log.error("stopping: %s", problem)
+            os.kill(os.getpid(), signal.SIGTERM)  # faust's own clean stop
+
     @app.task
     async def probe_loop() -> None:
         await metrics.probe_loop()
@@ -141,7 +157,7 @@ def build_app(
 
     app.on_before_shutdown.connect(cast(Any, stop_api))
 
-    return Worker(app, pipeline, watcher, outbox, api)
+    return Worker(app, pipeline, watcher, outbox, api, fatal)
 
 
 def serve_pages(app: faust.App, api: Api) -> None:
@@ -176,3 +192,5 @@ def run_worker(
             log.warning(
                 "%d output messages undelivered at shutdown (their events are read again)", left
             )
+        if built.fatal:
+            raise TopicsGone(built.fatal[0])

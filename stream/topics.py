@@ -157,3 +157,48 @@ def partition_problem(settings: Settings, timeout_s: float = 15.0) -> str | None
             "whose events moved to another partition start new sessions; docs/kafka.md)"
         )
     return None
+
+
+GONE_CHECKS = 2  # consecutive checks a topic seen before must be missing to count as gone
+
+
+class TopicsGone(RuntimeError):
+    """Topics a running worker had read from are gone from the broker; the message says so in
+    one line."""
+
+
+class TopicWatch:
+    """Notices topics that this process has seen on the broker and that are gone from it since:
+    an embedded broker restarted keeps nothing (memory storage); on Apache Kafka, a topic
+    deleted by hand. A broker that cannot be asked is not taken as an answer."""
+
+    def __init__(self, settings: Settings, names: list[str]):
+        from confluent_kafka.admin import AdminClient
+
+        from .kafka import LIBRDKAFKA_LOG
+
+        self.settings = settings
+        self.names = names
+        self.admin = AdminClient(settings.client_config({"log_level": 3, "logger": LIBRDKAFKA_LOG}))
+        self.seen: set[str] = set()
+        self.misses = 0
+
+    def check(self, timeout_s: float = 10.0) -> str | None:
+        """Why the worker must stop (a topic it had is gone), or None."""
+        from confluent_kafka import KafkaException
+
+        try:
+            topics = self.admin.list_topics(timeout=timeout_s).topics
+        except KafkaException:
+            return None  # the broker is down or unreachable: its clients log that
+        present = {n for n in self.names if n in topics and topics[n].error is None}
+        self.seen |= present
+        gone = sorted(self.seen - present)
+        self.misses = self.misses + 1 if gone else 0
+        if self.misses < GONE_CHECKS:
+            return None
+        return (
+            f"topic '{gone[0]}' is gone from the broker at {self.settings.bootstrap} (an embedded "
+            "broker keeps nothing when it restarts): create the topics ('sessionrec topics') and "
+            "start the worker again"
+        )

@@ -113,3 +113,35 @@ def test_a_worker_refuses_partitions_that_do_not_match_the_events_topic(
         f"sessionrec: error: topic '{settings.topics.events}' has 4 partitions but the setting "
         "'partitions' is 6: set partitions = 4 (the session table is partitioned as events)"
     ]
+
+
+def test_a_worker_whose_topics_vanish_with_a_restarted_broker_stops_in_one_line(
+    unique: str, tmp_path: Path
+) -> None:
+    from sessionrec.stream.app import TOPIC_CHECK_S
+    from sessionrec.stream.launch import WorkerProcess
+    from sessionrec.stream.topics import GONE_CHECKS
+
+    first = EmbeddedBroker(port=0).start()
+    port = first.port
+    settings = unique_settings(first.bootstrap, unique, str(tmp_path / "models"), partitions=2)
+    create_topics(settings, topic_specs(settings))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready(60)
+        time.sleep(TOPIC_CHECK_S)  # the worker's check has seen its topics
+        first.stop()
+        with EmbeddedBroker(port=port):  # the same address, memory storage: no topics
+            assert worker.proc is not None
+            code = worker.proc.wait(timeout=(GONE_CHECKS + 2) * TOPIC_CHECK_S + 30)
+    finally:
+        worker.stop()
+        first.stop()
+    log = worker.log_path.read_text(errors="replace")
+    assert code == 2, worker.tail_log()
+    assert "Traceback" not in log
+    assert log.strip().splitlines()[-1] == (
+        f"sessionrec: error: topic '{settings.topics.events}' is gone from the broker at "
+        f"{settings.bootstrap} (an embedded broker keeps nothing when it restarts): create the "
+        "topics ('sessionrec topics') and start the worker again"
+    )
