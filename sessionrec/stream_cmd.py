@@ -94,7 +94,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     events, items, rejected = read_events(
         args.format, Path(args.file), Path(args.catalog) if args.catalog else None
     )
-    if args.limit:
+    if args.limit is not None:
+        if args.limit < 0:
+            raise ValueError(f"--limit is {args.limit}: give a number of events, 0 or more")
         events = events[: args.limit]
     reach_kafka(settings)
     if rejected:
@@ -311,7 +313,12 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--format", choices=["jsonl", "diginetica", "retailrocket"], required=True)
     p.add_argument("--catalog", help="catalog JSONL for --format jsonl")
     p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
-    p.add_argument("--limit", type=int, help="only the first N events")
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="produce only the first N events (0: none, only the catalog items; default: all)",
+    )
     p.add_argument("--no-items", action="store_true", help="do not produce catalog items")
     common(p)
     p.set_defaults(handler=cmd_replay)

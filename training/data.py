@@ -19,7 +19,7 @@ from ..models.records import Event, Item
 from ..models.session import SessionConfig, sessionize
 
 FORMATS = ("jsonl", "srgnn", "diginetica", "retailrocket", "topic")
-TOPIC_TIMEOUT_S = 30.0  # to reach the broker and to read a topic to its end
+TOPIC_TIMEOUT_S = 30.0  # to reach the broker, and the longest a topic's read may stall
 
 
 class DataError(ValueError):
@@ -42,12 +42,14 @@ class Corpus:
     rejected: Counter[str] = field(default_factory=Counter)
     first_ts: int | None = None
     last_ts: int | None = None
+    read: list[str] = field(default_factory=list)  # what was read of each topic, one line each
 
     def report(self) -> str:
         bad = ", ".join(f"{n} {reason}" for reason, n in self.rejected.most_common()) or "none"
         return (
             f"{len(self.sessions)} sessions, {sum(len(s.items) for s in self.sessions)} "
             f"events, {len(self.items)} catalog items; rejected rows: {bad}"
+            + "".join(f"; {line}" for line in self.read)
         )
 
 
@@ -258,12 +260,13 @@ def load_topic(
 ) -> Corpus:
     """Replay the `sessions` topic (and the `items` catalog) from the beginning to its end."""
     from ..models.codec import decode_session
-    from .replay import read_topic
+    from .replay import TopicRead, read_topic
 
     timeout_s = TOPIC_TIMEOUT_S if timeout_s is None else timeout_s
     rejected: Counter[str] = Counter()
     sessions: list[TrainSession] = []
-    for raw in read_topic(settings, sessions_topic, timeout_s):
+    read_sessions, read_items = TopicRead(sessions_topic), TopicRead(items_topic)
+    for raw in read_topic(settings, sessions_topic, timeout_s, read_sessions):
         try:
             _, items, types, start = decode_session(raw)
         except DecodeError as exc:
@@ -272,7 +275,7 @@ def load_topic(
         if len(items) >= 2:
             sessions.append(TrainSession(tuple(items), tuple(types), start))
     catalog: dict[str, Item] = {}
-    for raw in read_topic(settings, items_topic, timeout_s):
+    for raw in read_topic(settings, items_topic, timeout_s, read_items):
         try:
             item = decode_item(raw)
         except DecodeError as exc:
@@ -286,6 +289,7 @@ def load_topic(
         rejected,
         min(starts, default=None),
         max(starts, default=None),
+        [read_sessions.line(), read_items.line()],
     )
 
 

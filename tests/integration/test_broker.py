@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from faust.types import TP
@@ -20,7 +22,7 @@ from sessionrec.stream.broker import EmbeddedBroker, free_port
 from sessionrec.stream.faust_adapter import log_ends
 from sessionrec.stream.kafka import Outbox, consumer_config, producer_config
 from sessionrec.stream.topics import create_topics, topic_specs
-from tests.integration.kafka_io import unique_settings
+from tests.integration.kafka_io import consume, unique_settings
 
 READ_TIMEOUT_S = 30.0
 
@@ -214,3 +216,56 @@ def test_topics_follow_the_layout_and_differences_are_reported(
     again = subprocess.run(run[:-1], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0
     assert again.stdout.count("differs:") == done.stdout.count("differs:") == 2
+
+
+def test_training_reads_a_topic_to_its_true_end(broker: EmbeddedBroker, unique: str) -> None:
+    """Training from topics reads every record, also of a last record batch that holds
+    several, and says how much it read; a record tombstone is counted, not yielded."""
+    from sessionrec.training.replay import TopicRead, read_topic
+
+    settings = unique_settings(broker.bootstrap, unique, "unused", partitions=2)
+    topic = settings.topics.items
+    create_topics(settings, topic_specs(settings))
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 50})
+    for i in range(25):  # one record batch per partition
+        producer.produce(topic, key=f"i{i}".encode(), value=str(i).encode(), partition=i % 2)
+    producer.produce(topic, key=b"i0", value=None, partition=0)
+    assert producer.flush(10) == 0
+    consumer = Consumer(consumer_config(settings, f"g-{unique}"))
+    _, reported = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    consumer.close()
+    assert reported < 14  # the broker's view of partition 0, short of its 14 records
+    read = TopicRead(topic)
+    values = list(read_topic(settings, topic, timeout_s=10, read=read))
+    assert sorted(int(v) for v in values) == list(range(25))
+    assert (read.records, read.tombstones, read.ends) == (25, 1, {0: 14, 1: 12})
+    assert read.line() == (
+        f"{topic}: 25 records and 1 tombstones read to the end of its 2 partitions "
+        "(offsets 26 in all)"
+    )
+
+
+def test_replay_limit_0_sends_no_events_and_the_catalog(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sessionrec.cli import main
+    from sessionrec.models.records import Item
+
+    settings = unique_settings(broker.bootstrap, unique, str(tmp_path), partitions=1)
+    create_topics(settings, topic_specs(settings))
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(encode(Event("u", f"i{n}", "view", 1_000 + n)) for n in range(3)))
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_bytes(encode(Item("i0", name="a shoe")))
+    env = to_env(settings)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        args = ["replay", str(events), "--format", "jsonl", "--catalog", str(catalog)]
+        assert main([*args, "--limit", "0"]) == 0
+        assert "produced 0 events" in capsys.readouterr().err
+        assert main([*args, "--limit", "-1"]) == 2
+        assert "--limit is -1: give a number of events, 0 or more" in capsys.readouterr().err
+    assert consume(settings.bootstrap, settings.topics.events, lambda v: False, idle_s=2) == []
+    items = consume(settings.bootstrap, settings.topics.items, lambda v: len(v) >= 1, idle_s=5)
+    assert len(items) == 1
