@@ -124,6 +124,33 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from sessionrec.stream.replay import produce_items
+    from sessionrec.training.data import load_catalog
+
+    rejected: Counter[str] = Counter()
+    items = load_catalog(Path(args.file), rejected)
+    reach_kafka(settings)
+    topic = settings.topics.items
+    bar = tqdm(
+        total=len(items), unit="item", desc="catalog", file=sys.stderr, disable=args.no_progress
+    )
+    started = time.perf_counter()
+    n = produce_items(settings, topic, items, on_sent=progress(bar, len(items)))
+    bar.close()
+    bad = ", ".join(f"{count} {reason}" for reason, count in rejected.most_common()) or "none"
+    print(
+        f"loaded {n:,} catalog items from {args.file} to {topic} in "
+        f"{time.perf_counter() - started:.1f}s; rejected rows: {bad}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def progress(bar: Any, total: int, every: int = 100) -> Callable[[int], None]:
     """`on_sent` for a progress bar: moves it to the count sent, every `every` events and at
     the last (so that it counts events, and its rate is events per second)."""
@@ -322,6 +349,20 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--no-items", action="store_true", help="do not produce catalog items")
     common(p)
     p.set_defaults(handler=cmd_replay)
+
+    p = sub.add_parser(
+        "catalog",
+        help="send a catalog file to the items topic",
+        description="'catalog load FILE': read catalog items (JSONL, one item per line: "
+        "item_id, name, category, brand, price; docs/integration.md) and send each to the items "
+        "topic, keyed by item id, where workers and training take it. Rows that are not items "
+        "are counted by reason and skipped; loading the same file again changes nothing.",
+    )
+    p.add_argument("action", choices=["load"])
+    p.add_argument("file", help="catalog JSONL file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    common(p)
+    p.set_defaults(handler=cmd_catalog)
 
     p = sub.add_parser(
         "tail",

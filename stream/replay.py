@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..models.codec import encode
 from ..models.config import Settings
@@ -11,7 +11,13 @@ from ..models.records import Event, Item
 from .kafka import produce, producer_config
 
 
-def produce_items(settings: Settings, topic: str, items: Iterable[Item]) -> int:
+def produce_items(
+    settings: Settings,
+    topic: str,
+    items: Iterable[Item],
+    on_sent: Callable[[int], None] | None = None,
+) -> int:
+    """Produce catalog items keyed by item id; `on_sent(n)` after each. Returns how many."""
     from confluent_kafka import Producer
 
     producer = Producer(producer_config(settings))
@@ -20,7 +26,11 @@ def produce_items(settings: Settings, topic: str, items: Iterable[Item]) -> int:
         produce(producer, topic, item.item_id.encode(), encode(item))
         producer.poll(0)
         n += 1
-    producer.flush(30)
+        if on_sent is not None:
+            on_sent(n)
+    left = producer.flush(30)
+    if left:
+        raise ValueError(f"{left} of {n} items were not delivered to {topic} within 30 s")
     return n
 
 

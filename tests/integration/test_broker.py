@@ -269,3 +269,30 @@ def test_replay_limit_0_sends_no_events_and_the_catalog(
     assert consume(settings.bootstrap, settings.topics.events, lambda v: False, idle_s=2) == []
     items = consume(settings.bootstrap, settings.topics.items, lambda v: len(v) >= 1, idle_s=5)
     assert len(items) == 1
+
+
+def test_catalog_load_sends_a_catalog_file_to_items(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sessionrec.cli import main
+    from sessionrec.models.codec import decode_item
+    from sessionrec.models.records import Item
+
+    settings = unique_settings(broker.bootstrap, unique, str(tmp_path), partitions=1)
+    create_topics(settings, topic_specs(settings))
+    catalog = tmp_path / "catalog.jsonl"
+    rows = [encode(Item(f"i{n}", name=f"shoe {n}", category="shoes", price=10.0)) for n in range(3)]
+    catalog.write_bytes(b"\n".join([*rows, b'{"name": "no id"}']))
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in to_env(settings).items():
+            patch.setenv(name, value)
+        assert main(["catalog", "load", str(catalog), "--no-progress"]) == 0
+        summary = capsys.readouterr().err.strip().splitlines()[-1]
+        assert summary.startswith(
+            f"loaded 3 catalog items from {catalog} to {settings.topics.items}"
+        )
+        assert "rejected rows: 1 " in summary
+        assert main(["catalog", "load", str(tmp_path / "missing.jsonl")]) == 2
+        assert "missing.jsonl" in capsys.readouterr().err
+    got = consume(settings.bootstrap, settings.topics.items, lambda v: len(v) >= 3, idle_s=5)
+    assert sorted(decode_item(v).item_id for v in got) == ["i0", "i1", "i2"]
