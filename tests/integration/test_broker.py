@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -245,27 +246,39 @@ def test_training_reads_a_topic_to_its_true_end(broker: EmbeddedBroker, unique: 
     )
 
 
+def _with_topics(broker: EmbeddedBroker, unique: str, tmp_path: Path) -> Any:
+    settings = unique_settings(broker.bootstrap, unique, str(tmp_path), partitions=1)
+    create_topics(settings, topic_specs(settings))
+    return settings
+
+
+def _cli(settings: Any, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """`sessionrec ARGS` in this process with `settings` in its environment: the exit code and
+    what it wrote to stderr."""
+    from sessionrec.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in to_env(settings).items():
+            patch.setenv(name, value)
+        code = main(list(args))
+    return code, capsys.readouterr().err
+
+
 def test_replay_limit_0_sends_no_events_and_the_catalog(
     broker: EmbeddedBroker, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sessionrec.cli import main
     from sessionrec.models.records import Item
 
-    settings = unique_settings(broker.bootstrap, unique, str(tmp_path), partitions=1)
-    create_topics(settings, topic_specs(settings))
+    settings = _with_topics(broker, unique, tmp_path)
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(encode(Event("u", f"i{n}", "view", 1_000 + n)) for n in range(3)))
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_bytes(encode(Item("i0", name="a shoe")))
-    env = to_env(settings)
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in env.items():
-            patch.setenv(name, value)
-        args = ["replay", str(events), "--format", "jsonl", "--catalog", str(catalog)]
-        assert main([*args, "--limit", "0"]) == 0
-        assert "produced 0 events" in capsys.readouterr().err
-        assert main([*args, "--limit", "-1"]) == 2
-        assert "--limit is -1: give a number of events, 0 or more" in capsys.readouterr().err
+    args = ["replay", str(events), "--format", "jsonl", "--catalog", str(catalog)]
+    code, err = _cli(settings, capsys, *args, "--limit", "0")
+    assert code == 0 and "produced 0 events" in err
+    code, err = _cli(settings, capsys, *args, "--limit", "-1")
+    assert code == 2 and "--limit is -1: give a number of events, 0 or more" in err
     assert consume(settings.bootstrap, settings.topics.events, lambda v: False, idle_s=2) == []
     items = consume(settings.bootstrap, settings.topics.items, lambda v: len(v) >= 1, idle_s=5)
     assert len(items) == 1
@@ -274,25 +287,19 @@ def test_replay_limit_0_sends_no_events_and_the_catalog(
 def test_catalog_load_sends_a_catalog_file_to_items(
     broker: EmbeddedBroker, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sessionrec.cli import main
     from sessionrec.models.codec import decode_item
     from sessionrec.models.records import Item
 
-    settings = unique_settings(broker.bootstrap, unique, str(tmp_path), partitions=1)
-    create_topics(settings, topic_specs(settings))
+    settings = _with_topics(broker, unique, tmp_path)
     catalog = tmp_path / "catalog.jsonl"
     rows = [encode(Item(f"i{n}", name=f"shoe {n}", category="shoes", price=10.0)) for n in range(3)]
     catalog.write_bytes(b"\n".join([*rows, b'{"name": "no id"}']))
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in to_env(settings).items():
-            patch.setenv(name, value)
-        assert main(["catalog", "load", str(catalog), "--no-progress"]) == 0
-        summary = capsys.readouterr().err.strip().splitlines()[-1]
-        assert summary.startswith(
-            f"loaded 3 catalog items from {catalog} to {settings.topics.items}"
-        )
-        assert "rejected rows: 1 " in summary
-        assert main(["catalog", "load", str(tmp_path / "missing.jsonl")]) == 2
-        assert "missing.jsonl" in capsys.readouterr().err
+    code, err = _cli(settings, capsys, "catalog", "load", str(catalog), "--no-progress")
+    summary = err.strip().splitlines()[-1]
+    assert code == 0, err
+    assert summary.startswith(f"loaded 3 catalog items from {catalog} to {settings.topics.items}")
+    assert "rejected rows: 1 " in summary
+    code, err = _cli(settings, capsys, "catalog", "load", str(tmp_path / "missing.jsonl"))
+    assert code == 2 and "missing.jsonl" in err
     got = consume(settings.bootstrap, settings.topics.items, lambda v: len(v) >= 3, idle_s=5)
     assert sorted(decode_item(v).item_id for v in got) == ["i0", "i1", "i2"]
