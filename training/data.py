@@ -266,7 +266,9 @@ def load_topic(
     rejected: Counter[str] = Counter()
     sessions: list[TrainSession] = []
     read_sessions, read_items = TopicRead(sessions_topic), TopicRead(items_topic)
-    for raw in read_topic(settings, sessions_topic, timeout_s, read_sessions):
+    for _, raw in read_topic(settings, sessions_topic, timeout_s, read_sessions):
+        if raw is None:
+            continue
         try:
             _, items, types, start = decode_session(raw)
         except DecodeError as exc:
@@ -275,7 +277,10 @@ def load_topic(
         if len(items) >= 2:
             sessions.append(TrainSession(tuple(items), tuple(types), start))
     catalog: dict[str, Item] = {}
-    for raw in read_topic(settings, items_topic, timeout_s, read_items):
+    for key, raw in read_topic(settings, items_topic, timeout_s, read_items):
+        if raw is None:  # a tombstone: the item keyed so is deleted
+            catalog.pop((key or b"").decode("utf-8", errors="replace"), None)
+            continue
         try:
             item = decode_item(raw)
         except DecodeError as exc:

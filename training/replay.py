@@ -30,13 +30,14 @@ class TopicRead:
 
 def read_topic(
     settings: Settings, topic: str, timeout_s: float = 30.0, read: TopicRead | None = None
-) -> Iterator[bytes]:
-    """The topic's values from its beginning to its end, at least its end when reading began;
-    `read`, when given, is filled with what was read. Each partition is read until the broker
-    says it is at its end (librdkafka's end-of-partition event), not to the high watermark it
-    reports: the embedded broker reports the last record batch's base offset + 1, short of the
-    end when that batch holds several records. A broker that cannot be reached, or a partition
-    that stops short of its end for `timeout_s`, is a one-line ValueError."""
+) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """The topic's records (key, value; a tombstone's value is None) from its beginning to its
+    end, at least its end when reading began; `read`, when given, is filled with what was read.
+    Each partition is read until the broker says it is at its end (librdkafka's end-of-partition
+    event), not to the high watermark it reports: the embedded broker reports the last record
+    batch's base offset + 1, short of the end when that batch holds several records. A broker
+    that cannot be reached, or a partition that stops short of its end for `timeout_s`, is a
+    one-line ValueError."""
     from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     bootstrap = settings.bootstrap
@@ -90,9 +91,9 @@ def read_topic(
                 value = msg.value()
                 if value is None:
                     found.tombstones += 1
-                    continue
-                found.records += 1
-                yield value
+                else:
+                    found.records += 1
+                yield msg.key(), value
             if reported and time.monotonic() - progress > timeout_s:
                 short = ", ".join(
                     f"partition {p} read to {found.ends[p]} of at least {high}"

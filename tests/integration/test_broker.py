@@ -221,7 +221,7 @@ def test_topics_follow_the_layout_and_differences_are_reported(
 
 def test_training_reads_a_topic_to_its_true_end(broker: EmbeddedBroker, unique: str) -> None:
     """Training from topics reads every record, also of a last record batch that holds
-    several, and says how much it read; a record tombstone is counted, not yielded."""
+    several, and says how much it read, tombstones included."""
     from sessionrec.training.replay import TopicRead, read_topic
 
     settings = unique_settings(broker.bootstrap, unique, "unused", partitions=2)
@@ -237,8 +237,9 @@ def test_training_reads_a_topic_to_its_true_end(broker: EmbeddedBroker, unique: 
     consumer.close()
     assert reported < 14  # the broker's view of partition 0, short of its 14 records
     read = TopicRead(topic)
-    values = list(read_topic(settings, topic, timeout_s=10, read=read))
-    assert sorted(int(v) for v in values) == list(range(25))
+    records = list(read_topic(settings, topic, timeout_s=10, read=read))
+    assert sorted(int(v) for _, v in records if v is not None) == list(range(25))
+    assert records[-1] == (b"i0", None) or (b"i0", None) in records
     assert (read.records, read.tombstones, read.ends) == (25, 1, {0: 14, 1: 12})
     assert read.line() == (
         f"{topic}: 25 records and 1 tombstones read to the end of its 2 partitions "
@@ -303,3 +304,20 @@ def test_catalog_load_sends_a_catalog_file_to_items(
     assert code == 2 and "missing.jsonl" in err
     got = consume(settings.bootstrap, settings.topics.items, lambda v: len(v) >= 3, idle_s=5)
     assert sorted(decode_item(v).item_id for v in got) == ["i0", "i1", "i2"]
+
+
+def test_training_takes_an_item_tombstone_as_its_deletion(
+    broker: EmbeddedBroker, unique: str, tmp_path: Path
+) -> None:
+    from sessionrec.models.records import Item
+    from sessionrec.training.data import load_topic
+
+    settings = _with_topics(broker, unique, tmp_path)
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for item_id in ("kept", "gone"):
+        producer.produce(settings.topics.items, key=item_id.encode(), value=encode(Item(item_id)))
+    producer.produce(settings.topics.items, key=b"gone", value=None)
+    assert producer.flush(10) == 0
+    corpus = load_topic(settings, settings.topics.sessions, settings.topics.items, timeout_s=10)
+    assert [item.item_id for item in corpus.items] == ["kept"]
+    assert f"{settings.topics.items}: 2 records and 1 tombstones read" in corpus.report()
