@@ -256,7 +256,11 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     )
     p.add_argument("--format", choices=FORMATS, required=True, help="input format")
     p.add_argument("--data", help="events/sessions file or directory (topic: sessions topic)")
-    p.add_argument("--catalog", help="catalog JSONL (item upserts) for --format jsonl")
+    p.add_argument(
+        "--catalog",
+        help="catalog JSONL (item upserts) for --format jsonl, or for --format topic beside the "
+        "items topic (whose records of an item are newer)",
+    )
     p.add_argument("--out", help="model directory (default: settings model_dir)")
     p.add_argument(
         "--holdout",

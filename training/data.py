@@ -256,9 +256,14 @@ def load_retailrocket(path: Path, gap: SessionConfig) -> Corpus:
 
 
 def load_topic(
-    settings: Settings, sessions_topic: str, items_topic: str, timeout_s: float | None = None
+    settings: Settings,
+    sessions_topic: str,
+    items_topic: str,
+    timeout_s: float | None = None,
+    catalog_file: Path | None = None,
 ) -> Corpus:
-    """Replay the `sessions` topic (and the `items` catalog) from the beginning to its end."""
+    """Replay the `sessions` topic (and the `items` catalog) from the beginning to its end;
+    with `catalog_file`, its items first (the topic's records of an item are newer)."""
     from ..models.codec import decode_session
     from .replay import TopicRead, read_topic
 
@@ -277,6 +282,9 @@ def load_topic(
         if len(items) >= 2:
             sessions.append(TrainSession(tuple(items), tuple(types), start))
     catalog: dict[str, Item] = {}
+    if catalog_file is not None:
+        catalog.update((item.item_id, item) for item in load_catalog(catalog_file, rejected))
+    from_file = len(catalog)
     for key, raw in read_topic(settings, items_topic, timeout_s, read_items):
         if raw is None:  # a tombstone: the item keyed so is deleted
             catalog.pop((key or b"").decode("utf-8", errors="replace"), None)
@@ -294,7 +302,8 @@ def load_topic(
         rejected,
         min(starts, default=None),
         max(starts, default=None),
-        [read_sessions.line(), read_items.line()],
+        [read_sessions.line(), read_items.line()]
+        + ([f"{catalog_file}: {from_file:,} catalog items"] if catalog_file is not None else []),
     )
 
 
@@ -311,7 +320,12 @@ def load_corpus(
     if fmt == "topic":
         if settings is None:
             raise DataError("--format topic needs the Kafka settings (bootstrap, [kafka])")
-        return load_topic(settings, data or sessions_topic, items_topic)
+        return load_topic(
+            settings,
+            data or sessions_topic,
+            items_topic,
+            catalog_file=Path(catalog) if catalog else None,
+        )
     if data is None:
         raise DataError(f"--data is required for --format {fmt}")
     path = Path(data)

@@ -321,3 +321,16 @@ def test_training_takes_an_item_tombstone_as_its_deletion(
     corpus = load_topic(settings, settings.topics.sessions, settings.topics.items, timeout_s=10)
     assert [item.item_id for item in corpus.items] == ["kept"]
     assert f"{settings.topics.items}: 2 records and 1 tombstones read" in corpus.report()
+    # With a catalog file: its items, and the topic's records over them (they are newer).
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_bytes(
+        b"\n".join(encode(Item(i, name="from the file")) for i in ("kept", "gone", "file-only"))
+    )
+    corpus = load_topic(
+        settings, settings.topics.sessions, settings.topics.items, 10, catalog_file=catalog
+    )
+    assert {item.item_id: item.name for item in corpus.items} == {
+        "kept": None,
+        "file-only": "from the file",
+    }
+    assert f"{catalog}: 3 catalog items" in corpus.report()
