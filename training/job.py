@@ -129,6 +129,14 @@ def run_once(spec: JobSpec, settings: Settings, config: TrainConfig) -> dict[str
         settings.topics.items,
     )
     log.info("data: %s", corpus.report())
+    training_metrics.observe_data(
+        len(corpus.sessions),
+        sum(len(s.items) for s in corpus.sessions),
+        len(corpus.items),
+        dict(corpus.rejected),
+        corpus.first_ts,
+        corpus.last_ts,
+    )
     train_part, holdout = split_holdout(corpus, spec.holdout)
     trained = train(train_part, config)
     metrics: dict[str, Any] = dict(trained.stats)

@@ -60,6 +60,24 @@ VERSION = Info(
     "The version the last run made, and whether it was promoted",
     registry=REGISTRY,
 )
+DATA = Gauge(
+    "sessionrec_training_data",
+    "What the last run read: sessions (of two events or more), their events, catalog items",
+    ["kind"],
+    registry=REGISTRY,
+)
+DATA_SPAN = Gauge(
+    "sessionrec_training_data_timestamp_seconds",
+    "The first and the last session start the last run read (Unix time)",
+    ["edge"],
+    registry=REGISTRY,
+)
+REJECTED = Gauge(
+    "sessionrec_training_rejected_rows",
+    "Rows, records and sessions the last run refused, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
 SCORES = ("recall_at_20", "mrr_at_20", "recall_at_10", "mrr_at_10", "recall_at_5", "mrr_at_5")
 
 
@@ -81,6 +99,26 @@ def observe(run: dict[str, Any] | None) -> None:
         if name in holdout:
             HOLDOUT.labels(name).set(holdout[name])
     HOLDOUT_CASES.set(holdout.get("cases", 0))
+
+
+def observe_data(
+    sessions: int,
+    events: int,
+    items: int,
+    rejected: dict[str, int],
+    first_ts: int | None,
+    last_ts: int | None,
+) -> None:
+    """Record what a run read (before it trains: a run that fails later still shows it)."""
+    DATA.labels("sessions").set(sessions)
+    DATA.labels("events").set(events)
+    DATA.labels("catalog_items").set(items)
+    REJECTED.clear()  # reasons of an earlier run that this one did not meet
+    for reason, n in rejected.items():
+        REJECTED.labels(reason).set(n)
+    for edge, ts in (("first", first_ts), ("last", last_ts)):
+        if ts is not None:
+            DATA_SPAN.labels(edge).set(ts / 1000)
 
 
 def serve(port: int, address: str) -> None:

@@ -143,6 +143,24 @@ def test_a_run_pushes_its_metrics_to_a_pushgateway(shop_files, tmp_path: Path) -
     info = next(line for line in body.decode().splitlines() if "version_info{" in line)
     assert f'version="{run["version"]}"' in info and 'promoted="true"' in info
     assert b"sessionrec_training_last_success_timestamp_seconds" in body
+    # What the run read: the corpus its log line describes.
+    from sessionrec.models.session import SessionConfig
+    from sessionrec.training.data import load_corpus
+
+    corpus = load_corpus("jsonl", str(events), str(catalog), SessionConfig())
+    read = training_metrics.REGISTRY.get_sample_value
+    assert read("sessionrec_training_data", {"kind": "sessions"}) == len(corpus.sessions) > 0
+    assert read("sessionrec_training_data", {"kind": "events"}) == sum(
+        len(s.items) for s in corpus.sessions
+    )
+    assert read("sessionrec_training_data", {"kind": "catalog_items"}) == len(corpus.items) > 0
+    assert corpus.last_ts is not None
+    assert read("sessionrec_training_data_timestamp_seconds", {"edge": "last"}) == (
+        corpus.last_ts / 1000
+    )
+    for reason, n in corpus.rejected.items():
+        assert read("sessionrec_training_rejected_rows", {"reason": reason}) == n
+    assert b'sessionrec_training_data{kind="catalog_items"}' in body
 
 
 def test_a_first_model_is_trained_once(shop_files, tmp_path: Path) -> None:
