@@ -419,9 +419,8 @@ def check_index_file(file: Path, dim: int, n: int) -> hnswlib.Index:
     """Check every link of the hnswlib graph (`models.graph`), then load and search it, in a
     child process: a corrupt graph can crash the process that loads or searches it, which
     must not be the worker. Returns the graph the child checked, handed over pickled through
-    its output: unpickling holds the GIL for a quarter of what reading the file does (hnswlib
-    reads it record by record, holding the GIL throughout: 30-60 ms for 43,000 items here),
-    which a worker's event loop waits for when a new version is loaded."""
+    its output: hnswlib reads a graph file record by record holding the GIL, which a worker's
+    event loop waits for; unpickling holds it far less (figures: docs/operating.md)."""
     try:
         done = subprocess.run(
             [sys.executable, "-c", _INDEX_CHECK, str(file), str(dim), str(n)],
